@@ -1,0 +1,232 @@
+"""Build the torch models of the zoo. Every model is a sequence of blocks.
+
+A zoo model exposes ``blocks`` (an ``nn.ModuleList`` applied in order, so a pipeline can cut it
+at any block boundary), ``synthetic_batch(batch_size, generator)`` returning ``(inputs,
+targets)`` and ``loss(outputs, targets)``. A user's ``package.module:callable`` must return an
+``nn.Module`` that is an ``nn.Sequential`` or has ``blocks``; if it lacks ``synthetic_batch`` /
+``loss``, inputs are ``randn(batch, hidden_size)`` and the loss is the mean square of the output.
+
+The GPT follows nanoGPT/GPT-2 (pre-norm, GELU MLP, learned positions, untied head) with separate
+q/k/v projections so Megatron column splits shard whole heads, and attention that reshapes with
+``-1`` heads so the same code runs on a tensor-parallel shard.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from planner.errors import PlannerError
+from planner.specs import ModelSpec
+
+
+class Embedding(nn.Module):
+    kind = "embedding"
+
+    def __init__(self, vocab, seq, hidden):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, hidden)
+        self.pos = nn.Embedding(seq, hidden)
+
+    def forward(self, idx):
+        positions = torch.arange(idx.shape[1], device=idx.device)
+        return self.tok(idx) + self.pos(positions)
+
+
+class Attention(nn.Module):
+    def __init__(self, hidden, heads):
+        super().__init__()
+        self.head_dim = hidden // heads
+        self.q = nn.Linear(hidden, hidden)
+        self.k = nn.Linear(hidden, hidden)
+        self.v = nn.Linear(hidden, hidden)
+        self.proj = nn.Linear(hidden, hidden)
+        self.recompute_core = False   # "selective" recompute: Korthikanti et al. 2022, sec. 4
+
+    def _core(self, q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    def forward(self, x):
+        b, s, _ = x.shape
+        # -1 heads: under tensor parallelism each rank holds heads / tp of them.
+        q, k, v = (t(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+                   for t in (self.q, self.k, self.v))
+        if self.recompute_core and torch.is_grad_enabled():
+            y = checkpoint(self._core, q, k, v, use_reentrant=False)
+        else:
+            y = self._core(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(b, s, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden, ffn):
+        super().__init__()
+        self.fc = nn.Linear(hidden, ffn)
+        self.proj = nn.Linear(ffn, hidden)
+
+    def forward(self, x):
+        return self.proj(F.gelu(self.fc(x)))
+
+
+class TransformerBlock(nn.Module):
+    kind = "block"
+
+    def __init__(self, hidden, heads, ffn):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(hidden)
+        self.attn = Attention(hidden, heads)
+        self.ln2 = nn.LayerNorm(hidden)
+        self.mlp = MLP(hidden, ffn)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class Head(nn.Module):
+    kind = "head"
+
+    def __init__(self, hidden, vocab):
+        super().__init__()
+        self.ln = nn.LayerNorm(hidden)
+        self.out = nn.Linear(hidden, vocab, bias=False)
+
+    def forward(self, x):
+        return self.out(self.ln(x))
+
+
+class ResidualMLPBlock(nn.Module):
+    kind = "block"
+
+    def __init__(self, hidden, ffn):
+        super().__init__()
+        self.ln = nn.LayerNorm(hidden)
+        self.mlp = MLP(hidden, ffn)
+
+    def forward(self, x):
+        return x + self.mlp(self.ln(x))
+
+
+class InputProjection(nn.Module):
+    kind = "embedding"
+
+    def __init__(self, hidden):
+        super().__init__()
+        self.proj = nn.Linear(hidden, hidden)
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+class SequentialModel(nn.Module):
+    """Blocks applied in order plus a synthetic batch and a loss: the zoo's one model shape."""
+
+    def __init__(self, spec: ModelSpec, blocks):
+        super().__init__()
+        self.spec = spec
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def synthetic_batch(self, batch_size: int, generator: torch.Generator):
+        s = self.spec
+        if s.family == "gpt":
+            tokens = torch.randint(0, s.vocab_size, (batch_size, s.seq_len + 1),
+                                   generator=generator)
+            return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+        x = torch.randn(batch_size, s.hidden_size, generator=generator)
+        return x, torch.randint(0, s.vocab_size, (batch_size,), generator=generator)
+
+    def loss(self, outputs, targets):
+        return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]).float(),
+                               targets.reshape(-1))
+
+
+def _init_gpt(module: nn.Module, num_layers: int):
+    """GPT-2 initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2L)."""
+    for name, p in module.named_parameters():
+        if p.dim() >= 2:
+            std = 0.02 / math.sqrt(2 * num_layers) if name.endswith("proj.weight") else 0.02
+            nn.init.normal_(p, 0.0, std)
+        elif name.endswith("bias"):
+            nn.init.zeros_(p)
+
+
+def build_model(spec: ModelSpec, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """Build ``spec`` deterministically from ``seed`` (every rank builds the identical model)."""
+    torch.manual_seed(seed)
+    if spec.family == "custom":
+        model = _build_custom(spec)
+    elif spec.family == "gpt":
+        blocks = [Embedding(spec.vocab_size, spec.seq_len, spec.hidden_size)]
+        blocks += [TransformerBlock(spec.hidden_size, spec.num_heads, spec.ffn_hidden_size)
+                   for _ in range(spec.num_layers)]
+        blocks.append(Head(spec.hidden_size, spec.vocab_size))
+        model = SequentialModel(spec, blocks)
+        _init_gpt(model, spec.num_layers)
+    else:
+        blocks = [InputProjection(spec.hidden_size)]
+        blocks += [ResidualMLPBlock(spec.hidden_size, spec.ffn_hidden_size)
+                   for _ in range(spec.num_layers)]
+        blocks.append(nn.Linear(spec.hidden_size, spec.vocab_size))
+        blocks[-1].kind = "head"
+        model = SequentialModel(spec, blocks)
+    return model.to(dtype)
+
+
+class _CustomWrapper(SequentialModel):
+    def __init__(self, spec, inner, blocks):
+        super().__init__(spec, blocks)
+        self._inner_batch = getattr(inner, "synthetic_batch", None)
+        self._inner_loss = getattr(inner, "loss", None)
+
+    def synthetic_batch(self, batch_size, generator):
+        if self._inner_batch is not None:
+            return self._inner_batch(batch_size, generator)
+        first = next(m for m in self.modules() if isinstance(m, nn.Linear))
+        return torch.randn(batch_size, first.in_features, generator=generator), None
+
+    def loss(self, outputs, targets):
+        if self._inner_loss is not None:
+            return self._inner_loss(outputs, targets)
+        return outputs.float().pow(2).mean()
+
+
+def _build_custom(spec: ModelSpec):
+    module_name, _, attr = spec.callable_path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise PlannerError(f"--model {spec.callable_path}: cannot import {module_name!r}: "
+                           f"{err}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise PlannerError(f"--model {spec.callable_path}: {module_name!r} has no callable "
+                           f"{attr!r}")
+    inner = factory()
+    if isinstance(inner, nn.Sequential):
+        blocks = list(inner)
+    elif isinstance(getattr(inner, "blocks", None), (nn.ModuleList, nn.Sequential)):
+        blocks = list(inner.blocks)
+    else:
+        raise PlannerError(f"--model {spec.callable_path}: returned {type(inner).__name__}, "
+                           "which is neither an nn.Sequential nor exposes 'blocks' "
+                           "(an nn.ModuleList applied in order)")
+    for b in blocks:
+        if not hasattr(b, "kind"):
+            b.kind = "block"
+    return _CustomWrapper(spec, inner, blocks)
+
+
+def custom_spec_from_module(spec: ModelSpec, model) -> ModelSpec:
+    """Fill a custom ModelSpec's sizes from the built module (blocks and widest Linear)."""
+    from dataclasses import replace
+    widths = [m.in_features for m in model.modules() if isinstance(m, nn.Linear)]
+    return replace(spec, num_layers=len(model.blocks), hidden_size=widths[0] if widths else 1)
