@@ -1,0 +1,99 @@
+"""Cluster presets and cluster files.
+
+A cluster file is JSON or TOML with the fields of ``planner.specs.Cluster`` (see the README's
+"Cluster files" section for a complete example). ``--cluster`` takes a preset name or a path.
+
+Presets:
+- ``localhost-cpu``: this machine, one rank per core, gloo over loopback. Memory per rank is
+  this machine's MemTotal / cores (read from /proc/meminfo). Link figures are the gloo 2-rank
+  measurements in ../shared/notes/torch-on-cpu.md until ``planner profile --network`` measures
+  them here (its output file replaces them, with collective fits).
+- ``dgx-a100-80gb`` / ``dgx-h100-80gb``: 8 GPUs per node over NVSwitch, one InfiniBand NIC per
+  GPU; peaks, memory and link bandwidths are datasheet figures from
+  ../shared/reference/hardware.md. Latencies and efficiencies not on a datasheet are marked
+  "assumed" until fitted (``planner.calibrate``).
+"""
+from __future__ import annotations
+
+import os
+
+from planner import serde
+from planner.errors import PlannerError
+from planner.specs import Cluster, DeviceSpec, LinkLevel
+
+GIB = 2**30
+
+
+def _meminfo_bytes() -> int:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * GIB  # not Linux: a conservative figure, marked as assumed by the caller
+
+
+def localhost_cpu() -> Cluster:
+    cores = os.cpu_count() or 1
+    device = DeviceSpec(
+        name="cpu-core", memory_bytes=_meminfo_bytes() // cores, peak_flops_per_s={},
+        memory_bandwidth_bytes_per_s=10e9, compute_efficiency=1.0,
+        peak_source="unknown (compute comes from a measured profile)",
+        efficiency_source="measured profile")
+    # gloo on loopback, 2 ranks (../shared/notes/torch-on-cpu.md): send/recv ~60-125 us small,
+    # 0.33-0.40 ns/byte large -> alpha 1e-4 s, beta 0.37 ns/B.
+    loopback = LinkLevel("intra_node", latency_s=1.0e-4, bandwidth_bytes_per_s=1 / 0.37e-9,
+                         source="measured (shared/notes/torch-on-cpu.md, gloo send/recv)")
+    return Cluster(name="localhost-cpu", num_nodes=1, devices_per_node=cores, device=device,
+                   intra_node=loopback, inter_node=loopback, backend="gloo",
+                   notes="one rank per core on this machine; run `planner profile --network` "
+                         "to measure the links and collectives here")
+
+
+def _dgx(name, gpu, peaks, hbm_bw, nvlink_bw, ib_bw) -> Cluster:
+    device = DeviceSpec(
+        name=gpu, memory_bytes=80 * GIB, peak_flops_per_s=peaks,
+        memory_bandwidth_bytes_per_s=hbm_bw, compute_efficiency=0.5,
+        peak_source="datasheet (shared/reference/hardware.md)",
+        efficiency_source="assumed until fitted (planner.calibrate)")
+    nvlink = LinkLevel("intra_node", latency_s=5e-6, bandwidth_bytes_per_s=nvlink_bw,
+                       source="bandwidth datasheet (NVLink per GPU per direction); latency assumed")
+    ib = LinkLevel("inter_node", latency_s=10e-6, bandwidth_bytes_per_s=ib_bw,
+                   source="bandwidth datasheet (one InfiniBand NIC per GPU); latency assumed")
+    return Cluster(name=name, num_nodes=1, devices_per_node=8, device=device, intra_node=nvlink,
+                   inter_node=ib, backend="nccl")
+
+
+def dgx_a100() -> Cluster:
+    return _dgx("dgx-a100-80gb", "A100-SXM4-80GB",
+                {"bfloat16": 312e12, "float16": 312e12, "tf32": 156e12}, 2.04e12, 300e9, 25e9)
+
+
+def dgx_h100() -> Cluster:
+    return _dgx("dgx-h100-80gb", "H100-SXM5-80GB",
+                {"bfloat16": 989e12, "float16": 989e12, "tf32": 494e12}, 3.35e12, 450e9, 50e9)
+
+
+PRESETS = {"localhost-cpu": localhost_cpu, "dgx-a100-80gb": dgx_a100, "dgx-h100-80gb": dgx_h100}
+
+
+def resolve_cluster(arg: str) -> Cluster:
+    """A preset name or a JSON/TOML cluster file -> Cluster (errors name the file and field)."""
+    if arg in PRESETS:
+        return PRESETS[arg]()
+    if arg.endswith(".toml"):
+        import tomllib
+        try:
+            with open(arg, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise PlannerError(f"{arg}: no such file") from None
+        except tomllib.TOMLDecodeError as err:
+            raise PlannerError(f"{arg}: malformed TOML: {err}") from None
+        return Cluster.from_dict(data, ctx=arg)
+    if arg.endswith(".json") or os.path.exists(arg):
+        return Cluster.from_dict(serde.read_json(arg), ctx=arg)
+    raise PlannerError(f"--cluster {arg!r} is not a preset ({', '.join(PRESETS)}) or a "
+                       ".json/.toml cluster file")
