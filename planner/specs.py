@@ -154,6 +154,8 @@ class ModelProfile(_Serde):
     warmup: int
     torch_version: str
     created_utc: str
+    step_peak_memory_bytes: int = 0  # CUDA allocator peak over a step; 0 = not measured (CPU)
+    source: str = "measured"       # or how it was derived, e.g. "extrapolated from b=1,2"
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self):
