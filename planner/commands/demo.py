@@ -1,0 +1,96 @@
+"""`planner demo`: the whole product once, on built-in defaults, on this machine.
+
+1. profile the model here (per-block times, FLOPs, bytes);
+2. measure the links with a short collective sweep under torchrun (``planner profile
+   --network``), unless ``--skip-network``;
+3. plan it for ``localhost-cpu`` at each world size asked for (default 1 and 2);
+4. run each plan with the executor under torchrun;
+5. print predicted against measured step time and memory, with the error.
+Everything lands in ``--workdir`` (default ``out/demo``).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+from planner.errors import PlannerError
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", default="gpt-tiny")
+    parser.add_argument("--world-sizes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--global-batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=12, help="executor steps per plan")
+    parser.add_argument("--warmup", type=int, default=2, help="executor warm-up steps")
+    parser.add_argument("--repeats", type=int, default=10, help="profiler repeats per block")
+    parser.add_argument("--skip-network", action="store_true",
+                        help="use the localhost-cpu preset's link figures instead of measuring")
+    parser.add_argument("--workdir", default=os.path.join("out", "demo"))
+
+
+def _torchrun(nproc: int, module_args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc-per-node={nproc}", "-m", *module_args]
+
+
+def _call(cmd: list[str], what: str) -> None:
+    print(f"$ {' '.join(cmd)}", file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if proc.returncode:
+        raise PlannerError(f"{what} failed with exit code {proc.returncode} (command above)")
+
+
+def run(args) -> int:
+    from planner.commands import compare, plan as plan_cmd
+    from planner.specs import Metrics, Plan
+
+    os.makedirs(args.workdir, exist_ok=True)
+    for n in args.world_sizes:
+        if args.global_batch % n:
+            raise PlannerError(f"--global-batch {args.global_batch} does not divide over world "
+                               f"size {n}")
+    mb = args.global_batch // max(args.world_sizes)
+    profile_path = os.path.join(args.workdir, f"{args.model}-profile.json")
+    print(f"[1/4] profiling {args.model} at micro-batch {mb} on this CPU", file=sys.stderr)
+    _call([sys.executable, "-m", "planner.cli", "profile", "--model", args.model,
+           "--microbatch-size", str(mb), "--repeats", str(args.repeats), "--threads", "1",
+           "--out", profile_path], "profiling")
+    cluster = "localhost-cpu"
+    if not args.skip_network and max(args.world_sizes) > 1:
+        cluster = os.path.join(args.workdir, "localhost-cluster.json")
+        print("[2/4] measuring collectives over gloo (2 ranks)", file=sys.stderr)
+        _call(_torchrun(2, ["planner.commands.profile_network", "--out", cluster,
+                            "--time-budget-s", "20"]), "network profiling")
+    rows = []
+    for n in args.world_sizes:
+        plan_path = os.path.join(args.workdir, f"plan-w{n}.json")
+        metrics_path = os.path.join(args.workdir, f"metrics-w{n}.json")
+        print(f"[3/4] planning for {n} rank(s)", file=sys.stderr)
+        plan_cmd.run(argparse.Namespace(
+            model=None, profile=profile_path, cluster=cluster, gpus=n,
+            global_batch=args.global_batch, dtype="float32", optimizer="adam", lr=1e-3, seed=0,
+            microbatch_size=None, out=plan_path, format="text",
+            **_plan_defaults()))
+        print(f"[4/4] running the plan on {n} rank(s)", file=sys.stderr)
+        _call(_torchrun(n, ["executor", "--plan", plan_path, "--steps", str(args.steps),
+                            "--warmup", str(args.warmup), "--metrics", metrics_path]),
+              "the executor")
+        rows.append(compare.compare(Plan.load(plan_path), Metrics.load(metrics_path),
+                                    plan_path, metrics_path))
+    print("\npredicted against measured (localhost-cpu, gloo, 1 thread per rank):")
+    for row in rows:
+        compare.print_text(row)
+    return 0
+
+
+def _plan_defaults() -> dict:
+    """Defaults of any `planner plan` flags beyond the spine's (the search adds some)."""
+    from planner.commands import plan as plan_cmd
+    parser = argparse.ArgumentParser()
+    plan_cmd.add_arguments(parser)
+    known = {"model", "profile", "cluster", "gpus", "global_batch", "dtype", "optimizer", "lr",
+             "seed", "microbatch_size", "out", "format"}
+    defaults = vars(parser.parse_args(["--global-batch", "1"]))
+    return {k: v for k, v in defaults.items() if k not in known}

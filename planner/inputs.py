@@ -1,0 +1,95 @@
+"""Resolve what a planning command needs: model, per-block costs, cluster, batch, precision.
+
+Shared by ``planner plan`` and ``planner simulate`` so both read flags, profiles and cluster
+files the same way and fail the same way. No torch here.
+"""
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+
+from planner.clusters import resolve_cluster
+from planner.cost import compute
+from planner.cost.memory import ELEMENT_BYTES
+from planner.errors import PlannerError
+from planner.models import resolve_model
+from planner.specs import DTYPES, OPTIMIZERS, Cluster, ModelProfile, ModelSpec
+
+PROFILES_DIR = "profiles"
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    model: ModelSpec
+    cluster: Cluster                # already cut to ``num_devices``
+    num_devices: int
+    global_batch_size: int
+    dtype: str
+    optimizer: str
+    learning_rate: float
+    seed: int
+    profile: ModelProfile | None    # None: analytic costs from the device model
+    profile_path: str
+
+    def block_costs(self, microbatch_size: int) -> tuple[compute.BlockCost, ...]:
+        if self.profile is not None:
+            return compute.from_profile(self.profile, microbatch_size)
+        return compute.analytic_costs(self.model, microbatch_size, self.cluster.device,
+                                      self.dtype, ELEMENT_BYTES[self.dtype])
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", help="preset name, architecture .json, or package.module:callable")
+    parser.add_argument("--profile", help="a ModelProfile JSON from `planner profile`")
+    parser.add_argument("--cluster", default="localhost-cpu",
+                        help="preset (localhost-cpu, dgx-a100-80gb, dgx-h100-80gb) or .json/.toml")
+    parser.add_argument("--gpus", type=int, help="devices to plan for (default: the cluster's)")
+    parser.add_argument("--global-batch", type=int, required=True, help="sequences per step")
+    parser.add_argument("--dtype", choices=DTYPES,
+                        help="default: float32 on gloo/CPU clusters, bf16-mixed on GPUs")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate the executor uses")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def find_profile(model: ModelSpec, device: str, dtype: str, directory: str = PROFILES_DIR):
+    """Newest profile in ``directory`` of this architecture on this kind of device and dtype."""
+    fp = model.fingerprint()
+    found = []
+    for path in glob.glob(os.path.join(directory, "*.json")):
+        try:
+            prof = ModelProfile.load(path)
+        except PlannerError:
+            continue  # device models and other files live here too
+        if prof.model_fingerprint == fp and prof.device == device and prof.dtype == dtype:
+            found.append((prof.created_utc, path, prof))
+    return max(found)[1:] if found else (None, None)
+
+
+def resolve(args) -> PlanInputs:
+    if not args.model and not args.profile:
+        raise PlannerError("give --model (preset, .json or module:callable) or --profile")
+    cluster = resolve_cluster(args.cluster)
+    n = args.gpus or cluster.num_devices
+    cluster = cluster.with_size(n)
+    cpu = cluster.backend == "gloo"
+    dtype = args.dtype or ("float32" if cpu else "bf16-mixed")
+    profile, path = None, ""
+    if args.profile:
+        profile, path = ModelProfile.load(args.profile), args.profile
+        if args.model and resolve_model(args.model).fingerprint() != profile.model_fingerprint:
+            raise PlannerError(f"{args.profile}: profiles model {profile.model.name} "
+                               f"({profile.model_fingerprint}), not --model {args.model}")
+        model = profile.model
+    else:
+        model = resolve_model(args.model)
+        path, profile = find_profile(model, "cpu" if cpu else "cuda", dtype)
+        if profile is None and (cpu or model.family == "custom"):
+            raise PlannerError(
+                f"no profile of {model.name} ({dtype}) in {PROFILES_DIR}/: run `planner profile "
+                f"--model {args.model} --dtype {dtype}` first, or pass --profile")
+    if args.global_batch < 1:
+        raise PlannerError(f"--global-batch must be >= 1, got {args.global_batch}")
+    return PlanInputs(model, cluster, n, args.global_batch, dtype, args.optimizer, args.lr,
+                      args.seed, profile, path or "")
