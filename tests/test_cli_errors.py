@@ -1,0 +1,61 @@
+"""Bad input: one line naming what is wrong, non-zero exit, no traceback."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def planner(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "planner.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=120)
+
+
+def assert_user_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def test_unknown_model():
+    assert_user_error(planner("plan", "--model", "gpt-9000", "--global-batch", "8"),
+                      "gpt-9000", "is not a preset")
+
+
+def test_malformed_and_incomplete_json(tmp_path):
+    bad = tmp_path / "arch.json"
+    bad.write_text("{not json")
+    assert_user_error(planner("plan", "--model", str(bad), "--global-batch", "8",
+                              "--cluster", "dgx-a100-80gb"), "arch.json", "malformed JSON")
+    bad.write_text(json.dumps({"family": "gpt", "num_layers": 4}))
+    assert_user_error(planner("plan", "--model", str(bad), "--global-batch", "8",
+                              "--cluster", "dgx-a100-80gb"), "arch.json", "hidden_size")
+    prof = tmp_path / "profile.json"
+    prof.write_text(json.dumps({"model": {}}))
+    assert_user_error(planner("plan", "--profile", str(prof), "--global-batch", "8"),
+                      "profile.json", "missing required field")
+
+
+def test_layout_that_does_not_divide():
+    assert_user_error(planner("plan", "--model", "gpt2-small", "--cluster", "dgx-a100-80gb",
+                              "--gpus", "8", "--global-batch", "12"), "12")
+
+
+def test_uneven_gpus_over_nodes():
+    assert_user_error(planner("plan", "--model", "gpt2-small", "--cluster", "dgx-a100-80gb",
+                              "--gpus", "12", "--global-batch", "12"),
+                      "--gpus 12 is not a whole number of nodes of 8")
+
+
+def test_plan_json_output_on_a_preset(tmp_path):
+    proc = planner("plan", "--model", "gpt2-small", "--cluster", "dgx-a100-80gb", "--gpus", "8",
+                   "--global-batch", "64", "--format", "json", "--out", str(tmp_path / "p.json"))
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    for key in ("step_time_s", "peak_memory_bytes", "fits", "layout"):
+        assert key in out
+    assert out["layout"]["dp"] * out["layout"]["tp"] * out["layout"]["pp"] == 8
+    assert out["fits"] is True and out["step_time_s"] > 0

@@ -1,0 +1,73 @@
+"""Spec dataclasses: strict JSON round trips and errors that show the arithmetic."""
+import json
+
+import pytest
+
+from planner.errors import PlannerError
+from planner.models import PRESETS, load_architecture, resolve_model
+from planner.specs import Cluster, Layout, ModelSpec
+from planner.clusters import PRESETS as CLUSTERS
+
+
+def test_layout_round_trip_and_world_arithmetic():
+    layout = Layout(dp=2, tp=4, pp=2, microbatch_size=2, num_microbatches=4, zero=1)
+    assert Layout.from_dict(layout.to_dict()) == layout
+    with pytest.raises(PlannerError, match=r"dp\(2\) \* tp\(4\) \* pp\(2\) = 16 != world_size\(8\)"):
+        layout.check_world(8)
+    with pytest.raises(PlannerError, match=r"= 16 != global_batch\(12\)"):
+        layout.check_batch(12)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"dp": "two"}, "field 'dp': expected an integer, got \"two\""),
+    ({"dp": 0}, "dp must be >= 1, got 0"),
+    ({"schedule": "zigzag"}, "schedule 'zigzag' is not one of"),
+    ({"dpp": 2}, "unknown field 'dpp'"),
+    ({"zero": 4}, "zero must be 0, 1, 2 or 3"),
+    ({"tp": 1, "sequence_parallel": True}, "sequence_parallel needs tp > 1"),
+])
+def test_layout_rejects_bad_fields(bad, message):
+    with pytest.raises(PlannerError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Layout.from_dict(bad, ctx="plan.json")
+
+
+def test_every_preset_round_trips_and_fingerprint_ignores_name():
+    for spec in PRESETS.values():
+        assert ModelSpec.from_dict(spec.to_dict()) == spec
+    renamed = ModelSpec.from_dict({**PRESETS["gpt-tiny"].to_dict(), "name": "other"})
+    assert renamed.fingerprint() == PRESETS["gpt-tiny"].fingerprint()
+    assert PRESETS["gpt2-small"].fingerprint() != PRESETS["gpt-tiny"].fingerprint()
+
+
+def test_cluster_presets_round_trip(tmp_path):
+    for make in CLUSTERS.values():
+        cluster = make()
+        path = tmp_path / f"{cluster.name}.json"
+        cluster.save(str(path))
+        assert Cluster.load(str(path)) == cluster
+
+
+def test_architecture_file(tmp_path):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"family": "gpt", "num_layers": 2, "hidden_size": 64,
+                                "num_heads": 4, "seq_len": 32, "vocab_size": 100}))
+    spec = resolve_model(str(path))
+    assert spec.name == "mine" and spec.ffn_hidden_size == 256
+    path.write_text(json.dumps({"family": "gpt", "num_layers": 2, "hidden_size": 64}))
+    with pytest.raises(PlannerError, match="missing required field 'num_heads'"):
+        load_architecture(str(path))
+    path.write_text('{"family": "gpt", ')
+    with pytest.raises(PlannerError, match=r"mine.json: malformed JSON at line 1"):
+        load_architecture(str(path))
+    path.write_text(json.dumps({"family": "gpt", "num_layers": 2, "hidden_size": 66,
+                                "num_heads": 4, "seq_len": 32, "vocab_size": 100}))
+    with pytest.raises(PlannerError, match=r"hidden_size\(66\) % num_heads\(4\) = 2"):
+        load_architecture(str(path))
+
+
+def test_nested_field_path_in_error():
+    data = CLUSTERS["dgx-a100-80gb"]().to_dict()
+    data["intra_node"]["bandwidth_bytes_per_s"] = "fast"
+    with pytest.raises(PlannerError, match=r"c.json: field 'intra_node.bandwidth_bytes_per_s': "
+                                           r"expected a number, got \"fast\""):
+        Cluster.from_dict(data, ctx="c.json")
