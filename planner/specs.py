@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from planner import serde
 from planner.errors import PlannerError
@@ -427,6 +427,23 @@ class Prediction(_Serde):
 
 
 @dataclass(frozen=True)
+class Candidate(_Serde):
+    """One layout the search considered, feasible or not, for reports and validation.
+
+    ``rank`` is 1 for the chosen layout, 2 for the runner-up, ... among the layouts that fit,
+    and 0 for the rest. ``step_time_s`` is 0 for a layout pruned before simulation; ``note``
+    then says why (e.g. "dominated by ..."), and may say why a simulated layout does not fit.
+    """
+    layout: Layout
+    step_time_s: float
+    peak_memory_bytes: int
+    fits: bool
+    breakdown_s: dict[str, float] = field(default_factory=dict)
+    rank: int = 0
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class Plan(_Serde):
     """What the executor reads: model, cluster, layout and the prediction it was chosen on."""
     model: ModelSpec
@@ -442,6 +459,9 @@ class Plan(_Serde):
     profile_path: str = ""
     seed: int = 0
     created_utc: str = ""
+    # What the search considered (may be empty: `planner simulate`) and why the winner wins.
+    candidates: tuple[Candidate, ...] = ()
+    explanation: str = ""
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self):
