@@ -501,3 +501,52 @@ class Metrics(_Serde):
     torch_version: str
     created_utc: str
     schema_version: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class ValidationRow(_Serde):
+    """One layout run by ``planner validate``: its prediction against the executor's metrics.
+
+    ``role`` is "pick" (the planner's choice), "top-k" or "sample"; ``status`` is "ok" or why
+    the run gave no measurement (then the measured fields and errors are 0 and it is left out of
+    the statistics). Errors are signed: 100 * (predicted - measured) / measured.
+    """
+    layout: Layout
+    role: str
+    predicted_rank: int
+    predicted_step_time_s: float
+    predicted_peak_memory_bytes: int
+    predicted_breakdown_s: dict[str, float]
+    status: str = "ok"
+    plan_fingerprint: str = ""
+    measured_step_time_s: float = 0.0
+    measured_step_time_iqr_s: float = 0.0
+    measured_peak_memory_bytes: int = 0
+    memory_measure: str = ""
+    step_time_error_pct: float = 0.0
+    memory_error_pct: float = 0.0
+
+
+@dataclass(frozen=True)
+class Validation(_Serde):
+    """What ``planner validate`` measured: per-layout rows and the statistics over them.
+
+    Statistics cover the rows with status "ok" (None when there are none).
+    ``rank_correlation`` (Spearman) is None with fewer than two measured layouts or when the
+    predicted or measured times do not vary; ``regret`` is None when the pick was not measured.
+    """
+    model: str
+    cluster: str
+    world_size: int
+    global_batch_size: int
+    steps: int
+    warmup_steps: int
+    rows: tuple[ValidationRow, ...]
+    median_abs_pct_error: float | None
+    max_abs_pct_error: float | None
+    rank_correlation: float | None
+    regret: float | None
+    memory_median_abs_pct_error: float | None = None
+    memory_max_abs_pct_error: float | None = None
+    created_utc: str = ""
+    schema_version: int = SCHEMA_VERSION
