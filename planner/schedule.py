@@ -1,0 +1,198 @@
+"""Pipeline schedules expanded into each pipeline rank's ordered operations.
+
+An operation is ``(kind, chunk, microbatch)``: ``kind`` "F" forward, "B" full backward, "I"
+backward for the input gradient only, "W" backward for the weight gradient only (the split of
+zero-bubble schedules); ``chunk`` is the global model-chunk index in pipeline order (0 .. p*v-1).
+The orders reproduce the schedule classes of ``torch.distributed.pipelining`` (torch 2.13,
+``schedules.py``), which the executor runs, so a predicted timeline is what actually runs:
+
+- ``gpipe``: ``ScheduleGPipe`` -- all forwards, then all backwards (Huang et al. 2019).
+- ``1f1b``: ``Schedule1F1B`` -- ``min(m, p - r)`` warm-up forwards on rank r, then alternate one
+  backward and one forward, then the remaining backwards (PipeDream-Flush, Narayanan et al.
+  2021, sec. 2.2; identical to Megatron's p-1-r warm-up followed by 1F1B pairs).
+- ``interleaved-1f1b``: ``ScheduleInterleaved1F1B`` -- v chunks per rank in looped placement
+  (rank r holds chunks r, r+p, ...), depth-first over rounds of ``m // rounds`` micro-batches
+  (Narayanan et al. SC'21, sec. 2.2), including torch's warm-up count
+  ``(v-1)*mb_per_round + 2*(p-1-r)`` capped at ``m*v``.
+- ``zbv``: ``ScheduleZBVZeroBubble`` -- two chunks per rank in V placement (rank r holds chunks
+  r and 2p-1-r), backward split into I and W (Qi et al. 2023, arXiv 2401.10241, sec. 6).
+
+The torch code pads with idle slots (None) to draw a lock-step picture; the simulator needs only
+the order, so they are dropped here.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from planner.errors import PlannerError
+
+Op = tuple[str, int, int]
+
+
+def placement(schedule: str) -> str:
+    """"v" for the V-shaped placement of zbv, else "loop"."""
+    return "v" if schedule == "zbv" else "loop"
+
+
+def chunk_rank(chunk: int, p: int, schedule: str) -> int:
+    """The pipeline rank holding ``chunk`` (torch's ``generate_stage_to_rank_mapping``)."""
+    if placement(schedule) == "v":
+        lap, pos = divmod(chunk, p)
+        return pos if lap % 2 == 0 else p - 1 - pos
+    return chunk % p
+
+
+def rank_chunks(rank: int, p: int, v: int, schedule: str) -> list[int]:
+    """The chunks a pipeline rank holds, in pipeline order."""
+    return [c for c in range(p * v) if chunk_rank(c, p, schedule) == rank]
+
+
+def gpipe(p: int, m: int) -> list[list[Op]]:
+    return [[("F", r, i) for i in range(m)] + [("B", r, i) for i in range(m)] for r in range(p)]
+
+
+def one_f_one_b(p: int, m: int) -> list[list[Op]]:
+    out = []
+    for r in range(p):
+        warmup = min(m, p - r)
+        ops = [("F", r, i) for i in range(warmup)]
+        f, b = warmup, 0
+        while b < m:
+            ops.append(("B", r, b))
+            b += 1
+            if f < m:
+                ops.append(("F", r, f))
+                f += 1
+        out.append(ops)
+    return out
+
+
+def interleaved_1f1b(p: int, m: int, v: int) -> list[list[Op]]:
+    """Port of ``ScheduleInterleaved1F1B._calculate_single_rank_operations`` (no bubbles)."""
+    rounds = max(1, m // p)
+    if m % rounds:
+        raise PlannerError(f"interleaved-1f1b needs num_microbatches({m}) to be a multiple of "
+                           f"max(1, m // pp) = {rounds}")
+    per_round = m // rounds
+    out = []
+    for r in range(p):
+        warmup = min((v - 1) * per_round + 2 * (p - 1 - r), m * v)
+        total = m * v
+
+        def fwd_chunk(step, r=r):
+            return ((step // per_round) % v) * p + r
+
+        def bwd_chunk(step, r=r, warmup=warmup):
+            return (v - 1 - ((step - warmup) // per_round) % v) * p + r
+
+        fcount: dict[int, int] = {}
+        bcount: dict[int, int] = {}
+        ops: list[Op] = []
+        for step in range(total + warmup):
+            if step < total:
+                c = fwd_chunk(step)
+                ops.append(("F", c, fcount.get(c, 0)))
+                fcount[c] = fcount.get(c, 0) + 1
+            if step >= warmup:
+                c = bwd_chunk(step)
+                ops.append(("B", c, bcount.get(c, 0)))
+                bcount[c] = bcount.get(c, 0) + 1
+        out.append(ops)
+    return out
+
+
+def zbv(p: int, m: int) -> list[list[Op]]:
+    """Port of ``ScheduleZBVZeroBubble._calculate_single_rank_operations`` (no bubbles)."""
+    n_micro = max(2 * p - 1, m)
+    out = []
+    for r in range(p):
+        c0, c1 = r, 2 * p - 1 - r
+        ops: list[Op] = []
+        f0 = f1 = b0 = b1 = 0
+        for _ in range(2 * (p - r) - 1):
+            ops.append(("F", c0, f0))
+            f0 += 1
+        for _ in range(r):
+            ops += [("F", c1, f1), ("F", c0, f0)]
+            f1 += 1
+            f0 += 1
+        for _ in range(p - r):
+            ops += [("F", c1, f1), ("I", c1, b1), ("W", c1, b1)]
+            f1 += 1
+            b1 += 1
+        while f1 < f0 or f0 < n_micro:
+            if f0 < n_micro:
+                ops.append(("F", c0, f0))
+                f0 += 1
+            ops += [("I", c0, b0), ("W", c0, b0), ("F", c1, f1), ("I", c1, b1), ("W", c1, b1)]
+            b0 += 1
+            f1 += 1
+            b1 += 1
+        w0, w1 = b0, b1
+        for _ in range(r):
+            ops += [("I", c0, b0), ("I", c1, b1)]
+            b0 += 1
+            b1 += 1
+        for _ in range(p - r):
+            ops += [("I", c0, b0), ("W", c0, w0)]
+            b0 += 1
+            w0 += 1
+        while w1 < b1:
+            ops.append(("W", c1, w1))
+            w1 += 1
+        while w0 < b0:
+            ops.append(("W", c0, w0))
+            w0 += 1
+        out.append([op for op in ops if op[2] < m])
+    return out
+
+
+def expand(schedule: str, p: int, m: int, v: int = 1) -> list[list[Op]]:
+    """Each pipeline rank's operations for one step of ``schedule``."""
+    if schedule == "gpipe":
+        return gpipe(p, m)
+    if schedule == "1f1b":
+        return one_f_one_b(p, m)
+    if schedule == "interleaved-1f1b":
+        return interleaved_1f1b(p, m, v)
+    if schedule == "zbv":
+        if v != 2:
+            raise PlannerError(f"schedule zbv needs virtual_stages 2, got {v}")
+        return zbv(p, m)
+    raise PlannerError(f"unknown schedule {schedule!r}")
+
+
+def peak_in_flight(ops: Sequence[Op], chunk_bytes: dict[int, float],
+                   weight_fraction: float = 0.0) -> float:
+    """Largest activation footprint over a rank's operation order.
+
+    A forward of (chunk, mb) keeps ``chunk_bytes[chunk]`` until its backward; a split backward
+    ("I") keeps ``weight_fraction`` of it (the inputs the weight gradient needs) until "W".
+    For 1F1B this gives min(p - r, m) micro-batches on rank r, GPipe m (formulas.md).
+    """
+    live = peak = 0.0
+    for kind, chunk, _ in ops:
+        size = chunk_bytes[chunk]
+        if kind == "F":
+            live += size
+            peak = max(peak, live)
+        elif kind == "B":
+            live -= size
+        elif kind == "I":
+            live -= size * (1.0 - weight_fraction)
+        else:
+            live -= size * weight_fraction
+    return peak
+
+
+def max_in_flight(ops: Sequence[Op]) -> dict[int, int]:
+    """Per chunk, the most micro-batches whose forward ran and backward (full or I) did not."""
+    live: dict[int, int] = {}
+    peak: dict[int, int] = {}
+    for kind, chunk, _ in ops:
+        if kind == "F":
+            live[chunk] = live.get(chunk, 0) + 1
+            peak[chunk] = max(peak.get(chunk, 0), live[chunk])
+        elif kind in ("B", "I"):
+            live[chunk] -= 1
+    return peak
