@@ -1,0 +1,64 @@
+"""Turn a plan's layout into the modules, data-parallel strategy and schedule of one rank.
+
+``parallelize`` is the one place the parallel dimensions are composed. The order is fixed:
+
+1. tensor parallel (``tp.apply_tp``) on the whole model: it turns Linear weights into DTensor
+   shards, which every later wrapper must see (FSDP2 then shards those DTensors along dp).
+2. pipeline split (``pp.apply_pp``): keep only this rank's chunks of blocks; the tp hooks on the
+   blocks travel with them, so stage boundaries carry plain (sequence-sliced, under sp) tensors.
+3. recompute (``recompute.apply_recompute``) inside each block's forward, so that DP's hooks
+   (FSDP's all-gather before forward, DDP's gradient hooks) stay outside the checkpointed region.
+4. data parallel (``dp.apply_dp``): DDP/FSDP wrap the chunks, which must already be final.
+5. schedule (``pp.build_schedule``): pipeline stages over the dp-wrapped chunks, so that the
+   stage's backward can use DDP's ``no_sync`` / FSDP's gradient-sync switch across micro-batches.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.distributed as dist
+from torch import nn
+
+from executor.parallel import dp as dp_mod
+from executor.parallel import pp as pp_mod
+from executor.parallel import tp as tp_mod
+from executor.parallel.recompute import apply_recompute
+from planner import grid
+
+
+@dataclass
+class Parallelized:
+    parts: list[nn.Module]         # what this rank runs forward (wrapped for dp)
+    named_parts: list[nn.Module]   # the same before dp wrapping: parameter names of the full model
+    dp: dp_mod.NoDataParallel      # gradient combination and the optimizer it needs
+    schedule: object | None        # pipeline schedule, None when pp == 1
+    first: bool                    # holds the first pipeline chunk (feeds the inputs)
+    last: bool                     # holds the last pipeline chunk (computes the loss)
+    counts_loss: bool              # adds its losses to the reported global mean (tp rank 0 only)
+
+
+def parallelize(model, layout, mesh, device, where: str = "plan") -> Parallelized:
+    dp_i, pp_i, tp_i = grid.coords_of(dist.get_rank(), layout.pp, layout.tp)
+    # 1. tensor parallel
+    tp_mod.check_tp(model.spec, layout, where)
+    if layout.tp > 1:
+        tp_mod.apply_tp(model, layout, mesh["tp"])
+    # 2. pipeline split
+    if layout.pp > 1:
+        parts, stage_ids = pp_mod.apply_pp(model, layout, pp_i, where)
+        num_stages = layout.pp * layout.virtual_stages
+        first, last = 0 in stage_ids, num_stages - 1 in stage_ids
+    else:
+        parts, stage_ids, first, last = [model], [0], True, True
+    # 3. recompute
+    for part in parts:
+        apply_recompute(dp_mod._blocks(part), layout.recompute)
+    # 4. data parallel
+    strategy = dp_mod.apply_dp(parts, layout, mesh, device, where)
+    # 5. schedule
+    schedule = None
+    if layout.pp > 1:
+        schedule = pp_mod.build_schedule(strategy.parts, stage_ids, layout,
+                                         mesh["pp"].get_group(), device, model.loss)
+    return Parallelized(strategy.parts, parts, strategy, schedule, first, last,
+                        counts_loss=last and tp_i == 0)

@@ -1,0 +1,74 @@
+"""``torchrun --standalone --nproc-per-node N -m executor --plan plan.json [options]``.
+
+Runs the plan's layout for ``--steps`` steps on synthetic data (or ``--data tokens.npy``) and
+writes the measured losses, step times, peak memory and throughput as Metrics JSON (rank 0).
+A plan that does not fit this launch (edited model fingerprint, wrong world size, unsupported
+combination) is refused with one ``error: ...`` line and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from planner.errors import PlannerError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m executor", description=__doc__.split("\n\n")[1])
+    p.add_argument("--plan", required=True, help="plan JSON written by `planner plan`")
+    p.add_argument("--steps", type=int, default=10, help="training steps to run (default 10)")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="first steps left out of step_times_s (losses still kept; default 2)")
+    p.add_argument("--metrics", default="", help="write Metrics JSON here (rank 0)")
+    p.add_argument("--data", default="", help="a .npy 1-D array of token ids instead of "
+                   "synthetic tokens (gpt models)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: cuda:LOCAL_RANK when CUDA is available, else cpu")
+    p.add_argument("--timeout-s", type=float, default=60.0,
+                   help="process-group timeout: a hung peer fails the job after this long")
+    p.add_argument("--save-params", default="", metavar="DIR",
+                   help="write each rank's full parameters to DIR/params-rank{r}.npz after "
+                   "training (exactness tests)")
+    p.add_argument("--quiet", dest="verbose", action="store_false",
+                   help="no per-step progress lines")
+    return p
+
+
+def _report_error(message: str) -> None:
+    """One line per job: from local rank 0 of each node, prefixed by the rank when not 0."""
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        return
+    rank = os.environ.get("RANK", "0")
+    prefix = "" if rank == "0" else f"[rank {rank}] "
+    print(f"error: {prefix}{message}", file=sys.stderr, flush=True)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from executor import runtime
+    try:
+        from executor.train import run
+        from planner.specs import Plan
+        plan = Plan.load(args.plan)
+        metrics = run(plan, args.plan, args)
+        if metrics is not None:
+            if args.metrics:
+                metrics.save(args.metrics)
+            _summary(metrics, args.metrics)
+        return 0
+    except PlannerError as err:
+        _report_error(str(err))
+        return 2
+    finally:
+        runtime.shutdown()
+
+
+def _summary(m, path: str) -> None:
+    losses = " ".join(f"{x:.4f}" for x in m.losses)
+    print(f"layout {m.layout.describe()} on {m.world_size} {m.device} rank(s), {m.backend}")
+    print(f"losses {losses}")
+    print(f"step_time_s {m.step_time_s:.4f} (median of {len(m.step_times_s)}), tokens/s "
+          f"{m.tokens_per_s:.1f}, peak memory per rank {list(m.peak_memory_bytes)} bytes")
+    if path:
+        print(f"wrote {path}")

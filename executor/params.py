@@ -1,0 +1,25 @@
+"""Write a rank's parameters, whole, for exactness tests (``--save-params DIR``).
+
+Each rank writes ``DIR/params-rank{r}.npz`` (NumPy, no pickle) with the full value of every
+parameter it holds, under the unsplit model's name. Sharded (DTensor) parameters are gathered
+first, which is a collective: every rank of the job must call ``save_params``.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from torch.distributed.tensor import DTensor
+
+
+def full_named_parameters(parts):
+    for part in parts:
+        for name, p in part.named_parameters():
+            t = p.full_tensor() if isinstance(p, DTensor) else p
+            yield name, t.detach().cpu()
+
+
+def save_params(parts, directory: str, rank: int) -> None:
+    os.makedirs(directory, exist_ok=True)
+    arrays = {name: t.numpy() for name, t in full_named_parameters(parts)}
+    np.savez(os.path.join(directory, f"params-rank{rank}.npz"), **arrays)
