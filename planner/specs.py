@@ -194,27 +194,56 @@ class DeviceSpec(_Serde):
 
 @dataclass(frozen=True)
 class LinkLevel(_Serde):
-    """Latency (alpha) and bandwidth (1/beta) of one level of the network, per direction."""
+    """Latency (alpha) and bandwidth (1/beta) of one level of the network, per direction.
+
+    ``latency_s`` is paid per message step of an algorithm; ``call_latency_s`` once per
+    collective call (launch and synchronisation, NCCL's tuner ``baseLat``).
+    """
     name: str                      # "intra_node" | "inter_node"
     latency_s: float
     bandwidth_bytes_per_s: float
     source: str = "datasheet"      # "datasheet" | "measured" | "fitted"
+    call_latency_s: float = 0.0
 
     def __post_init__(self):
-        if self.latency_s < 0 or self.bandwidth_bytes_per_s <= 0:
-            raise PlannerError(f"link {self.name}: latency_s must be >= 0 and "
+        if self.latency_s < 0 or self.bandwidth_bytes_per_s <= 0 or self.call_latency_s < 0:
+            raise PlannerError(f"link {self.name}: latency_s and call_latency_s must be >= 0 and "
                                f"bandwidth_bytes_per_s > 0, got {self.latency_s}, "
-                               f"{self.bandwidth_bytes_per_s}")
+                               f"{self.call_latency_s}, {self.bandwidth_bytes_per_s}")
 
 
 @dataclass(frozen=True)
 class NodeLink(_Serde):
-    """An explicit node-to-node link that replaces the inter-node level for that pair."""
+    """An explicit node-to-node link that replaces the inter-node level for that pair.
+
+    One link shared by every flow between the two nodes (e.g. two nodes joined by one cable).
+    """
     node_a: int
     node_b: int
     latency_s: float
     bandwidth_bytes_per_s: float
     source: str = "datasheet"
+
+    def __post_init__(self):
+        if self.node_a == self.node_b or min(self.node_a, self.node_b) < 0:
+            raise PlannerError(f"node link {self.node_a}-{self.node_b}: node_a and node_b must "
+                               "be two different node indices >= 0")
+        if self.latency_s < 0 or self.bandwidth_bytes_per_s <= 0:
+            raise PlannerError(f"node link {self.node_a}-{self.node_b}: latency_s must be >= 0 "
+                               f"and bandwidth_bytes_per_s > 0, got {self.latency_s}, "
+                               f"{self.bandwidth_bytes_per_s}")
+
+
+@dataclass(frozen=True)
+class NodeLevels(_Serde):
+    """A node whose links differ from the cluster's levels; None keeps the cluster's level.
+
+    ``intra_node`` is each device's link to its node switch, ``inter_node`` each of the node's
+    network ports (see ``Cluster.nics_per_node``).
+    """
+    node: int
+    intra_node: LinkLevel | None = None
+    inter_node: LinkLevel | None = None
 
 
 @dataclass(frozen=True)
@@ -247,12 +276,32 @@ class Cluster(_Serde):
     node_links: tuple[NodeLink, ...] = ()
     collective_fits: tuple[CollectiveFit, ...] = ()
     notes: str = ""
+    node_levels: tuple[NodeLevels, ...] = ()
+    nics_per_node: int = 0          # network ports per node, shared evenly; 0: one per device
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self):
         _positive("num_nodes", self.num_nodes)
         _positive("devices_per_node", self.devices_per_node)
         _choice("backend", self.backend, ("nccl", "gloo"))
+        if not 0 <= self.nics_per_node <= self.devices_per_node:
+            raise PlannerError(f"nics_per_node must be 0 (one per device) .. devices_per_node("
+                               f"{self.devices_per_node}), got {self.nics_per_node}")
+        for i, link in enumerate(self.node_links):
+            if max(link.node_a, link.node_b) >= self.num_nodes:
+                bad = max(link.node_a, link.node_b)
+                raise PlannerError(f"node_links[{i}]: node {bad} does not exist (num_nodes "
+                                   f"{self.num_nodes}: 0..{self.num_nodes - 1})")
+        for i, lv in enumerate(self.node_levels):
+            if not 0 <= lv.node < self.num_nodes:
+                raise PlannerError(f"node_levels[{i}]: node {lv.node} does not exist (num_nodes "
+                                   f"{self.num_nodes}: 0..{self.num_nodes - 1})")
+
+    @property
+    def uniform(self) -> bool:
+        """Every node alike, one network port per device, no explicit node links."""
+        return (not self.node_links and not self.node_levels
+                and self.nics_per_node in (0, self.devices_per_node))
 
     @property
     def num_devices(self) -> int:
@@ -263,11 +312,19 @@ class Cluster(_Serde):
         _positive("--gpus", num_devices)
         per = self.devices_per_node
         if num_devices <= per:
-            return replace(self, num_nodes=1, devices_per_node=num_devices)
+            # Links and levels of nodes that are cut away go with them.
+            return replace(self, num_nodes=1, devices_per_node=num_devices,
+                           nics_per_node=min(self.nics_per_node, num_devices),
+                           node_links=(), node_levels=tuple(
+                               lv for lv in self.node_levels if lv.node == 0))
         if num_devices % per:
             raise PlannerError(f"--gpus {num_devices} is not a whole number of nodes of {per} "
                                f"devices ({num_devices} % {per} = {num_devices % per})")
-        return replace(self, num_nodes=num_devices // per)
+        nodes = num_devices // per
+        return replace(self, num_nodes=nodes,
+                       node_links=tuple(k for k in self.node_links
+                                        if max(k.node_a, k.node_b) < nodes),
+                       node_levels=tuple(lv for lv in self.node_levels if lv.node < nodes))
 
 
 # --------------------------------------------------------------------------------------------
