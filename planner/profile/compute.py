@@ -64,7 +64,8 @@ def profile_model(spec: ModelSpec, microbatch_size: int, dtype: str = "float32",
         clock = _Clock(device)
         autocast = _autocast(device, dtype)
         inputs, targets = _batch(model, microbatch_size, dtype, device)
-        blocks = _profile_blocks(model, inputs, targets, clock, autocast, repeats, warmup, say)
+        blocks = measure_blocks(model.blocks, _capture_inputs(model, inputs, autocast), repeats,
+                                warmup, device, dtype, lambda out: model.loss(out, targets), say)
         step = _measure_step(model, inputs, targets, optimizer, clock, autocast, repeats, warmup)
         say(f"whole step {step['step'][0] * 1e3:.3f} ms "
             f"(optimizer {step['optimizer'][0] * 1e3:.3f} ms)")
@@ -82,19 +83,25 @@ def profile_model(spec: ModelSpec, microbatch_size: int, dtype: str = "float32",
         torch.set_num_threads(previous_threads)
 
 
-def _profile_blocks(model, inputs, targets, clock, autocast, repeats, warmup, say):
-    block_inputs = _capture_inputs(model, inputs, autocast)
-    last = len(model.blocks) - 1
-    runs = [_BlockRun(i, block, block_inputs[i], autocast,
-                      (lambda out: model.loss(out, targets)) if i == last else None)
-            for i, block in enumerate(model.blocks)]
-    blocks = []
+def measure_blocks(blocks, block_inputs, repeats: int = 10, warmup: int = 3,
+                   device: str = "cpu", dtype: str = "float32", loss=None,
+                   progress=None, data_input: bool = True) -> tuple[BlockProfile, ...]:
+    """Profile ``blocks[i]`` on ``block_inputs[i]`` (``loss(output)`` attached to the last one,
+    if given; ``data_input``: the first block's input is data, so it gets no gradient).
+    ``profile_model`` uses it on a whole model; benchmarks on single blocks or TP shards."""
+    say = progress or (lambda line: None)
+    clock, autocast = _Clock(device), _autocast(device, dtype)
+    last = len(blocks) - 1
+    runs = [_BlockRun(i, block, block_inputs[i], autocast, loss if i == last else None,
+                      needs_grad=i > 0 or not data_input)
+            for i, block in enumerate(blocks)]
+    profiles = []
     for run, (fwd, bwd) in zip(runs, _time_blocks(runs, clock, repeats, warmup, say)):
         bp = run.profile(fwd, bwd)
         say(f"block {bp.index:3d} {bp.name:<20} fwd {bp.forward_time_s * 1e3:9.3f} ms  "
             f"bwd {bp.backward_time_s * 1e3:9.3f} ms")
-        blocks.append(bp)
-    return tuple(blocks)
+        profiles.append(bp)
+    return tuple(profiles)
 
 
 def _check_args(microbatch_size, dtype, optimizer, repeats, warmup, num_threads, device):
@@ -176,8 +183,8 @@ def _stats(samples):
 class _BlockRun:
     """One block on its captured input: inspected once (FLOPs, bytes), then timed repeatedly."""
 
-    def __init__(self, index, block, inp, autocast, loss):
-        if index > 0 and inp.is_floating_point():
+    def __init__(self, index, block, inp, autocast, loss, needs_grad):
+        if needs_grad and inp.is_floating_point():
             inp = inp.detach().requires_grad_(True)   # count input-gradient work, as in a stage
         self.index, self.block, self.inp, self.autocast, self.loss = (
             index, block, inp, autocast, loss)
