@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs Debian's chromium for tests/test_report.py, which drives it headless over the
+# DevTools protocol on a pipe (tests/chromium_cdp.py): no chromedriver, selenium or browser
+# download needed. Idempotent: does nothing when /usr/bin/chromium is already there.
+set -euo pipefail
+if [ -x /usr/bin/chromium ]; then
+  echo "chromium already installed: $(/usr/bin/chromium --version 2>/dev/null || true)"
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  SUDO=sudo
+else
+  SUDO=
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends chromium fonts-dejavu-core
+/usr/bin/chromium --version
