@@ -8,10 +8,13 @@
 2. Tensor parallel: measure rank 0's Megatron shard of one transformer block (tp 2 and 4) on the
    same input and compare its time and bytes with the prediction from the full block.
 
-    python benchmarks/extrapolate_cpu.py [--larger] [--repeats 20] [--threads 1]
+    python benchmarks/extrapolate_cpu.py [--larger] [--repeats 20] [--timer cpu|wall]
 
 Timings on a shared 2-core machine are noisy (a few % between runs, more for sub-millisecond
-blocks): read the errors as indicative and rerun before quoting them.
+blocks; several times slower while other processes hold the cores). By default this benchmark
+times with process CPU time on one thread (``--timer cpu``), which equals wall time on an idle
+core and ignores time the core spends on other processes; pass ``--timer wall`` on a quiet
+machine. Read the errors as indicative and rerun before quoting them.
 """
 from __future__ import annotations
 
@@ -43,10 +46,10 @@ def pct(pred, meas):
 
 def micro_batch_study(spec, measure_mbs, predict_mbs, args):
     profiles = {mb: profile_model(spec, mb, repeats=args.repeats, warmup=args.warmup,
-                                  num_threads=args.threads) for mb in measure_mbs + predict_mbs}
+                                  timer=args.timer) for mb in measure_mbs + predict_mbs}
     base = [profiles[mb] for mb in measure_mbs]
     print(f"\n== {spec.name}: measured at micro-batch {measure_mbs}, predicting {predict_mbs} "
-          f"(median of {args.repeats}, {args.threads} thread) ==")
+          f"(median of {args.repeats}, 1 thread, {args.timer} time) ==")
     summary = []
     for mb in predict_mbs:
         meas = profiles[mb]
@@ -101,7 +104,7 @@ def shard_block(block, tp):
 
 
 def tp_study(spec, profiles, measure_mbs, mb, tps, args):
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(1)
     model = build_model(spec)
     tokens, _ = model.synthetic_batch(mb, torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -109,10 +112,11 @@ def tp_study(spec, profiles, measure_mbs, mb, tps, args):
     block = model.blocks[1]
     blocks = [block] + [shard_block(block, t) for t in tps]
     measured = measure_blocks(blocks, [x] * len(blocks), args.repeats, args.warmup,
-                              data_input=False)
-    base = [(m, profiles[m].blocks[1]) for m in measure_mbs]
+                              data_input=False, timer=args.timer)
+    # All layers are identical: fit through every layer's points, as extrapolate_profile does.
+    base = [(m, b) for m in measure_mbs for b in profiles[m].blocks if b.kind == "block"]
     print(f"\n== {spec.name}: tensor-parallel shard of block 1 at micro-batch {mb}, predicted "
-          f"from the full block at {measure_mbs} ==")
+          f"from the full layers at {measure_mbs} ==")
     print(f"{'tp':>3} {'fwd pred':>9} {'fwd meas':>9} {'err':>7}  {'bwd pred':>9} "
           f"{'bwd meas':>9} {'err':>7}  {'saved pred':>11} {'saved meas':>11}  "
           f"{'GFLOP pred':>10} {'meas':>7}  {'params pred':>11} {'meas':>9}")
@@ -132,7 +136,8 @@ def main():
     parser.add_argument("--larger", action="store_true", help=f"also {LARGER.name}")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--timer", choices=("cpu", "wall"), default="cpu",
+                        help="process CPU time (default; steady on a shared machine) or wall")
     args = parser.parse_args()
     measure_mbs, predict_mbs = [1, 2], [4, 8]
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; noisy shared machine: errors of a "

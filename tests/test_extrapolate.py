@@ -1,6 +1,7 @@
 """Extrapolating measured profiles (pure arithmetic on hand-built profiles; no torch)."""
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -102,6 +103,23 @@ def test_extrapolate_profile_sums_blocks_and_scales_optimizer():
     same = extrapolate_profile([profile(1), profile(2)], 2)
     assert [b.forward_time_s for b in same.blocks] == pytest.approx(
         [b.forward_time_s for b in profile(2).blocks])
+
+
+def test_identical_blocks_share_one_fit():
+    # Two identical layers, one measured 10% slow and one 10% fast at every size: both are
+    # predicted on the line through all four points, i.e. the exact (noise-free) line.
+    def noisy(mb):
+        p = profile(mb)
+        b = p.blocks[1]
+        slow = replace(b, forward_time_s=1.1 * b.forward_time_s)
+        fast = replace(b, index=2, forward_time_s=0.9 * b.forward_time_s)
+        blocks = (p.blocks[0], slow, fast, replace(p.blocks[2], index=3))
+        return replace(p, blocks=blocks)
+    pred = extrapolate_profile([noisy(1), noisy(2)], 8)
+    exact = OVERHEAD + 8e8 * SEC_PER_FLOP
+    assert [b.index for b in pred.blocks] == [0, 1, 2, 3]
+    assert pred.blocks[1].forward_time_s == pytest.approx(exact)
+    assert pred.blocks[2].forward_time_s == pytest.approx(exact)
 
 
 def test_extrapolate_profile_rejects_mixed_or_bad_input():

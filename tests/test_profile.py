@@ -137,9 +137,18 @@ def test_bad_arguments_raise_planner_error():
     spec = resolve_model("gpt-tiny")
     for kwargs in ({"microbatch_size": 0}, {"microbatch_size": 1, "dtype": "int8"},
                    {"microbatch_size": 1, "optimizer": "lamb"},
-                   {"microbatch_size": 1, "repeats": 0}, {"microbatch_size": 1, "num_threads": 0}):
+                   {"microbatch_size": 1, "repeats": 0}, {"microbatch_size": 1, "num_threads": 0},
+                   {"microbatch_size": 1, "timer": "tsc"},
+                   {"microbatch_size": 1, "timer": "cpu", "num_threads": 2}):
         with pytest.raises(PlannerError):
             profile_model(spec, **kwargs)
+
+
+def test_cpu_timer_is_recorded_in_source():
+    from planner.profile.compute import profile_model
+    prof = profile_model(resolve_model("mlp-tiny"), 2, repeats=2, warmup=1, timer="cpu")
+    assert prof.source == "measured (process CPU time)"
+    assert all(b.forward_time_s > 0 for b in prof.blocks)
 
 
 def test_command_writes_a_loadable_profile(tmp_path, capsys):

@@ -51,9 +51,16 @@ _LEARNING_RATE = 1e-4   # any small value: step time does not depend on it
 def profile_model(spec: ModelSpec, microbatch_size: int, dtype: str = "float32",
                   optimizer: str = "adam", repeats: int = 10, warmup: int = 3,
                   num_threads: int | None = None, device: str = "cpu",
-                  progress=None) -> ModelProfile:
-    """Profile ``spec`` at ``microbatch_size`` (see the module docstring for what is measured)."""
+                  progress=None, timer: str = "wall") -> ModelProfile:
+    """Profile ``spec`` at ``microbatch_size`` (see the module docstring for what is measured).
+
+    ``timer="cpu"`` (CPU, one thread) times with the process's CPU time instead of the wall
+    clock: on an idle core the two agree, on a shared machine CPU time ignores the time other
+    processes hold the core. The profile's ``source`` then says so."""
     _check_args(microbatch_size, dtype, optimizer, repeats, warmup, num_threads, device)
+    if timer not in ("wall", "cpu") or (timer == "cpu" and (device != "cpu"
+                                                            or (num_threads or 1) != 1)):
+        raise PlannerError(f"timer {timer!r}: use 'wall', or 'cpu' on device cpu with 1 thread")
     say = progress or (lambda line: None)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(num_threads or 1)
@@ -61,11 +68,12 @@ def profile_model(spec: ModelSpec, microbatch_size: int, dtype: str = "float32",
         model = build_model(spec, seed=0, dtype=_PARAM_DTYPE[dtype]).to(device)
         if spec.family == "custom":
             spec = custom_spec_from_module(spec, model)
-        clock = _Clock(device)
+        clock = _Clock(device, timer)
         autocast = _autocast(device, dtype)
         inputs, targets = _batch(model, microbatch_size, dtype, device)
         blocks = measure_blocks(model.blocks, _capture_inputs(model, inputs, autocast), repeats,
-                                warmup, device, dtype, lambda out: model.loss(out, targets), say)
+                                warmup, device, dtype, lambda out: model.loss(out, targets), say,
+                                timer=timer)
         step = _measure_step(model, inputs, targets, optimizer, clock, autocast, repeats, warmup)
         say(f"whole step {step['step'][0] * 1e3:.3f} ms "
             f"(optimizer {step['optimizer'][0] * 1e3:.3f} ms)")
@@ -78,19 +86,21 @@ def profile_model(spec: ModelSpec, microbatch_size: int, dtype: str = "float32",
             optimizer_step_time_s=step["optimizer"][0], repeats=repeats, warmup=warmup,
             torch_version=torch.__version__,
             created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            step_peak_memory_bytes=step["peak_bytes"])
+            step_peak_memory_bytes=step["peak_bytes"],
+            source="measured" if timer == "wall" else "measured (process CPU time)")
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def measure_blocks(blocks, block_inputs, repeats: int = 10, warmup: int = 3,
                    device: str = "cpu", dtype: str = "float32", loss=None,
-                   progress=None, data_input: bool = True) -> tuple[BlockProfile, ...]:
+                   progress=None, data_input: bool = True,
+                   timer: str = "wall") -> tuple[BlockProfile, ...]:
     """Profile ``blocks[i]`` on ``block_inputs[i]`` (``loss(output)`` attached to the last one,
     if given; ``data_input``: the first block's input is data, so it gets no gradient).
     ``profile_model`` uses it on a whole model; benchmarks on single blocks or TP shards."""
     say = progress or (lambda line: None)
-    clock, autocast = _Clock(device), _autocast(device, dtype)
+    clock, autocast = _Clock(device, timer), _autocast(device, dtype)
     last = len(blocks) - 1
     runs = [_BlockRun(i, block, block_inputs[i], autocast, loss if i == last else None,
                       needs_grad=i > 0 or not data_input)
@@ -122,14 +132,16 @@ def _check_args(microbatch_size, dtype, optimizer, repeats, warmup, num_threads,
 
 
 class _Clock:
-    """Wall clock on CPU (ops are synchronous); CUDA events on the current stream on CUDA."""
+    """Wall clock (or process CPU time) on CPU, where ops are synchronous; CUDA events on the
+    current stream on CUDA."""
 
-    def __init__(self, device: str):
+    def __init__(self, device: str, timer: str = "wall"):
         self.cuda = device == "cuda"
+        self.now = time.process_time if timer == "cpu" else time.perf_counter
 
     def mark(self):
         if not self.cuda:
-            return time.perf_counter()
+            return self.now()
         event = torch.cuda.Event(enable_timing=True)
         event.record()
         return event

@@ -17,6 +17,9 @@ through the origin). A slope <= 0 says time does not measurably grow with work o
 range (a block that is all overhead, e.g. a small embedding): the time is then the constant mean
 (this under-predicts far outside the range, where work takes over: profile nearer the target).
 From one measurement the model is proportional: the measured throughput holds at every size.
+In a whole model, blocks of identical shape (same kind, name, FLOPs, parameters and bytes: the
+N layers of a GPT) share one fit through all their points, since their measured times differ
+only by noise; with N layers that is N times the data behind each slope.
 
 Scaling of work and bytes (exact for the zoo's blocks: every operation is per sample):
 
@@ -106,7 +109,7 @@ def scale_block_size(block: BlockProfile, batch_ratio: float, tp: int = 1) -> Bl
 def extrapolate_block(measured: Sequence[tuple[int, BlockProfile]], microbatch_size: int,
                       tp: int = 1) -> BlockProfile:
     """One block at ``microbatch_size`` (and TP ``tp``) from ``(micro-batch, profile)`` pairs
-    of the same block measured at different micro-batch sizes."""
+    of the same block (or of identical blocks) measured at different micro-batch sizes."""
     ref_mb, ref = max(measured, key=lambda m: m[0])
     target = scale_block_size(ref, microbatch_size / ref_mb, tp)
     work = block_work(target)
@@ -130,9 +133,12 @@ def extrapolate_profile(profiles: Sequence[ModelProfile], microbatch_size: int,
     ref = _check_same_model(profiles)
     _check_tp(ref, tp)
     by_mb = sorted(profiles, key=lambda p: p.microbatch_size)
-    blocks = tuple(
-        extrapolate_block([(p.microbatch_size, p.blocks[i]) for p in by_mb], microbatch_size, tp)
-        for i in range(len(ref.blocks)))
+    blocks = []
+    for i, b in enumerate(ref.blocks):
+        twins = [j for j, c in enumerate(ref.blocks) if _shape(c) == _shape(b)]
+        points = [(p.microbatch_size, p.blocks[j]) for p in by_mb for j in twins]
+        blocks.append(replace(extrapolate_block(points, microbatch_size, tp), index=i))
+    blocks = tuple(blocks)
     optimizer_s = ref.optimizer_step_time_s * (sum(b.param_count for b in blocks)
                                                / max(ref.param_count, 1))
     step_s = sum(b.forward_time_s + b.backward_time_s for b in blocks) + optimizer_s
@@ -142,6 +148,11 @@ def extrapolate_profile(profiles: Sequence[ModelProfile], microbatch_size: int,
                    optimizer_step_time_s=optimizer_s, step_peak_memory_bytes=0,
                    source=f"extrapolated from micro-batch {mbs} to {microbatch_size}, tp={tp}: "
                           "time = overhead + work / throughput")
+
+
+def _shape(b: BlockProfile):
+    return (b.kind, b.name, b.forward_flops, b.param_count, b.output_bytes,
+            b.saved_activation_bytes)
 
 
 def _check_same_model(profiles: Sequence[ModelProfile]) -> ModelProfile:
