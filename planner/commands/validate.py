@@ -1,0 +1,155 @@
+"""`planner validate`: run the executor on the planner's top layouts and a sample of the rest.
+
+For the model and cluster given (as to `planner plan`), the search's feasible layouts are ranked
+by predicted step time; the top ``--top-k`` and ``--sample`` drawn from the others (seeded) are
+written as plan files under ``--workdir`` and run with ``torchrun -m executor`` at the cluster's
+world size. Printed: predicted against measured step time and memory per layout, and the
+statistics of ``planner.validate`` (median/max absolute percentage error, Spearman rank
+correlation, regret). ``--calibrate`` fits compute and communication scales to the runs and
+writes a calibrated cluster file (and profile, when compute came from one).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from planner import inputs as plan_inputs
+from planner.errors import PlannerError
+
+
+def add_arguments(parser) -> None:
+    plan_inputs.add_arguments(parser)
+    parser.add_argument("--top-k", type=int, default=3, help="best predicted layouts to run")
+    parser.add_argument("--sample", type=int, default=2,
+                        help="other feasible layouts to run, drawn at random (seeded)")
+    parser.add_argument("--sample-seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=6, help="executor steps per layout")
+    parser.add_argument("--warmup", type=int, default=2, help="of which warm-up (not timed)")
+    parser.add_argument("--timeout-s", type=float, default=600.0,
+                        help="wall limit per executor run; a run over it is killed and listed")
+    parser.add_argument("--workdir", help="plans, metrics and logs (default out/validate/"
+                                          "<model>-<cluster>-g<N>-b<B>)")
+    parser.add_argument("--out", help="also write the result as JSON here (for planner report)")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="fit compute/communication scales to the runs; write calibrated "
+                             "cluster (and profile) files into the workdir")
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+
+
+def feasible_plans(inp) -> list:
+    """Plans of every layout the search keeps (it fits), best predicted step time first."""
+    from planner.commands import plan as plan_cmd
+
+    # The data-parallel spine: every micro-batch size that divides the per-rank batch.
+    layouts = []
+    per_rank = inp.global_batch_size // inp.num_devices if inp.global_batch_size % inp.num_devices == 0 else 0
+    for mb in range(1, per_rank + 1):
+        if per_rank % mb == 0:
+            layouts.append(plan_cmd.dp_layout(inp.num_devices, inp.global_batch_size, mb))
+    plans = [plan_cmd.make_plan(inp, lay, plan_cmd.predict_dp(inp, lay)) for lay in layouts]
+    return sorted((p for p in plans if p.prediction.fits), key=lambda p: p.prediction.step_time_s)
+
+
+def print_text(v, out=sys.stdout) -> None:
+    mib = 2**20
+    print(f"validate {v.model} on {v.cluster} x{v.world_size}, global batch "
+          f"{v.global_batch_size}, {v.steps} steps ({v.warmup_steps} warm-up) per layout", file=out)
+    head = (f"{'#':>3} {'role':6} {'layout':38} {'pred ms':>9} {'meas ms':>9} {'IQR':>7} "
+            f"{'err%':>7} {'pred MiB':>9} {'meas MiB':>9} {'err%':>7}")
+    print(head, file=out)
+    for r in v.rows:
+        lay = r.layout.describe()[:38]
+        if r.status != "ok":
+            print(f"{r.predicted_rank:>3} {r.role:6} {lay:38} {r.predicted_step_time_s * 1e3:9.1f}"
+                  f"  not measured: {r.status}", file=out)
+            continue
+        print(f"{r.predicted_rank:>3} {r.role:6} {lay:38} {r.predicted_step_time_s * 1e3:9.1f} "
+              f"{r.measured_step_time_s * 1e3:9.1f} {r.measured_step_time_iqr_s * 1e3:7.1f} "
+              f"{r.step_time_error_pct:+7.1f} {r.predicted_peak_memory_bytes / mib:9.1f} "
+              f"{r.measured_peak_memory_bytes / mib:9.1f} {r.memory_error_pct:+7.1f}", file=out)
+    measures = sorted({r.memory_measure for r in v.rows if r.status == "ok"})
+    if measures:
+        print(f"memory measured by: {'; '.join(measures)}", file=out)
+
+    def pct(x):
+        return "n/a" if x is None else f"{x:.1f}%"
+    rho = "n/a" if v.rank_correlation is None else f"{v.rank_correlation:+.3f}"
+    regret = "n/a" if v.regret is None else f"{v.regret:.1%}"
+    print(f"step time  |error| median {pct(v.median_abs_pct_error)}, max "
+          f"{pct(v.max_abs_pct_error)}; Spearman rank correlation {rho}; regret of the pick "
+          f"{regret}", file=out)
+    print(f"memory     |error| median {pct(v.memory_median_abs_pct_error)}, max "
+          f"{pct(v.memory_max_abs_pct_error)}", file=out)
+
+
+def calibrate(inp, v, workdir: str) -> dict:
+    """Fit the scales (planner.validate.fit_scales) and write the calibrated files."""
+    from planner import validate as val
+
+    ok = [r for r in v.rows if r.status == "ok"]
+    if not ok:
+        raise PlannerError("--calibrate: no layout was measured; nothing to fit")
+    terms = [val.critical_terms(r.predicted_breakdown_s, r.predicted_step_time_s) for r in ok]
+    measured = [r.measured_step_time_s for r in ok]
+    scales, notes = val.fit_scales(terms, measured)
+    before = val.median_max(val.abs_pct_errors([r.predicted_step_time_s for r in ok], measured))
+    after = val.median_max(val.abs_pct_errors([val.apply_scales(t, scales) for t in terms],
+                                              measured))
+    note = f"planner validate --calibrate, {len(ok)} runs"
+    cluster_path = os.path.join(workdir, "calibrated-cluster.json")
+    val.calibrated_cluster(inp.cluster, scales, inp.profile is not None, note).save(cluster_path)
+    out = {"scales": scales, "notes": notes, "cluster_path": cluster_path,
+           "in_sample_median_abs_pct_error_before": before[0],
+           "in_sample_median_abs_pct_error_after": after[0],
+           "in_sample_max_abs_pct_error_after": after[1]}
+    if inp.profile is not None:
+        profile_path = os.path.join(workdir, "calibrated-profile.json")
+        val.calibrated_profile(inp.profile, scales["compute"], note).save(profile_path)
+        out["profile_path"] = profile_path
+    return out
+
+
+def run(args) -> int:
+    from planner import validate as val
+
+    if args.steps <= args.warmup:
+        raise PlannerError(f"--steps {args.steps} must exceed --warmup {args.warmup} (no timed "
+                           "step would be left)")
+    inp = plan_inputs.resolve(args)
+    plans = feasible_plans(inp)
+    if not plans:
+        raise PlannerError(f"no layout of {inp.model.name} fits {inp.cluster.name} "
+                           f"x{inp.num_devices}: nothing to validate")
+    roles = val.choose_layouts(plans, args.top_k, args.sample, args.sample_seed)
+    workdir = args.workdir or os.path.join(
+        "out", "validate", f"{inp.model.name}-{inp.cluster.name}-g{inp.num_devices}-"
+                           f"b{inp.global_batch_size}")
+    settings = val.RunSettings(workdir, args.steps, args.warmup, args.timeout_s)
+    print(f"{len(plans)} feasible layouts; running {len(roles)} under torchrun "
+          f"({inp.num_devices} rank(s)) in {workdir}", file=sys.stderr)
+    v = val.validate(plans, roles, settings,
+                     {"model": inp.model.name, "cluster": inp.cluster.name,
+                      "world_size": inp.num_devices, "global_batch_size": inp.global_batch_size},
+                     progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    if args.out:
+        v.save(args.out)
+    cal = calibrate(inp, v, workdir) if args.calibrate else None
+    if args.format == "json":
+        doc = v.to_dict()
+        if cal is not None:
+            doc["calibration"] = cal
+        json.dump(doc, sys.stdout, indent=2)
+        print()
+    else:
+        print_text(v)
+        if cal is not None:
+            print(f"calibration: compute x{cal['scales']['compute']:.3f}, communication "
+                  f"x{cal['scales']['comm']:.3f}; in-sample median |error| "
+                  f"{cal['in_sample_median_abs_pct_error_before']:.1f}% -> "
+                  f"{cal['in_sample_median_abs_pct_error_after']:.1f}%")
+            for n in cal["notes"]:
+                print(f"  note: {n}")
+            print(f"  wrote {cal['cluster_path']}" + (f" and {cal['profile_path']}"
+                                                     if "profile_path" in cal else ""))
+    return 0 if any(r.status == "ok" for r in v.rows) else 1

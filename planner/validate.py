@@ -1,0 +1,368 @@
+"""Predicted against measured: statistics, layout sampling, calibration, and the runs.
+
+The statistics are pure functions of plain numbers (no numpy needed for them):
+
+- absolute percentage error ``|predicted - measured| / measured * 100`` per layout, summarised
+  by its median and maximum;
+- Spearman's rank correlation of predicted and measured step times (Spearman 1904): the
+  Pearson correlation of the ranks, ties given their average rank;
+- regret of the planner's pick: ``measured(pick) / min(measured) - 1`` (0 when the pick was
+  also the fastest measured layout).
+
+Calibration (``calibrate``) fits one scale per group of breakdown terms by least squares of the
+relative residual, ``min_s sum_i ((measured_i - sum_g s_g * x_ig) / measured_i)^2``, where
+``x_ig`` is layout i's predicted time on the critical path in group g ("compute": compute,
+recompute, bubble and optimizer; "comm": exposed communication). Hidden (overlapped)
+communication is off the critical path and left out. ``s_compute`` then divides the device
+efficiency (or multiplies profiled block times), ``s_comm`` multiplies link latencies and
+divides bandwidths: the same relative change in every predicted time of that group.
+"""
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from planner.errors import PlannerError
+from planner.specs import Metrics, Validation, ValidationRow
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------------------------
+def pct_error(predicted: float, measured: float) -> float:
+    """Signed percentage error: 100 * (predicted - measured) / measured."""
+    if measured <= 0:
+        raise PlannerError(f"measured value {measured} must be > 0 to compute an error")
+    return 100.0 * (predicted - measured) / measured
+
+
+def abs_pct_errors(predicted, measured) -> list[float]:
+    return [abs(pct_error(p, m)) for p, m in zip(predicted, measured, strict=True)]
+
+
+def median_max(values) -> tuple[float | None, float | None]:
+    values = list(values)
+    if not values:
+        return None, None
+    return statistics.median(values), max(values)
+
+
+TIE_REL_TOL = 1e-9
+
+
+def average_ranks(values) -> list[float]:
+    """1-based ranks; tied values share the mean of the ranks they span.
+
+    Values within ``TIE_REL_TOL`` (relative) of the first of a run are ties: two predictions
+    that differ only by floating-point rounding of the same sum must not get an order.
+    """
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        first = values[order[i]]
+        while j + 1 < len(order) and math.isclose(values[order[j + 1]], first,
+                                                  rel_tol=TIE_REL_TOL):
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def pearson(x, y) -> float | None:
+    n = len(x)
+    if n != len(y) or n < 2:
+        return None
+    mx, my = sum(x) / n, sum(y) / n
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sxx = sum((a - mx) ** 2 for a in x)
+    syy = sum((b - my) ** 2 for b in y)
+    if sxx == 0 or syy == 0:
+        return None
+    return sxy / math.sqrt(sxx * syy)
+
+
+def spearman(x, y) -> float | None:
+    """Spearman's rho: Pearson's r of the average ranks. None if undefined (n < 2, constant)."""
+    if len(x) != len(y):
+        raise ValueError(f"spearman needs equal lengths, got {len(x)} and {len(y)}")
+    return pearson(average_ranks(list(x)), average_ranks(list(y)))
+
+
+def regret(pick_measured: float, all_measured) -> float:
+    """How much slower the planner's pick ran than the fastest layout measured (0 = best)."""
+    best = min(all_measured)
+    if best <= 0:
+        raise PlannerError(f"measured step times must be > 0, got {best}")
+    return pick_measured / best - 1.0
+
+
+def summarise(rows) -> dict:
+    """Statistics over ``ValidationRow``s with status "ok" (see the module docstring)."""
+    ok = [r for r in rows if r.status == "ok"]
+    times = median_max(abs(r.step_time_error_pct) for r in ok)
+    mems = median_max(abs(r.memory_error_pct) for r in ok if r.measured_peak_memory_bytes > 0)
+    picks = [r for r in ok if r.role == "pick"]
+    return {
+        "median_abs_pct_error": times[0], "max_abs_pct_error": times[1],
+        "rank_correlation": spearman([r.predicted_step_time_s for r in ok],
+                                     [r.measured_step_time_s for r in ok]) if len(ok) >= 2 else None,
+        "regret": regret(picks[0].measured_step_time_s, [r.measured_step_time_s for r in ok])
+        if picks else None,
+        "memory_median_abs_pct_error": mems[0], "memory_max_abs_pct_error": mems[1],
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Which layouts to run
+# --------------------------------------------------------------------------------------------
+def choose_layouts(ranked: list, top_k: int, sample: int, seed: int = 0) -> list[tuple[int, str]]:
+    """Indices into ``ranked`` (feasible layouts, best first) to run, with their role.
+
+    The first ``top_k`` (index 0 is the planner's pick), then ``sample`` drawn uniformly without
+    replacement from the rest with a seeded generator, so a rerun measures the same layouts.
+    """
+    if top_k < 1:
+        raise PlannerError(f"--top-k must be >= 1, got {top_k}")
+    if sample < 0:
+        raise PlannerError(f"--sample must be >= 0, got {sample}")
+    head = [(i, "pick" if i == 0 else "top-k") for i in range(min(top_k, len(ranked)))]
+    rest = list(range(len(head), len(ranked)))
+    drawn = sorted(random.Random(seed).sample(rest, min(sample, len(rest))))
+    return head + [(i, "sample") for i in drawn]
+
+
+# --------------------------------------------------------------------------------------------
+# Calibration
+# --------------------------------------------------------------------------------------------
+# Condition number of the (relative) design matrix above which the scales are called uncertain:
+# a 1% change in the measured times then moves a scale by more than ~100%.
+ILL_CONDITIONED = 100.0
+COMPUTE_TERMS = ("compute", "recompute", "bubble", "optimizer", "forward", "backward")
+
+
+def term_group(key: str) -> str | None:
+    """Which calibration group a breakdown key belongs to; None when off the critical path."""
+    k = key.lower()
+    if "hidden" in k:
+        return None
+    if "comm" in k or "exposed" in k:
+        return "comm"
+    if any(t in k for t in COMPUTE_TERMS):
+        return "compute"
+    return None
+
+
+def critical_terms(breakdown_s: dict[str, float], step_time_s: float) -> dict[str, float]:
+    """Predicted seconds per group, rescaled so that the groups add up to the step time.
+
+    The rescale keeps the fit honest when a simulator's breakdown does not sum exactly to its
+    step time (e.g. overlap accounted in two terms).
+    """
+    groups = {"compute": 0.0, "comm": 0.0}
+    for key, value in breakdown_s.items():
+        g = term_group(key)
+        if g:
+            groups[g] += value
+    total = sum(groups.values())
+    if total <= 0:
+        return {"compute": step_time_s, "comm": 0.0}
+    return {g: v * step_time_s / total for g, v in groups.items()}
+
+
+def fit_scales(terms: list[dict[str, float]], measured: list[float]) -> tuple[dict, list[str]]:
+    """Least-squares scale per group minimising the relative residual (module docstring).
+
+    Returns ``(scales, notes)``. A group that is zero in every run cannot be identified and
+    keeps scale 1; so does one whose fitted scale comes out <= 0 (noise swamping a small term,
+    e.g. a few percent of exposed communication), after which the others are refitted alone.
+    With fewer runs than groups only the largest group is fitted. ``notes`` say which of these
+    happened, for the user.
+    """
+    import numpy as np
+
+    if len(terms) != len(measured) or not terms:
+        raise PlannerError(f"calibration needs at least one measured layout, got {len(measured)}")
+    notes: list[str] = []
+    scales = {"compute": 1.0, "comm": 1.0}
+    groups = [g for g in scales if any(t.get(g, 0.0) > 0 for t in terms)]
+    for g in scales:
+        if g not in groups:
+            notes.append(f"{g}: zero in every run, not identifiable; kept at 1")
+    if len(groups) > len(measured):
+        groups = [max(groups, key=lambda g: sum(t.get(g, 0.0) for t in terms))]
+        notes.append(f"{len(measured)} run(s) for 2 groups: fitted {groups[0]} only")
+    while groups:
+        # Groups kept at 1 still take their share of each measured time.
+        fixed = [sum(v for g, v in t.items() if g not in groups) for t in terms]
+        a = np.array([[t.get(g, 0.0) / m for g in groups] for t, m in zip(terms, measured)])
+        b = np.array([1.0 - f / m for f, m in zip(fixed, measured)])
+        sol, *_ = np.linalg.lstsq(a, b, rcond=None)
+        bad = [g for g, v in zip(groups, sol) if v <= 0]
+        if not bad:
+            scales.update({g: float(v) for g, v in zip(groups, sol)})
+            cond = np.linalg.cond(a) if len(groups) > 1 else 1.0
+            if cond > ILL_CONDITIONED:
+                notes.append(f"the runs barely separate {' from '.join(groups)} (condition "
+                             f"number {cond:.0f}): the fitted scales are uncertain; measure "
+                             "layouts whose communication shares differ more")
+            break
+        notes.append(f"{bad[0]}: fitted a non-positive scale ({sol[groups.index(bad[0])]:.3g}); "
+                     "the runs do not separate it from the other terms; kept at 1")
+        groups.remove(bad[0])
+    return scales, notes
+
+
+def apply_scales(terms: dict[str, float], scales: dict[str, float]) -> float:
+    """The step time the calibrated model predicts for one layout's critical terms."""
+    return sum(scales.get(g, 1.0) * v for g, v in terms.items())
+
+
+def calibrated_cluster(cluster, scales: dict[str, float], compute_from_profile: bool, note: str):
+    """``cluster`` with link and collective-fit times scaled by ``scales["comm"]`` and, when
+    compute was analytic, the device efficiency divided by ``scales["compute"]`` (capped at 1).
+    """
+    from dataclasses import replace
+
+    s = scales.get("comm", 1.0)
+    source = f"fitted ({note}: x{s:.3f} of {{}})"
+
+    def link(level):
+        if level is None:
+            return None
+        return replace(level, latency_s=level.latency_s * s,
+                       call_latency_s=level.call_latency_s * s,
+                       bandwidth_bytes_per_s=level.bandwidth_bytes_per_s / s,
+                       source=source.format(level.source))
+
+    fits = tuple(replace(f, time_s=tuple(t * s for t in f.time_s), latency_s=f.latency_s * s,
+                         bandwidth_bytes_per_s=f.bandwidth_bytes_per_s / s)
+                 for f in cluster.collective_fits)
+    device = cluster.device
+    if not compute_from_profile:
+        eff = min(1.0, device.compute_efficiency / scales.get("compute", 1.0))
+        device = replace(device, compute_efficiency=eff,
+                         efficiency_source=f"fitted ({note}: /{scales.get('compute', 1.0):.3f} "
+                                           f"of {device.compute_efficiency:.3g})")
+    return replace(cluster, device=device, intra_node=link(cluster.intra_node),
+                   inter_node=link(cluster.inter_node), collective_fits=fits,
+                   node_links=tuple(replace(n, latency_s=n.latency_s * s,
+                                            bandwidth_bytes_per_s=n.bandwidth_bytes_per_s / s)
+                                    for n in cluster.node_links),
+                   node_levels=tuple(replace(n, intra_node=link(n.intra_node),
+                                             inter_node=link(n.inter_node))
+                                     for n in cluster.node_levels))
+
+
+def calibrated_profile(profile, scale: float, note: str):
+    """``profile`` with every measured time multiplied by the fitted compute ``scale``."""
+    from dataclasses import replace
+
+    blocks = tuple(replace(b, forward_time_s=b.forward_time_s * scale,
+                           backward_time_s=b.backward_time_s * scale,
+                           forward_time_spread_s=b.forward_time_spread_s * scale,
+                           backward_time_spread_s=b.backward_time_spread_s * scale)
+                   for b in profile.blocks)
+    return replace(profile, blocks=blocks, step_time_s=profile.step_time_s * scale,
+                   step_time_spread_s=profile.step_time_spread_s * scale,
+                   optimizer_step_time_s=profile.optimizer_step_time_s * scale,
+                   source=f"{profile.source}; times x{scale:.3f} ({note})")
+
+
+# --------------------------------------------------------------------------------------------
+# Running the executor
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunSettings:
+    """How each layout is measured: executor steps, warm-up, a wall limit and where files go."""
+    workdir: str
+    steps: int = 6
+    warmup: int = 2
+    timeout_s: float = 600.0
+
+
+def executor_command(nproc: int, plan_path: str, metrics_path: str, s: RunSettings) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc-per-node={nproc}", "-m", "executor", "--plan", plan_path,
+            "--steps", str(s.steps), "--warmup", str(s.warmup), "--metrics", metrics_path,
+            "--quiet"]
+
+
+def run_executor(cmd: list[str], log_path: str, timeout_s: float) -> str:
+    """Run one executor job; "ok" or why it gave no metrics (its last error line).
+
+    The job runs in its own session so that a timeout ends torchrun and all of its ranks
+    (our own process group, by its id), not just the launcher.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(log_path, "w", encoding="utf-8") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return f"timed out after {timeout_s:.0f} s (log {log_path})"
+    if rc == 0:
+        return "ok"
+    with open(log_path, encoding="utf-8", errors="replace") as fh:
+        lines = [ln.strip() for ln in fh if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")] or lines[-1:]
+    return f"executor exit {rc}: {errors[0] if errors else 'no output'} (log {log_path})"
+
+
+def measure(plan, plan_path: str, role: str, predicted_rank: int, s: RunSettings) -> ValidationRow:
+    """Run ``plan`` with the executor and compare its metrics with the plan's prediction."""
+    stem = os.path.splitext(plan_path)[0]
+    metrics_path, log_path = stem + "-metrics.json", stem + ".log"
+    if os.path.exists(metrics_path):
+        os.unlink(metrics_path)  # a stale file must never pass for this run's measurement
+    p = plan.prediction
+    base = dict(layout=plan.layout, role=role, predicted_rank=predicted_rank,
+                predicted_step_time_s=p.step_time_s, predicted_peak_memory_bytes=p.peak_memory_bytes,
+                predicted_breakdown_s=dict(p.breakdown_s), plan_fingerprint=plan.fingerprint())
+    status = run_executor(executor_command(plan.world_size, plan_path, metrics_path, s),
+                          log_path, s.timeout_s)
+    if status != "ok":
+        return ValidationRow(**base, status=status)
+    m = Metrics.load(metrics_path)
+    if m.plan_fingerprint != plan.fingerprint():
+        return ValidationRow(**base, status=f"{metrics_path}: metrics of another plan")
+    mem = max(m.peak_memory_bytes) if m.peak_memory_bytes else 0
+    q = statistics.quantiles(m.step_times_s, n=4) if len(m.step_times_s) >= 2 else [0, 0, 0]
+    return ValidationRow(
+        **base, measured_step_time_s=m.step_time_s, measured_step_time_iqr_s=q[2] - q[0],
+        measured_peak_memory_bytes=mem, memory_measure=m.memory_measure,
+        step_time_error_pct=pct_error(p.step_time_s, m.step_time_s),
+        memory_error_pct=pct_error(p.peak_memory_bytes, mem) if mem > 0 else 0.0)
+
+
+def validate(plans: list, roles: list[tuple[int, str]], s: RunSettings, describe: dict,
+             progress=None) -> Validation:
+    """Measure ``plans[i]`` for each ``(i, role)`` in ``roles`` and summarise.
+
+    ``plans`` are the feasible layouts' plans, best predicted first (index 0: the pick);
+    ``describe`` holds the Validation header (model, cluster, world_size, global_batch_size).
+    """
+    os.makedirs(s.workdir, exist_ok=True)
+    rows = []
+    for n, (i, role) in enumerate(roles):
+        plan = plans[i]
+        path = os.path.join(s.workdir, f"layout-{i + 1:03d}.json")
+        plan.save(path)
+        if progress:
+            progress(f"[{n + 1}/{len(roles)}] #{i + 1} {role}: {plan.layout.describe()}")
+        rows.append(measure(plan, path, role, i + 1, s))
+    return Validation(**describe, steps=s.steps, warmup_steps=s.warmup, rows=tuple(rows),
+                      created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(
+                          timespec="seconds"), **summarise(rows))
