@@ -262,6 +262,21 @@ class CollectiveFit(_Serde):
     bandwidth_bytes_per_s: float
     fit_median_abs_pct_error: float
 
+    def __post_init__(self):
+        where = f"collective fit {self.collective}/{self.level}/p={self.group_size}"
+        if self.level not in ("intra_node", "inter_node"):
+            raise PlannerError(f"{where}: level must be intra_node or inter_node")
+        if self.group_size < 2:
+            raise PlannerError(f"{where}: group_size must be >= 2")
+        if not self.message_bytes or len(self.message_bytes) != len(self.time_s):
+            raise PlannerError(f"{where}: message_bytes ({len(self.message_bytes)}) and time_s "
+                               f"({len(self.time_s)}) must be equally long and not empty")
+        if min(self.message_bytes) <= 0 or min(self.time_s) <= 0:
+            raise PlannerError(f"{where}: message_bytes and time_s must all be > 0")
+        if self.bandwidth_bytes_per_s <= 0:
+            raise PlannerError(f"{where}: bandwidth_bytes_per_s must be > 0, "
+                               f"got {self.bandwidth_bytes_per_s}")
+
 
 @dataclass(frozen=True)
 class Cluster(_Serde):
