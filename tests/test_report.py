@@ -142,7 +142,10 @@ def test_chrome_trace_has_one_process_per_rank_and_one_thread_per_stream():
     ("compute", "W2 stage0", "weight grad"), ("compute", "recompute F1", "recompute"),
     ("compute", "optimizer", "optimizer"), ("comm", "all_reduce dp bucket3", "dp comm"),
     ("comm", "all_reduce tp block1", "tp comm"), ("comm", "send F0", "pp comm"),
-    ("comm", "all_gather_zero3", "comm"), ("compute", "loss", "other")])
+    ("comm", "all_gather b3 c0", "dp comm"), ("comm", "reduce_scatter b1 c0", "dp comm"),
+    ("comm", "ps push", "dp comm"), ("p2p", "send act3 c1", "pp comm"),
+    ("compute", "I2 c0", "backward"), ("compute", "all_to_all x", "comm"),
+    ("compute", "loss", "other")])
 def test_op_kind(stream, name, kind):
     from planner.report.trace import op_kind
 

@@ -21,7 +21,7 @@ from planner.specs import Candidate, Prediction  # noqa: E402
 
 MIB = 2**20
 GIB = 2**30
-MAX_TIMELINE_RANKS = 32
+MAX_TIMELINE_RANKS = 16
 MAX_MEMORY_RANKS = 64
 
 KIND_COLOURS = {

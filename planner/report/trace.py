@@ -14,10 +14,10 @@ import os
 
 from planner.specs import Prediction, TimelineEvent
 
-# Streams the simulator uses, in the order the tracks should appear; others follow, sorted.
-STREAM_ORDER = ("compute", "comm")
+# Streams the simulator uses (planner.simulate): compute, pipeline sends, data-parallel
+# collectives; the tracks appear in this order, any others after them, sorted.
+STREAM_ORDER = ("compute", "p2p", "comm")
 
-# Op kinds, checked in this order against an event's lower-cased name (see ``op_kind``).
 _COMM_WORDS = ("all_reduce", "allreduce", "all_gather", "allgather", "reduce_scatter",
                "reducescatter", "all_to_all", "broadcast", "send", "recv", "bucket", "comm")
 
@@ -25,10 +25,11 @@ _COMM_WORDS = ("all_reduce", "allreduce", "all_gather", "allgather", "reduce_sca
 def op_kind(event: TimelineEvent) -> str:
     """Classify an event for colours and trace categories, from its stream and name.
 
-    Names follow the simulator's convention: ``F<mb> ...`` forward, ``B<mb> ...`` backward
-    (input gradient for zero-bubble schedules), ``W<mb> ...`` weight gradient, names containing
-    ``recompute``, ``optimizer``, or a collective (``all_reduce`` ...) with its group
-    (``dp``/``tp``/``pp``; sends and receives are pipeline transfers).
+    planner.simulate names compute operations ``F<mb> c<chunk>`` (forward), ``B<mb>``
+    (backward), ``I<mb>``/``W<mb>`` (input and weight gradient of zero-bubble schedules) and
+    ``optimizer``; its ``p2p`` stream holds pipeline sends and its ``comm`` stream the
+    data-parallel collectives (buckets, FSDP all-gathers and reduce-scatters, parameter-server
+    push/pull). A collective whose name carries a group (``tp``/``pp``/``dp``) is filed there.
     """
     name = event.name.lower()
     words = name.replace("/", " ").replace(":", " ").replace("-", " ").split()
@@ -36,19 +37,21 @@ def op_kind(event: TimelineEvent) -> str:
         return "optimizer"
     if "recompute" in name:
         return "recompute"
+    if event.stream == "p2p":
+        return "pp comm"
     if event.stream != "compute" or any(w in name for w in _COMM_WORDS):
         for group in ("tp", "pp", "dp"):
-            if group in words or f"[{group}]" in name or f"{group}_" in name:
+            if group in words or f"[{group}]" in name or name.startswith(f"{group}_"):
                 return f"{group} comm"
         if "send" in name or "recv" in name:
             return "pp comm"
-        return "dp comm" if "bucket" in name else "comm"
-    first = name[:1]
-    if first == "f" and name[1:2].isdigit() or name.startswith("fwd") or "forward" in name:
+        return "dp comm" if event.stream == "comm" or "bucket" in name else "comm"
+    first, digit = name[:1], name[1:2].isdigit()
+    if first == "f" and digit or name.startswith("fwd") or "forward" in name:
         return "forward"
-    if first == "b" and name[1:2].isdigit() or name.startswith("bwd") or "backward" in name:
+    if first in "bi" and digit or name.startswith("bwd") or "backward" in name:
         return "backward"
-    if first == "w" and name[1:2].isdigit():
+    if first == "w" and digit:
         return "weight grad"
     return "other"
 
