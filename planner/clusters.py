@@ -9,9 +9,26 @@ Presets:
   measurements in ../shared/notes/torch-on-cpu.md until ``planner profile --network`` measures
   them here (its output file replaces them, with collective fits).
 - ``dgx-a100-80gb`` / ``dgx-h100-80gb``: 8 GPUs per node over NVSwitch, one InfiniBand NIC per
-  GPU; peaks, memory and link bandwidths are datasheet figures from
-  ../shared/reference/hardware.md. Latencies and efficiencies not on a datasheet are marked
-  "assumed" until fitted (``planner.calibrate``).
+  GPU; peaks, memory and InfiniBand bandwidth are datasheet figures from
+  ../shared/reference/hardware.md. The A100 intra-node link (per-call latency, per-step latency,
+  effective bandwidth) is fitted on the measured NCCL all-reduces of
+  ../shared/data/a100-single-node/allreduce (``benchmarks/comm_a100.py``); the H100 one carries
+  the A100 fit's efficiency over to its datasheet NVLink bandwidth (marked "assumed"). Other
+  figures not on a datasheet are marked "assumed" until fitted.
+
+Fields beyond a uniform cluster (all optional; see ``planner.topology``):
+
+- ``node_links``: ``[{"node_a": 0, "node_b": 1, "latency_s": 2e-5,
+  "bandwidth_bytes_per_s": 12.5e9}]`` -- one link that carries all traffic between that node
+  pair (instead of the per-device inter-node level through the spine); its flows share it.
+- ``node_levels``: ``[{"node": 1, "inter_node": {"name": "inter_node", "latency_s": 1e-5,
+  "bandwidth_bytes_per_s": 12.5e9}}]`` -- a node whose intra- or inter-node link differs
+  (omitted or null: the cluster's level).
+- ``nics_per_node``: network ports per node, shared evenly by its devices (0, the default: one
+  per device, as on a DGX).
+- ``LinkLevel.call_latency_s``: cost paid once per collective call on top of ``latency_s`` per
+  message step (0 by default).
+- ``collective_fits``: measured curves written by ``planner profile --network``.
 """
 from __future__ import annotations
 
@@ -52,28 +69,49 @@ def localhost_cpu() -> Cluster:
                          "to measure the links and collectives here")
 
 
-def _dgx(name, gpu, peaks, hbm_bw, nvlink_bw, ib_bw) -> Cluster:
+# Fitted by benchmarks/comm_a100.py: ring all-reduce t = call + 2(p-1)*latency + 2(p-1)/p*n/bw,
+# relative-error least squares on p = 2, 4, 8 at power-of-two sizes 1 MiB-1 GiB; held-out points
+# >= 8 MiB (all of p = 3, 5, 6, 7 and the other sizes): median 6.7%, max 14.1% abs error.
+A100_NVLINK_FIT = {"call_latency_s": 3.55e-5, "latency_s": 2.37e-6,
+                   "bandwidth_bytes_per_s": 2.083e11}
+A100_NVLINK_DATASHEET = 300e9
+A100_FIT_SOURCE = ("fitted on shared/data/a100-single-node/allreduce (NCCL ring all-reduce, "
+                   "2-8 GPUs, 1 MiB-1 GiB; benchmarks/comm_a100.py): efficiency 0.694 of the "
+                   "300 GB/s NVLink datasheet")
+
+
+def _dgx(name, gpu, peaks, hbm_bw, nvlink: LinkLevel, ib_bw) -> Cluster:
     device = DeviceSpec(
         name=gpu, memory_bytes=80 * GIB, peak_flops_per_s=peaks,
         memory_bandwidth_bytes_per_s=hbm_bw, compute_efficiency=0.5,
         peak_source="datasheet (shared/reference/hardware.md)",
         efficiency_source="assumed until fitted (planner.calibrate)")
-    nvlink = LinkLevel("intra_node", latency_s=5e-6, bandwidth_bytes_per_s=nvlink_bw,
-                       source="bandwidth datasheet (NVLink per GPU per direction); latency assumed")
+    # A per-call cost is the software stack's (launch, synchronisation), not the wire's: the
+    # inter-node level gets the intra-node fit's.
     ib = LinkLevel("inter_node", latency_s=10e-6, bandwidth_bytes_per_s=ib_bw,
-                   source="bandwidth datasheet (one InfiniBand NIC per GPU); latency assumed")
+                   call_latency_s=nvlink.call_latency_s,
+                   source="bandwidth datasheet (one InfiniBand NIC per GPU); latency assumed; "
+                          "call latency from the A100 NVLink fit")
     return Cluster(name=name, num_nodes=1, devices_per_node=8, device=device, intra_node=nvlink,
                    inter_node=ib, backend="nccl")
 
 
 def dgx_a100() -> Cluster:
+    nvlink = LinkLevel("intra_node", source=A100_FIT_SOURCE, **A100_NVLINK_FIT)
     return _dgx("dgx-a100-80gb", "A100-SXM4-80GB",
-                {"bfloat16": 312e12, "float16": 312e12, "tf32": 156e12}, 2.04e12, 300e9, 25e9)
+                {"bfloat16": 312e12, "float16": 312e12, "tf32": 156e12}, 2.04e12, nvlink, 25e9)
 
 
 def dgx_h100() -> Cluster:
+    efficiency = A100_NVLINK_FIT["bandwidth_bytes_per_s"] / A100_NVLINK_DATASHEET
+    nvlink = LinkLevel(
+        "intra_node", latency_s=A100_NVLINK_FIT["latency_s"],
+        call_latency_s=A100_NVLINK_FIT["call_latency_s"],
+        bandwidth_bytes_per_s=450e9 * efficiency,
+        source=f"assumed: 450 GB/s NVLink datasheet x the A100 fit's efficiency {efficiency:.3f} "
+               "and its latencies (no H100 measurements here)")
     return _dgx("dgx-h100-80gb", "H100-SXM5-80GB",
-                {"bfloat16": 989e12, "float16": 989e12, "tf32": 494e12}, 3.35e12, 450e9, 50e9)
+                {"bfloat16": 989e12, "float16": 989e12, "tf32": 494e12}, 3.35e12, nvlink, 50e9)
 
 
 PRESETS = {"localhost-cpu": localhost_cpu, "dgx-a100-80gb": dgx_a100, "dgx-h100-80gb": dgx_h100}

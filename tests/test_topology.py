@@ -1,5 +1,9 @@
 """Rank grid placement, group bottlenecks over the cluster graph, and CommModel's choices."""
+import csv
+import importlib.util
+import statistics
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -9,6 +13,7 @@ from planner import grid, topology
 from planner.clusters import dgx_a100
 from planner.cost import comm
 from planner.errors import PlannerError
+from planner.profile.network import fit_relative
 from planner.specs import Cluster, CollectiveFit, LinkLevel, NodeLevels, NodeLink
 
 MB = 2**20
@@ -258,3 +263,59 @@ def test_group_of_one_is_free_and_slower_links_are_never_faster(coll, layout, di
                      node_links=tuple(replace(k, bandwidth_bytes_per_s=1e9, latency_s=1e-4)
                                       for k in c.node_links))
     assert t <= topology.CommModel(slower).time(coll, n, dim, *layout) * (1 + 1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# The dgx-a100-80gb preset against measured NCCL all-reduces (tests/data: a subset of
+# ../shared/data/a100-single-node/allreduce; benchmarks/comm_a100.py runs the whole of it)
+# --------------------------------------------------------------------------------------------
+DATA = Path(__file__).parent / "data" / "a100_allreduce_subset.csv"
+SHARED = Path(__file__).parents[2] / "shared" / "data" / "a100-single-node" / "allreduce"
+
+
+def a100_points():
+    with open(DATA, newline="") as fh:
+        rows = [r for r in csv.reader(line for line in fh if not line.startswith("#"))][1:]
+    return [(int(p), int(n), float(t) * 1e-9) for p, n, t in rows]
+
+
+def test_a100_preset_predicts_measured_all_reduce():
+    preset = dgx_a100()
+    errs: dict[int, list[float]] = {}
+    for p, n, t in a100_points():
+        if n >= 8 * MB:
+            pred = topology.CommModel(preset.with_size(p)).time("all_reduce", n, "dp", p, 1, 1)
+            errs.setdefault(p, []).append(abs(pred / t - 1))
+    assert sorted(errs) == [2, 3, 4, 5, 6, 7, 8]
+    for p, e in errs.items():
+        assert statistics.median(e) <= 0.10, (p, statistics.median(e))
+        assert max(e) <= 0.20, (p, max(e))
+
+
+def test_a100_preset_is_the_fit_of_its_data():
+    # refit the ring model on the training points (p = 2, 4, 8, power-of-two sizes)
+    rows, times = [], []
+    for p, n, t in a100_points():
+        if p in (2, 4, 8) and n & (n - 1) == 0:
+            rows.append([1.0, 2.0 * (p - 1), 2.0 * (p - 1) / p * n])
+            times.append(t)
+    call, alpha, beta = fit_relative(rows, times)
+    lv = dgx_a100().intra_node
+    assert call == pytest.approx(lv.call_latency_s, rel=0.02)
+    assert alpha == pytest.approx(lv.latency_s, rel=0.02)
+    assert 1 / beta == pytest.approx(lv.bandwidth_bytes_per_s, rel=0.01)
+    assert lv.source.startswith("fitted on shared/data/a100-single-node/allreduce")
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not present")
+def test_a100_preset_on_the_full_tables():
+    spec = importlib.util.spec_from_file_location(
+        "comm_a100", Path(__file__).parents[1] / "benchmarks" / "comm_a100.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    data = bench.load(str(SHARED))
+    models = {p: topology.CommModel(dgx_a100().with_size(p)) for p in data}
+    for p, pts in data.items():
+        errs = [abs(models[p].time("all_reduce", n, "dp", p, 1, 1) / t - 1)
+                for n, t in pts if n >= 8 * MB]
+        assert statistics.median(errs) <= 0.10, p
