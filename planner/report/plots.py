@@ -56,24 +56,31 @@ def timeline_figure(prediction: Prediction, title: str = "Simulated step"):
     rows = [(r, s) for r in shown for s in streams]
     row_of = {key: i for i, key in enumerate(rows)}
     spans: dict[tuple[int, str], list] = {}
+    end = max([_ms(prediction.step_time_s)] + [_ms(e.end_s) for e in events])
+    # Events shorter than a pixel (a small send) are drawn one pixel wide so they stay visible.
+    min_ms = end / 1000
     for e in events:
         if (e.rank, e.stream) in row_of:
             spans.setdefault((row_of[(e.rank, e.stream)], op_kind(e)), []).append(
-                (_ms(e.start_s), max(_ms(e.end_s - e.start_s), 1e-9)))
+                (_ms(e.start_s), max(_ms(e.end_s - e.start_s), min_ms)))
     fig, ax = plt.subplots(figsize=(11, max(2.2, 0.9 + 0.32 * len(rows))), dpi=100)
     for (row, kind), bars in sorted(spans.items()):
         ax.broken_barh(bars, (row - 0.4, 0.8), facecolors=KIND_COLOURS.get(kind, "#7F7F7F"),
                        edgecolor="white", linewidth=0.3)
-    ax.set_yticks(range(len(rows)), [f"rank {r} {s}" for r, s in rows], fontsize=7)
+    stage = {m.rank: m.stage for m in prediction.memory}
+    ax.set_yticks(range(len(rows)), [f"rank {r}" + (f" s{stage[r]}" if r in stage else "")
+                                     + f" {s}" for r, s in rows], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("time since step start (ms)")
-    end = max([_ms(prediction.step_time_s)] + [_ms(e.end_s) for e in events])
     ax.set_xlim(0, end * 1.01 if end > 0 else 1)
     ax.axvline(_ms(prediction.step_time_s), color="black", linestyle="--", linewidth=0.8)
     kinds = sorted({k for _, k in spans}, key=list(KIND_COLOURS).index)
     ax.legend(handles=[Patch(color=KIND_COLOURS[k], label=k) for k in kinds],
               loc="upper left", bbox_to_anchor=(1.005, 1), fontsize=8, frameon=False)
     more = f" (ranks {shown[0]}-{shown[-1]} of {len(ranks)} simulated)" if len(ranks) > len(shown) else ""
+    if len(prediction.memory) > len(ranks):
+        # The simulator runs one pipeline; data- and tensor-parallel peers run in lock-step.
+        more += f"; one pipeline of {len(prediction.memory)} ranks"
     ax.set_title(f"{title}: {_ms(prediction.step_time_s):.2f} ms{more}", fontsize=10)
     if not events:
         ax.text(0.5, 0.5, "this prediction has no timeline", ha="center", va="center",
