@@ -315,10 +315,28 @@ def run_executor(cmd: list[str], log_path: str, timeout_s: float) -> str:
             return f"timed out after {timeout_s:.0f} s (log {log_path})"
     if rc == 0:
         return "ok"
+    return f"executor exit {rc}: {first_error(log_path)} (log {log_path})"
+
+
+_NOISE = ("File ", "Traceback", "raise ", "torch.distributed.elastic", "W1", "E1", "I1")
+
+
+def first_error(log_path: str) -> str:
+    """The line of a failed job's log that says what went wrong: the executor's own
+    ``error: ...`` line, else the first exception or abort message that is not torchrun's
+    launcher noise (its ChildFailedError banner only repeats that a rank died)."""
     with open(log_path, encoding="utf-8", errors="replace") as fh:
         lines = [ln.strip() for ln in fh if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("error:")] or lines[-1:]
-    return f"executor exit {rc}: {errors[0] if errors else 'no output'} (log {log_path})"
+    for ln in lines:
+        if ln.startswith("error:"):
+            return ln
+    for ln in lines:
+        if ln.startswith(_NOISE) or "ChildFailedError" in ln:
+            continue
+        if any(w in ln for w in ("Error", "Exception", "terminate called", "Killed",
+                                 "Segmentation fault", "Aborted")):
+            return ln
+    return lines[-1] if lines else "no output"
 
 
 def measure(plan, plan_path: str, role: str, predicted_rank: int, s: RunSettings) -> ValidationRow:
@@ -334,6 +352,10 @@ def measure(plan, plan_path: str, role: str, predicted_rank: int, s: RunSettings
     status = run_executor(executor_command(plan.world_size, plan_path, metrics_path, s),
                           log_path, s.timeout_s)
     if status != "ok":
+        # A job that failed after writing metrics (e.g. at shutdown) still failed: its
+        # numbers are not counted, but the user should know they exist.
+        if os.path.exists(metrics_path):
+            status += f"; it had written {metrics_path}"
         return ValidationRow(**base, status=status)
     m = Metrics.load(metrics_path)
     if m.plan_fingerprint != plan.fingerprint():

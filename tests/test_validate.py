@@ -205,3 +205,14 @@ def test_validate_end_to_end_on_two_ranks(tmp_path, capsys):
     assert v.world_size == 2 and len(v.rows) == 2
     assert os.path.exists(doc["calibration"]["cluster_path"])
     assert os.path.exists(doc["calibration"]["profile_path"])
+
+
+def test_first_error_skips_torchrun_noise(tmp_path):
+    log = tmp_path / "job.log"
+    log.write_text("layout dp=1\nterminate called without an active exception\n"
+                   "Traceback (most recent call last):\n  File \"x\", line 1\n"
+                   "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n"
+                   "====\nexecutor FAILED\n")
+    assert val.first_error(str(log)) == "terminate called without an active exception"
+    log.write_text("Traceback\nValueError: bad shape\nerror: plan refused: tp 3\n")
+    assert val.first_error(str(log)) == "error: plan refused: tp 3"

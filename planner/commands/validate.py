@@ -18,6 +18,11 @@ from planner import inputs as plan_inputs
 from planner.errors import PlannerError
 
 
+# The sample is drawn from the search's best `max(POOL_MIN, K + POOL_PER_SAMPLE * S)` layouts.
+POOL_MIN = 20
+POOL_PER_SAMPLE = 4
+
+
 def add_arguments(parser) -> None:
     plan_inputs.add_arguments(parser)
     parser.add_argument("--top-k", type=int, default=3, help="best predicted layouts to run")
@@ -37,18 +42,23 @@ def add_arguments(parser) -> None:
     parser.add_argument("--format", choices=("text", "json"), default="text")
 
 
-def feasible_plans(inp) -> list:
-    """Plans of every layout the search keeps (it fits), best predicted step time first."""
+def feasible_plans(inp, pool: int) -> list:
+    """Plans of the ``pool`` best fitting layouts of the search, best predicted step first.
+
+    Uses ``planner.search`` over the whole space (as ``planner plan`` does); the sample of "the
+    others" is then drawn from this pool beyond the top K: layouts the planner would consider,
+    not ones its bounds prove hopeless.
+    """
+    from planner import search, simulate
     from planner.commands import plan as plan_cmd
 
-    # The data-parallel spine: every micro-batch size that divides the per-rank batch.
-    layouts = []
-    per_rank = inp.global_batch_size // inp.num_devices if inp.global_batch_size % inp.num_devices == 0 else 0
-    for mb in range(1, per_rank + 1):
-        if per_rank % mb == 0:
-            layouts.append(plan_cmd.dp_layout(inp.num_devices, inp.global_batch_size, mb))
-    plans = [plan_cmd.make_plan(inp, lay, plan_cmd.predict_dp(inp, lay)) for lay in layouts]
-    return sorted((p for p in plans if p.prediction.fits), key=lambda p: p.prediction.step_time_s)
+    run = simulate.RunSpec(
+        inp.model, inp.cluster, inp.dtype, inp.optimizer,
+        compute_source="profile" if inp.profile else "analytic",
+        optimizer_step_s=inp.profile.optimizer_step_time_s if inp.profile else 0.0)
+    res = search.search(run, inp.block_costs, inp.num_devices, inp.global_batch_size,
+                        top_k=pool)
+    return [plan_cmd.make_plan(inp, layout, pred) for layout, pred in res.ranked]
 
 
 def print_text(v, out=sys.stdout) -> None:
@@ -117,7 +127,8 @@ def run(args) -> int:
         raise PlannerError(f"--steps {args.steps} must exceed --warmup {args.warmup} (no timed "
                            "step would be left)")
     inp = plan_inputs.resolve(args)
-    plans = feasible_plans(inp)
+    pool = max(POOL_MIN, args.top_k + POOL_PER_SAMPLE * args.sample)
+    plans = feasible_plans(inp, pool)
     if not plans:
         raise PlannerError(f"no layout of {inp.model.name} fits {inp.cluster.name} "
                            f"x{inp.num_devices}: nothing to validate")
@@ -126,7 +137,8 @@ def run(args) -> int:
         "out", "validate", f"{inp.model.name}-{inp.cluster.name}-g{inp.num_devices}-"
                            f"b{inp.global_batch_size}")
     settings = val.RunSettings(workdir, args.steps, args.warmup, args.timeout_s)
-    print(f"{len(plans)} feasible layouts; running {len(roles)} under torchrun "
+    print(f"{len(plans)} best fitting layouts (of at most {pool} asked of the search); "
+          f"running {len(roles)} under torchrun "
           f"({inp.num_devices} rank(s)) in {workdir}", file=sys.stderr)
     v = val.validate(plans, roles, settings,
                      {"model": inp.model.name, "cluster": inp.cluster.name,
