@@ -16,14 +16,19 @@ full forward pass (timing a block in isolation is steadier than module hooks: se
   WITHOUT halving for the causal mask. That is the Megatron convention (Narayanan et al. SC'21,
   eq. 2: per layer forward 24*b*s*h^2 + 4*b*s^2*h), so measured and analytic FLOPs agree;
 - bytes saved for backward: ``saved_tensors_hooks``, de-duplicated by storage, excluding the
-  block's parameters and buffers (not activations); the block input counts when it is saved;
+  block's parameters and buffers (not activations); the block input counts when it is saved.
+  Under autocast the low-precision weight copies that backward keeps are counted too: they are
+  real memory while the activations live, but do not grow with the batch;
 - output bytes: the block output, what crosses a pipeline boundary after it.
 
 Times are the median of ``repeats`` runs after ``warmup`` runs; spreads are the inter-quartile
-range. A whole training step (forward, loss, backward, optimizer step, zero_grad) is timed the
-same way, and the optimizer step on its own. On CPU we use one intra-op thread by default:
-with two cores shared by other work, more threads make medians noisier, not faster. On CUDA,
-timing uses CUDA events and the allocator peak over a step is recorded.
+range. Runs go in rounds that visit every block once, so a slow spell of a shared machine is
+spread over all blocks. A whole training step (forward, loss, backward, optimizer step,
+zero_grad) is timed the same way, and its optimizer step + zero_grad on their own. On CPU we
+use one intra-op thread by default: with two cores shared by other work, more threads make
+medians noisier, not faster. On CUDA, timing uses CUDA events and the allocator peak over the
+whole steps goes to ``step_peak_memory_bytes``. "bf16-mixed"/"fp16-mixed" keep float32
+parameters and run forward under ``torch.autocast`` (no loss scaling: its cost is negligible).
 """
 from __future__ import annotations
 
