@@ -157,10 +157,12 @@ def test_command_writes_a_loadable_profile(tmp_path, capsys):
     cmd.add_arguments(parser)
     out = tmp_path / "p.json"
     args = parser.parse_args(["--model", "mlp-tiny", "--microbatch-size", "3", "--repeats", "2",
-                              "--warmup", "1", "--optimizer", "sgd-momentum", "--out", str(out)])
+                              "--warmup", "1", "--optimizer", "sgd-momentum", "--timer", "cpu",
+                              "--out", str(out)])
     assert cmd.run(args) == 0
     prof = ModelProfile.load(str(out))
     assert prof.microbatch_size == 3 and len(prof.blocks) == 6 and prof.optimizer == "sgd-momentum"
+    assert prof.source == "measured (process CPU time)"
     captured = capsys.readouterr()
     assert "vs measured whole step" in captured.out and "block   5" in captured.err
 

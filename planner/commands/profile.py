@@ -25,6 +25,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="intra-op threads (default 1: steadier medians on a shared CPU)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--timer", choices=("wall", "cpu"), default="wall",
+                        help="cpu: process CPU time (one thread, CPU only), steadier on a "
+                             "machine shared with other work; recorded in the profile's source")
     parser.add_argument("--out", default=None,
                         help=f"output path (default {PROFILES_DIR}/<model>-<device>-b<mb>-<dtype>"
                              ".json)")
@@ -43,7 +46,7 @@ def run(args) -> int:
     out = args.out or default_path(spec.name, args.device, args.microbatch_size, args.dtype)
     profile = profile_model(spec, args.microbatch_size, dtype=args.dtype,
                             optimizer=args.optimizer, repeats=args.repeats, warmup=args.warmup,
-                            num_threads=args.threads, device=args.device,
+                            num_threads=args.threads, device=args.device, timer=args.timer,
                             progress=lambda line: print(line, file=sys.stderr, flush=True))
     profile.save(out)
     print(format_table(profile))
