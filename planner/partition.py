@@ -92,9 +92,65 @@ def balanced_partition(costs: Sequence[float], k: int, send_s: Sequence[float] |
             lo = mid
         else:
             hi, best = mid, got
+    best = _spread(prefix, send_s, k, hi) or best
     bounds = list(best) + [n]
     bottleneck = max(chunk_cost(prefix, send_s, bounds[c], bounds[c + 1] - 1) for c in range(k))
     return tuple(best), bottleneck
+
+
+def _spread(prefix, send_s, k: int, limit: float) -> list[int] | None:
+    """Among the partitions within ``limit``, cut near the even targets j*total/k.
+
+    Greedy packing fills early chunks to the limit and leaves the slack at the end; with
+    several chunks per rank (interleaved, zbv) that puts two full chunks on one rank. Cutting
+    at the prefix sum nearest each even target, as long as the rest still fits, spreads it.
+    """
+    n = len(prefix) - 1
+    total = prefix[-1]
+    fits_suffix: dict = {}
+
+    def suffix_ok(i: int, chunks: int) -> bool:
+        key = (i, chunks)
+        if key not in fits_suffix:
+            fits_suffix[key] = _pack_from(prefix, send_s, i, chunks, limit)
+        return fits_suffix[key]
+
+    starts, i = [0], 0
+    for j in range(1, k):
+        target = prefix[0] + total * j / k
+        # candidate first blocks of chunk j: i+1 .. n-(k-j), nearest the target first
+        lo, hi = i + 1, n - (k - j)
+        mid = min(max(bisect_right(prefix, target) - 1, lo), hi)
+        order = sorted(range(lo, hi + 1), key=lambda x: (abs(prefix[x] - target), x))
+        if mid not in order:
+            return None
+        chosen = None
+        for x in order:
+            if chunk_cost(prefix, send_s, i, x - 1) <= limit and suffix_ok(x, k - j):
+                chosen = x
+                break
+        if chosen is None:
+            return None
+        starts.append(chosen)
+        i = chosen
+    return starts
+
+
+def _pack_from(prefix, send_s, i0: int, k: int, limit: float) -> bool:
+    """Whether blocks i0.. fit in ``k`` chunks under ``limit`` (greedy, as ``_pack``)."""
+    n = len(prefix) - 1
+    i = i0
+    for chunk in range(k):
+        left = k - chunk - 1
+        if left == 0:
+            return chunk_cost(prefix, send_s, i, n - 1) <= limit
+        j = min(bisect_right(prefix, prefix[i] + limit) - 2, n - 1 - left)
+        while j >= i and chunk_cost(prefix, send_s, i, j) > limit:
+            j -= 1
+        if j < i:
+            return False
+        i = j + 1
+    return False
 
 
 def chunk_blocks(starts: Sequence[int], num_blocks: int) -> list[range]:

@@ -185,6 +185,42 @@ def peak_in_flight(ops: Sequence[Op], chunk_bytes: dict[int, float],
     return peak
 
 
+def live_frontier(ops: Sequence[Op]) -> tuple[tuple[int, ...], tuple[tuple, ...]]:
+    """The activation states of a rank worth checking for its peak, independent of sizes.
+
+    Returns (chunks, states): each state gives, per chunk in ``chunks``, the micro-batches
+    whose forward ran and backward did not (full) and those between I and W (held for the
+    weight gradient), at the moments right after a forward (the only times the footprint
+    grows), keeping only states not dominated by another. ``peak_in_flight`` over any
+    non-negative sizes is the largest weighted sum over these states.
+    """
+    chunks = tuple(sorted({c for _, c, _ in ops}))
+    pos = {c: i for i, c in enumerate(chunks)}
+    k = len(chunks)
+    full, held = [0] * k, [0] * k
+    states = []
+    for kind, chunk, _ in ops:
+        j = pos[chunk]
+        if kind == "F":
+            full[j] += 1
+            states.append(tuple(full) + tuple(held))
+        elif kind == "B":
+            full[j] -= 1
+        elif kind == "I":
+            full[j] -= 1
+            held[j] += 1
+        else:
+            held[j] -= 1
+    if k == 1:
+        return chunks, (max(states),) if states else ()
+    uniq = sorted(set(states), reverse=True)
+    keep = []
+    for st in uniq:
+        if not any(all(a >= b for a, b in zip(other, st)) for other in keep):
+            keep.append(st)
+    return chunks, tuple(keep)
+
+
 def max_in_flight(ops: Sequence[Op]) -> dict[int, int]:
     """Per chunk, the most micro-batches whose forward ran and backward (full or I) did not."""
     live: dict[int, int] = {}

@@ -59,3 +59,50 @@ def overlapped_reduction(backward_s_reverse: Sequence[float], grad_bytes_reverse
         start = max(ends[ready_block], comm_free)
         comm_free = start + reduce_time(nbytes)
     return t, comm_free, len(buckets)
+
+
+# --------------------------------------------------------------------------------------------
+# Gradient compression and parameter servers (layout.compression, layout.dp_comm)
+# --------------------------------------------------------------------------------------------
+def block_matrices(kind: str, spec, tp: int) -> list[tuple[int, int]]:
+    """(rows, cols) of the weight matrices of one block on one tensor-parallel rank.
+
+    Zoo GPT block: q, k, v and attention output h x h, MLP fc ffn x h and proj h x ffn (the split
+    dimension divided by t); embedding: vocab x h and positions seq x h; head: vocab x h. A custom
+    block is treated as one square matrix of its parameter count.
+    """
+    h, f, t = spec.hidden_size, spec.ffn_hidden_size, tp
+    if spec.family == "gpt":
+        if kind == "block":
+            return [(h // t, h)] * 3 + [(h, h // t), (f // t, h), (h, f // t)]
+        if kind == "embedding":
+            return [(spec.vocab_size, h), (spec.seq_len, h)]
+        return [(spec.vocab_size, h)]
+    if spec.family == "mlp":
+        if kind == "block":
+            return [(f // t, h), (h, f // t)]
+        if kind == "embedding":
+            return [(h, h)]
+        return [(spec.vocab_size, h)]
+    return []
+
+
+def powersgd_split(matrices: list[tuple[int, int]], rank: int, min_rate: float = 2.0
+                   ) -> tuple[int, int, float]:
+    """PowerSGD (Vogels et al., NeurIPS 2019) on a bucket's matrices, as torch's powerSGD_hook.
+
+    A rows x cols matrix is sent as P (rows x r) and Q (cols x r) -- r*(rows+cols) elements --
+    when that compresses it more than ``min_rate`` (torch's ``min_compression_rate``, default 2);
+    otherwise it travels uncompressed. Returns (compressed elements, uncompressed matrix
+    elements, compression FLOPs): P = M Q and Q = M^T P cost 2*rows*cols*r each, decompression
+    P Q^T another 2*rows*cols*r (6*rows*cols*r in all; orthogonalisation is O(rows*r^2)).
+    """
+    packed = raw = 0
+    flops = 0.0
+    for rows, cols in matrices:
+        if rows * cols > min_rate * rank * (rows + cols):
+            packed += rank * (rows + cols)
+            flops += 6.0 * rows * cols * rank + 2.0 * rows * rank * rank
+        else:
+            raw += rows * cols
+    return packed, raw, flops

@@ -1,0 +1,50 @@
+"""Pipeline parallelism: boundary transfers, bubble formulas and a step-time lower bound.
+
+Sources: formulas.md "Pipeline"; Huang et al. 2019 (GPipe); Narayanan et al. SC'21
+(arXiv 2104.04473) sec. 2.2 for the 1F1B and interleaved bubbles; Qi et al. 2023
+(arXiv 2401.10241) for zero-bubble schedules. The simulator does not use the closed forms: it
+times the schedule's operations as events. They serve as tests of the simulator and as the
+search's cheap bounds.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def boundary_bytes(output_bytes: int, tp: int, sequence_parallel: bool) -> int:
+    """Bytes sent across a stage boundary per micro-batch, each way (activations forward,
+    their gradient backward): the block's b*s*h output; a sequence-parallel stage holds and sends
+    only its 1/t slice of the sequence (Korthikanti et al. 2022, sec. 4.2.2)."""
+    return output_bytes // tp if sequence_parallel else output_bytes
+
+
+def bubble_fraction(p: int, m: int, v: int = 1) -> float:
+    """Idle share of a flushing pipeline with equal stages: (p-1)/(v*m + p-1).
+
+    GPipe and 1F1B (v = 1): bubble time (p-1)(t_f+t_b) over a step of (m+p-1)(t_f+t_b);
+    interleaved with v chunks divides the bubble time by v (Narayanan et al. SC'21, sec. 2.2.2).
+    """
+    bubble = (p - 1) / v
+    return bubble / (m + bubble)
+
+
+def flush_lower_bound(stage_s: Sequence[float], m: int) -> float:
+    """A lower bound on one step of any flushing schedule with one chunk per rank.
+
+    ``stage_s[r]`` is the forward+backward compute of one micro-batch on rank r. Rank r starts
+    only when micro-batch 0 has passed ranks < r and finishes only after the last micro-batch's
+    backward has left them, so T >= max_r (sum_{j<r} x_j + m x_r); without knowing the split of
+    x_j into forward and backward it is still >= the weighted mean of those terms with weights
+    w_r proportional to (1-1/m)^(p-1-r), which gives T >= sum_r x_r / (1 - (1-1/m)^p).
+    """
+    p = len(stage_s)
+    best = max(sum(stage_s[:r]) + m * stage_s[r] for r in range(p))
+    return best
+
+
+def balanced_lower_bound(total_per_microbatch_s: float, p: int, m: int) -> float:
+    """Lower bound on a step when only the total per-micro-batch compute is known: from
+    ``flush_lower_bound``'s weighted mean, sum x / (1 - (1 - 1/m)^p) (>= m * sum x / p)."""
+    if p == 1:
+        return m * total_per_microbatch_s
+    return total_per_microbatch_s / (1.0 - (1.0 - 1.0 / m) ** p)

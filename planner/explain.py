@@ -1,0 +1,53 @@
+"""Why the winner beats the runner-up, in one short paragraph of breakdown differences."""
+from __future__ import annotations
+
+from planner.specs import Layout, Prediction
+
+LABELS = {"compute": "compute", "recompute": "recomputation",
+          "tp_comm_exposed": "exposed tensor-parallel communication",
+          "pp_comm_exposed": "exposed pipeline transfers",
+          "dp_comm_exposed": "exposed data-parallel communication",
+          "bubble": "pipeline bubble", "optimizer": "optimizer step"}
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms" if abs(seconds) < 10 else f"{seconds:.2f} s"
+
+
+def layout_diff(a: Layout, b: Layout) -> str:
+    """The dimensions in which two layouts differ, as "dp 16 vs 8, zero 1 vs 0"."""
+    keys = ("dp", "tp", "pp", "microbatch_size", "num_microbatches", "schedule",
+            "virtual_stages", "zero", "recompute", "sequence_parallel")
+    parts = [f"{k} {getattr(a, k)} vs {getattr(b, k)}" for k in keys
+             if getattr(a, k) != getattr(b, k)]
+    return ", ".join(parts) or "only the stage boundaries"
+
+
+def explain(ranked: list[tuple[Layout, Prediction]], top: int = 3) -> str:
+    """A paragraph naming the breakdown terms (means over pipeline ranks, which sum to the
+    step time) that differ most between the best and the second-best layout."""
+    if not ranked:
+        return "No layout fits in device memory."
+    (wl, wp) = ranked[0]
+    if len(ranked) == 1:
+        return f"{wl.describe()} is the only layout that fits ({_ms(wp.step_time_s)} per step)."
+    (rl, rp) = ranked[1]
+    gap = rp.step_time_s - wp.step_time_s
+    diffs = sorted(((rp.breakdown_s.get(k, 0.0) - wp.breakdown_s.get(k, 0.0), k)
+                    for k in LABELS), key=lambda d: -abs(d[0]))
+    terms = []
+    for delta, key in diffs[:top]:
+        if abs(delta) < 1e-9:
+            continue
+        word = "less" if delta > 0 else "more"
+        terms.append(f"{_ms(abs(delta))} {word} {LABELS[key]}")
+    pct = 100.0 * gap / rp.step_time_s if rp.step_time_s else 0.0
+    text = (f"{wl.describe()} ({_ms(wp.step_time_s)} per step) beats {rl.describe()} "
+            f"({_ms(rp.step_time_s)}) by {_ms(gap)} ({pct:.1f}%); they differ in "
+            f"{layout_diff(wl, rl)}.")
+    if terms:
+        text += " Per pipeline rank the winner spends " + "; ".join(terms) + "."
+    if wp.peak_memory_bytes != rp.peak_memory_bytes:
+        text += (f" Peak memory {wp.peak_memory_bytes / 2**30:.1f} vs "
+                 f"{rp.peak_memory_bytes / 2**30:.1f} GiB per rank.")
+    return text

@@ -1,0 +1,388 @@
+"""Search the layout space: enumerate, prune, simulate the promising, rank, explain.
+
+The space (issue 4): dp * tp * pp = devices; tp dividing heads, hidden and FFN sizes and at most
+one node's devices unless allowed; pp up to the number of blocks (the balanced partition copes
+with layers that do not divide); micro-batch sizes dividing the per-replica batch; schedules
+gpipe/1f1b/interleaved-1f1b (v = 2..max)/zbv; ZeRO 0-3; recompute none/selective/full;
+sequence parallelism; the DP communication (all-reduce, compression, parameter server) is an
+option the caller fixes. Any dimension can be fixed.
+
+Best-first branch and bound: every layout that passes divisibility gets a cheap lower bound on
+its step time (``_time_bound``) and its model-state memory is checked against a lower bound
+(``_state_bound``); the survivors are taken in order of their bound, each gets its exact memory
+(partition and schedule, no events) and, if it fits, a full simulation
+(``planner.simulate``). The search stops when the next bound is no better than the K-th best
+simulated step, so every layout it skips provably cannot enter the top K. Recompute is also
+pruned by dominance: when a layout fits without recomputation (or with selective), the same
+layout with more recomputation cannot be faster.
+
+The search only calls the cost model through ``planner.simulate`` and the block costs it is
+handed: it knows nothing of FLOPs, links or formulas.
+"""
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from planner import schedule as sched
+from planner import simulate as sim
+from planner.cost import pp as pp_cost
+from planner.cost.compute import BlockCost
+from planner.cost.memory import bytes_per_param, zero_sharded
+from planner.errors import PlannerError
+from planner.specs import SCHEDULES, Candidate, Layout, Prediction
+
+RECOMPUTE_ORDER = ("none", "selective", "full")
+
+
+@dataclass(frozen=True)
+class Space:
+    """Which values each dimension may take; None searches it."""
+    dp: int | None = None
+    tp: int | None = None
+    pp: int | None = None
+    microbatch_size: int | None = None
+    schedule: str | None = None
+    virtual_stages: int | None = None
+    zero: int | None = None
+    recompute: str | None = None
+    sequence_parallel: bool | None = None
+    dp_comm: str = "all_reduce"
+    ps_shards: int = 0
+    compression: str = "none"
+    powersgd_rank: int = 0
+    tp_across_nodes: bool = False
+    max_virtual_stages: int = 8
+
+
+@dataclass
+class Result:
+    ranked: list                     # [(Layout, Prediction)] best first, fitting only
+    enumerated: int = 0              # complete layouts that pass divisibility
+    bounded_out: int = 0             # never simulated: bound no better than the K-th best
+    memory_pruned: int = 0           # model states alone exceed the device (lower bound)
+    not_fitting: int = 0             # exact memory over capacity (no simulation)
+    dominated: int = 0               # more recompute than a fitting sibling
+    simulated: int = 0
+    candidates: list = field(default_factory=list)   # Candidate per layout looked at closely
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def tp_sizes(spec, num_devices: int, devices_per_node: int, space: Space) -> list[int]:
+    """tp values that divide the device count, heads, hidden and FFN sizes (Megatron's split
+    needs whole heads and whole FFN columns per rank) and fit in a node unless allowed."""
+    out = []
+    for t in divisors(num_devices):
+        if space.tp is not None and t != space.tp:
+            continue
+        if t > 1:
+            if spec.family == "custom":
+                continue
+            heads = spec.num_heads if spec.family == "gpt" else t
+            if heads % t or spec.hidden_size % t or spec.ffn_hidden_size % t:
+                continue
+            if t > devices_per_node and not space.tp_across_nodes and space.tp is None:
+                continue
+        out.append(t)
+    return out
+
+
+def schedule_options(pp: int, m: int, num_blocks: int, space: Space) -> list[tuple[str, int]]:
+    """(schedule, virtual stages) pairs valid for pp stages and m micro-batches."""
+    if pp == 1:
+        # One stage: every schedule is plain gradient accumulation; 1F1B keeps one
+        # micro-batch of activations alive, so it stands for all of them.
+        name = space.schedule or "1f1b"
+        if name in ("interleaved-1f1b", "zbv"):
+            v = space.virtual_stages or (2 if name == "zbv" else 1)
+            return [(name, v)] if v <= num_blocks else []
+        return [(name, 1)] if (space.virtual_stages or 1) == 1 else []
+    out = []
+    for name in SCHEDULES:
+        if space.schedule is not None and name != space.schedule:
+            continue
+        if name in ("gpipe", "1f1b"):
+            vs = [1]
+        elif name == "zbv":
+            vs = [2]
+        else:
+            if m % pp:
+                continue
+            vs = range(2, space.max_virtual_stages + 1)
+        for v in vs:
+            if space.virtual_stages is not None and v != space.virtual_stages:
+                continue
+            if pp * v <= num_blocks:
+                out.append((name, v))
+    return out
+
+
+class _Blocks:
+    """Block costs per micro-batch size, and per-layout sums of them, cached."""
+
+    def __init__(self, run: sim.RunSpec, blocks_for: Callable[[int], Sequence[BlockCost]]):
+        self.run = run
+        self.blocks_for = blocks_for
+        self._blocks: dict = {}
+        self._sums: dict = {}
+
+    def blocks(self, b: int):
+        if b not in self._blocks:
+            self._blocks[b] = tuple(self.blocks_for(b))
+        return self._blocks[b]
+
+    def sums(self, b: int, tp: int, sp: bool, rc: str, comm) -> tuple[float, float, float]:
+        """(per-micro-batch time of all blocks on one rank, slowest block, parameters per
+        rank-set after the TP split) for this micro-batch size, tp, sp and recompute."""
+        key = (b, tp, sp, rc)
+        hit = self._sums.get(key)
+        if hit is None:
+            probe = Layout(tp=tp, microbatch_size=b, recompute=rc, sequence_parallel=sp)
+            rows, _ = sim._block_rows(self.run, self.blocks(b), probe, comm)
+            per = [r[0] + r[1] + r[2] + r[3] + r[4] for r in rows]
+            hit = (sum(per), max(per), sum(r[6] for r in rows))
+            self._sums[key] = hit
+        return hit
+
+
+def search(run: sim.RunSpec, blocks_for: Callable[[int], Sequence[BlockCost]],
+           num_devices: int, global_batch: int, space: Space = Space(), top_k: int = 5,
+           comm_for: Callable | None = None) -> Result:
+    """The best ``top_k`` fitting layouts of ``num_devices`` devices for ``global_batch``."""
+    comm_for = comm_for or sim.default_comm_time
+    spec, cluster = run.model, run.cluster
+    nblocks = spec.num_blocks
+    cache = _Blocks(run, blocks_for)
+    comms: dict = {}
+    res = Result(ranked=[])
+    heap: list = []
+    seq = 0
+    cap = cluster.device.memory_bytes
+    for tp in tp_sizes(spec, num_devices, cluster.devices_per_node, space):
+        for pp in divisors(num_devices // tp):
+            if (space.pp is not None and pp != space.pp) or pp > nblocks:
+                continue
+            dp = num_devices // (tp * pp)
+            if (space.dp is not None and dp != space.dp) or global_batch % dp:
+                continue
+            probe = Layout(dp=dp, tp=tp, pp=pp, ps_shards=space.ps_shards or 0,
+                           dp_comm="all_reduce")
+            comm = comms.setdefault((dp, tp, pp), comm_for(cluster, _with_ps(probe, space)))
+            for b in divisors(global_batch // dp):
+                if space.microbatch_size is not None and b != space.microbatch_size:
+                    continue
+                m = global_batch // (dp * b)
+                for name, v in schedule_options(pp, m, nblocks, space):
+                    for leaf in _leaves(dp, tp, pp, b, m, name, v, space, spec):
+                        res.enumerated += 1
+                        zero, rc, sp = leaf
+                        total_s, slowest_s, params = cache.sums(b, tp, sp, rc, comm)
+                        if _state_bound(run, params / pp, zero, dp, pp) > cap:
+                            res.memory_pruned += 1
+                            continue
+                        bound = _time_bound(run, dp, tp, pp, m, name, v, zero, total_s,
+                                            slowest_s, params, comm, space)
+                        heap.append((bound, seq, (dp, tp, pp, b, m, name, v, zero, rc, sp)))
+                        seq += 1
+    heapq.heapify(heap)
+    _best_first(run, cache, comms, heap, res, space, top_k, cap)
+    return res
+
+
+def _with_ps(layout: Layout, space: Space) -> Layout:
+    if space.dp_comm == "parameter_server" and layout.dp > 1:
+        return Layout(dp=layout.dp, tp=layout.tp, pp=layout.pp, dp_comm="parameter_server",
+                      ps_shards=min(max(space.ps_shards, 1), layout.dp))
+    return layout
+
+
+def _leaves(dp, tp, pp, b, m, name, v, space: Space, spec):
+    zeros = [space.zero] if space.zero is not None else ([0, 1, 2, 3] if dp > 1 else [0])
+    if space.dp_comm == "parameter_server" or space.compression != "none":
+        zeros = [z for z in zeros if z == 0 or (z == 1 and space.compression != "none"
+                                                and space.dp_comm == "all_reduce")]
+    rcs = [space.recompute] if space.recompute is not None else list(RECOMPUTE_ORDER)
+    if spec.family != "gpt":
+        rcs = [r for r in rcs if r != "selective" or space.recompute == "selective"]
+    if space.sequence_parallel is not None:
+        sps = [space.sequence_parallel] if (tp > 1 or not space.sequence_parallel) else []
+    else:
+        sps = [False, True] if tp > 1 and spec.family == "gpt" and spec.seq_len % tp == 0 \
+            else [False]
+    for zero in zeros:
+        for rc in rcs:
+            for sp in sps:
+                yield zero, rc, sp
+
+
+def _state_bound(run, params_per_rank: float, zero: int, dp: int, pp: int) -> float:
+    """Parameters, gradients and optimizer state of the average pipeline rank: the fullest
+    rank holds at least that much (activations and buffers only add)."""
+    p, g, o = bytes_per_param(run.dtype, run.optimizer)
+    ps, gs, os_ = zero_sharded(p, g, o, zero, dp)
+    if pp > 1 and zero >= 2:
+        gs = g   # torch pipelining accumulates FSDP gradients unsharded
+    return params_per_rank * (ps + gs + os_)
+
+
+def _time_bound(run, dp, tp, pp, m, name, v, zero, total_s, slowest_s, params, comm,
+                space: Space) -> float:
+    """A lower bound on the simulated step (see the module docstring).
+
+    Compute: the average rank does m * total/pp of block time, followed by what must come after
+    its last backward: the optimizer step on its parameters and the collectives the executor
+    runs only after the backward pass (all of them with tp > 1 and ZeRO 0; ZeRO-1's parameter
+    broadcast; the parameter server). The rank holding the slowest block does at least m times
+    that block; flushing schedules with one chunk per rank obey the bubble bound of
+    ``planner.cost.pp.balanced_lower_bound``. ZeRO-3 (and ZeRO-2 without
+    pipelining) also puts m gathers of the rank's parameters on the comm stream, a bound of its
+    own. Collective times are affine in bytes, so the average rank's bytes give the average
+    rank's time.
+    """
+    per_rank = params / pp
+    p_e, g_e, _ = bytes_per_param(run.dtype, run.optimizer)
+    flush = m * total_s
+    if name in ("gpipe", "1f1b") and pp > 1:
+        flush = pp_cost.balanced_lower_bound(total_s, pp, m)
+    shard = dp if zero >= 1 else 1
+    tail = sim.optimizer_time(run, per_rank / shard, params)
+    busy = 0.0
+    if dp > 1:
+        if space.dp_comm == "parameter_server":
+            tail += comm("parameter_server", per_rank * g_e, "dp")
+        elif zero == 0 and tp > 1:
+            tail += comm("all_reduce", per_rank * g_e, "dp")
+        elif zero == 1:
+            tail += comm("all_gather", per_rank * p_e, "dp")
+        if zero == 3:
+            busy = 2 * m * comm("all_gather", per_rank * p_e, "dp")
+        elif zero == 2 and pp == 1:
+            busy = m * (comm("all_gather", per_rank * p_e, "dp")
+                        + comm("reduce_scatter", per_rank * g_e, "dp"))
+    # step >= max_r(work_r + tail_r) >= their mean; >= the bubble bound; >= the rank holding
+    # the slowest block; >= the comm stream's busy time
+    return max(m * total_s / pp + tail, flush if pp > 1 else 0.0, m * slowest_s, busy)
+
+
+def _best_first(run, cache, comms, heap, res: Result, space: Space, top_k: int, cap) -> None:
+    """Pop layouts by bound; cost, check memory, re-bound with the real partition, simulate."""
+    fitting: set = set()      # (dp, tp, pp, b, name, v, zero, sp, rc) that fit
+    prepared: dict = {}       # partition and chunk costs shared by zero stages and schedules
+    refined: set = set()
+    seq = len(heap)
+    while heap:
+        bound, _, key = heapq.heappop(heap)
+        if len(res.ranked) >= top_k and bound >= res.ranked[top_k - 1][1].step_time_s:
+            res.bounded_out += 1 + len(heap)
+            break
+        dp, tp, pp, b, m, name, v, zero, rc, sp = key
+        base = (dp, tp, pp, b, name, v, zero, sp)
+        lighter = RECOMPUTE_ORDER[:RECOMPUTE_ORDER.index(rc)]
+        if space.recompute is None and any(base + (r,) in fitting for r in lighter):
+            res.dominated += 1
+            continue
+        layout = _layout(key, space)
+        comm = comms[(dp, tp, pp)]
+        blocks = cache.blocks(b)
+        pkey = (dp, tp, pp, b, sp, rc, v, name == "zbv")
+        if pkey not in prepared:
+            prepared[pkey] = sim.prepare(run, blocks, layout, comm)[:2]
+        bounds, costs = prepared[pkey]
+        layout = replace(layout, stage_boundaries=bounds.stage_boundaries)
+        if key not in refined:
+            refined.add(key)
+            owner = sim.schedule_shape(name, pp, m, v)[0]
+            memory = sim.rank_memory(run, layout, costs)
+            peak = max(r.total_bytes for r in memory)
+            if peak > cap:
+                res.not_fitting += 1
+                res.candidates.append(Candidate(layout, 0.0, peak, False,
+                                                note=f"needs {peak / 2**30:.1f} GiB per rank"))
+                continue
+            better = max(bound, chain_bound(run, layout, costs, owner))
+            if heap and better > heap[0][0]:
+                heapq.heappush(heap, (better, seq, key))   # look again when its turn comes
+                seq += 1
+                continue
+            if len(res.ranked) >= top_k and better >= res.ranked[top_k - 1][1].step_time_s:
+                res.bounded_out += 1
+                continue
+        fitting.add(base + (rc,))
+        step, ranks, ops, dp_counts = sim.simulate(run, layout, costs, comm, False)
+        pred = sim._prediction(run, layout, costs, blocks, step, ranks, ops, dp_counts, False)
+        res.simulated += 1
+        res.ranked.append((layout, pred))
+        res.ranked.sort(key=lambda lp: (lp[1].step_time_s, lp[1].peak_memory_bytes))
+        del res.ranked[top_k:]
+        res.candidates.append(Candidate(layout, pred.step_time_s, pred.peak_memory_bytes, True,
+                                        breakdown_s=pred.breakdown_s))
+    ranked_layouts = {lp[0]: i + 1 for i, lp in enumerate(res.ranked)}
+    res.candidates = [Candidate(c.layout, c.step_time_s, c.peak_memory_bytes, c.fits,
+                                c.breakdown_s, ranked_layouts.get(c.layout, 0), c.note)
+                      for c in res.candidates]
+
+
+def _layout(key, space: Space) -> Layout:
+    dp, tp, pp, b, m, name, v, zero, rc, sp = key
+    ps = dp > 1 and space.dp_comm == "parameter_server"
+    return Layout(dp=dp, tp=tp, pp=pp, microbatch_size=b, num_microbatches=m, schedule=name,
+                  virtual_stages=v, zero=zero, recompute=rc, sequence_parallel=sp,
+                  dp_comm="parameter_server" if ps else "all_reduce",
+                  ps_shards=min(max(space.ps_shards, 1), dp) if ps else 0,
+                  compression=space.compression if dp > 1 else "none",
+                  powersgd_rank=space.powersgd_rank
+                  if space.compression == "powersgd" and dp > 1 else 0)
+
+
+def chain_bound(run, layout: Layout, costs, owner) -> float:
+    """A lower bound from the real chunks: pipeline rank r cannot start before micro-batch 0
+    has gone forward through chunks 0..r-1 (compute and sends), does m times the work of its
+    chunks, and after its last backward the last micro-batch's gradient must still go back
+    through chunks r-1..0 while r runs its optimizer step. (Under zbv the W operations may
+    overlap that return trip, so only the way in counts.)"""
+    m = layout.num_microbatches
+    chunks = costs.chunks
+    p = layout.pp
+    zbv = layout.schedule == "zbv"
+    work = [0.0] * p
+    params = [0.0] * p
+    for c, ch in enumerate(chunks):
+        work[owner[c]] += m * ((ch.i_s + ch.w_s) if zbv else (ch.f_s + ch.b_s))
+        params[owner[c]] += ch.params
+    shard = layout.dp if layout.zero >= 1 else 1
+    total = sum(params)
+    best = before = after = 0.0
+    for r in range(p):
+        tail = sim.optimizer_time(run, params[r] / shard, total)
+        best = max(best, before + work[r] + (tail if zbv else max(after, tail)))
+        ch = chunks[r]
+        before += ch.f_s + ch.send_s
+        after += (ch.i_s if zbv else ch.b_s) + ch.send_s
+    return best
+
+
+def evaluate_one(run: sim.RunSpec, blocks_for: Callable[[int], Sequence[BlockCost]],
+                 layout: Layout, comm_for: Callable | None = None
+                 ) -> tuple[Layout, Prediction]:
+    """Simulate one complete layout with its timeline (``planner simulate``, the winner)."""
+    comm_for = comm_for or sim.default_comm_time
+    return sim.evaluate(run, blocks_for(layout.microbatch_size), layout,
+                        comm_for(run.cluster, layout), timeline=True)
+
+
+def check_space(space: Space, num_devices: int, global_batch: int) -> None:
+    """Fixed values that cannot work whatever the rest is: one-line errors."""
+    fixed = [x for x in (space.dp, space.tp, space.pp) if x is not None]
+    prod = 1
+    for x in fixed:
+        prod *= x
+    if num_devices % prod:
+        raise PlannerError(f"--dp/--tp/--pp fix {prod} devices per replica grid, which does not "
+                           f"divide --gpus {num_devices}")
+    if space.dp is not None and global_batch % space.dp:
+        raise PlannerError(f"--global-batch {global_batch} does not divide over --dp "
+                           f"{space.dp} ({global_batch} % {space.dp} = {global_batch % space.dp})")

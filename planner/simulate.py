@@ -1,0 +1,870 @@
+"""Event simulation of one training step of a layout: step time, breakdown, memory, collectives.
+
+One pipeline is simulated: a single data-parallel replica and a single tensor-parallel rank per
+stage stand for all of them (replicas and TP peers run in lock-step), so a 1024-GPU layout costs
+O(pp * m * v) events. Each pipeline rank has three streams:
+
+- ``compute``: the schedule's operations (``planner.schedule``) in order; an operation starts when
+  the stream is free and its input has arrived (activations for F, the gradient for B/I). Its
+  duration is the blocks' compute (``planner.cost.tp.split_time``) plus the tensor-parallel
+  collectives inside them, which block the compute (``planner.cost.tp``), plus recomputation.
+- ``p2p``: boundary sends to the next/previous stage (``planner.cost.pp.boundary_bytes``), FIFO,
+  started when the producing operation ends; the receiver waits for the transfer's end. torch
+  pipelining issues them on the pp process group, a stream of its own.
+- ``comm``: data-parallel collectives, FIFO (DDP/FSDP run them on their own NCCL stream):
+  * ZeRO 0/1 (DDP; ``planner.cost.dp.ddp_buckets``): all-reduce buckets in reverse block order
+    during the last micro-batch's backward of each chunk, each started when its last gradient is
+    ready and the stream is free (with tp > 1 the executor all-reduces after the backward pass,
+    DDP refusing DTensor parameters); ZeRO-1 then broadcasts updated parameters (the volume of
+    an all-gather) after the optimizer step.
+  * ZeRO 2/3 (FSDP2): an all-gather of each block's parameters before its forward (ZeRO-2: only
+    while resharded; ZeRO-3: also before its backward), prefetched one block ahead, and a
+    reduce-scatter of each block's gradients -- per micro-batch without pipelining, once at the
+    end of the step under torch pipelining (which accumulates FSDP gradients unsharded).
+  * parameter server (``planner.cost.dp.parameter_server_time``) after the backward pass:
+    push, the servers' optimizer step on their 1/k, pull.
+  * compression: fp16/bf16 halve 4-byte gradients (a cast pass at memory bandwidth);
+    PowerSGD sends P and Q (``planner.cost.dp.powersgd_split``) and computes its matmuls.
+  The optimizer step (``optimizer_time``) starts once a rank's reductions are done.
+
+Breakdown (``breakdown_s``): each pipeline rank's wall time is split into compute, recompute,
+tensor-parallel communication (all exposed), time waiting for a pipeline transfer
+(pp_comm_exposed) or for a data-parallel collective (dp_comm_exposed), optimizer, and bubble
+(idle with nothing in flight); the keys are means over pipeline ranks and sum to the step time.
+``*_hidden`` is a stream's busy time that did not stall compute.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from planner import grid, schedule as sched, topology
+from planner.cost import dp as dp_cost, memory as mem, pp as pp_cost
+from planner.cost import tp as tp_cost
+from planner.cost.compute import BlockCost
+from planner.errors import PlannerError
+from planner.partition import balanced_partition, chunk_blocks
+from planner.specs import (Cluster, CollectiveCount, Layout, ModelSpec, Prediction, RankMemory,
+                           TimelineEvent)
+
+CommTime = Callable[[str, float, str], float]
+BREAKDOWN_KEYS = ("compute", "recompute", "tp_comm_exposed", "tp_comm_hidden", "pp_comm_exposed",
+                  "pp_comm_hidden", "dp_comm_exposed", "dp_comm_hidden", "bubble", "optimizer")
+# Share of a block's backward that computes weight gradients (the "W" of zero-bubble
+# schedules): for a matmul, dX = dY W^T and dW = X^T dY cost the same (Qi et al. 2023, sec. 2);
+# an embedding has no input gradient to compute.
+WEIGHT_GRAD_SHARE = {"block": 0.5, "head": 0.5, "embedding": 1.0}
+# Share of a chunk's activations still held between I and W (the matmul inputs the weight
+# gradient needs): Korthikanti's 34 units hold 14 of matmul inputs (2 qkv, 2 proj, 2 fc, 8 fc2).
+W_HELD_SHARE = 14.0 / 34.0
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What the step runs apart from the layout."""
+    model: ModelSpec
+    cluster: Cluster
+    dtype: str
+    optimizer: str
+    compute_source: str = "analytic"      # "profile" | "analytic"
+    optimizer_step_s: float = 0.0         # measured full-model optimizer step, one device; 0: estimate
+    flop_rate: float = 0.0                # achieved FLOP/s for estimated compute; 0: peak * eff
+
+
+def peak_flops(device, dtype: str) -> float:
+    """The device's dense peak for ``dtype`` (0 when unknown, e.g. a CPU)."""
+    key = {"bf16-mixed": "bfloat16", "fp16-mixed": "float16", "float32": "tf32"}.get(dtype, dtype)
+    return float(device.peak_flops_per_s.get(key, 0.0))
+
+
+def default_comm_time(cluster: Cluster, layout: Layout) -> CommTime:
+    """Collective times of this layout's groups from ``planner.topology.CommModel`` (measured
+    fits, hierarchical forms or alpha-beta over the bottleneck link); memoised, since the
+    search asks the same (collective, bytes, group) many times. ``send_recv`` on "pp" takes an
+    optional ``stage``: the boundary after that pipeline rank (default: the slowest)."""
+    model = topology.comm_model(cluster)
+    dp, pp, tp = layout.dp, layout.pp, layout.tp
+    shards = max(layout.ps_shards, 1)
+    cache: dict = {}
+
+    def time(name: str, n_bytes: float, dim: str, stage: int | None = None) -> float:
+        key = (name, n_bytes, dim, stage)
+        hit = cache.get(key)
+        if hit is None:
+            if name == "send_recv":
+                hit = model.p2p(n_bytes, dp, pp, tp, stage)
+            else:
+                hit = model.time(name, n_bytes, dim, dp, pp, tp, shards=shards)
+            cache[key] = hit
+        return hit
+
+    return time
+
+
+# --------------------------------------------------------------------------------------------
+# Per-block and per-chunk costs of a layout
+# --------------------------------------------------------------------------------------------
+@dataclass
+class _Chunk:
+    blocks: range
+    f_s: float = 0.0          # forward op: compute + TP collectives
+    f_comp: float = 0.0
+    f_tp: float = 0.0
+    b_s: float = 0.0          # full backward op: recompute + compute + TP collectives
+    b_comp: float = 0.0
+    b_rec: float = 0.0
+    b_tp: float = 0.0
+    i_s: float = 0.0          # input-gradient op (zbv): recompute + dX compute + TP
+    i_comp: float = 0.0
+    w_s: float = 0.0          # weight-gradient op (zbv)
+    send_s: float = 0.0       # boundary transfer after this chunk (each way)
+    send_bytes: int = 0
+    params: float = 0.0       # on one rank (after the TP split)
+    act_bytes: float = 0.0    # per micro-batch, kept until backward
+    work_bytes: float = 0.0   # transient during a recomputed block's backward
+    # per block, in backward (reverse) order: end offsets inside B / I / W and gradient bytes
+    b_offsets: tuple = ()
+    w_offsets: tuple = ()
+    grad_bytes_rev: tuple = ()
+    f_block_s: tuple = ()     # per block forward durations (FSDP prefetch loop)
+    b_block_s: tuple = ()     # per block backward durations, reverse order
+    param_bytes_blocks: tuple = ()
+
+
+@dataclass
+class _Costs:
+    chunks: list
+    block_s: list             # per block cost used for partitioning (one micro-batch)
+    send_s: list              # per block boundary cost if cut after it
+    tp_counts: dict           # (phase, collective, bytes) -> per-step count
+    model_flops_mb: float     # forward FLOPs of one micro-batch through the model (unsplit)
+    recompute_flops_mb: float
+
+
+def _block_rows(run: RunSpec, blocks: Sequence[BlockCost], layout: Layout, comm: CommTime):
+    """Per block, one micro-batch on one rank: (f, f_tp, b, rec, b_tp, w_share, params, act,
+    work, out_bytes, tp names) after the TP split, recompute and sequence parallelism."""
+    spec, t, sp, rc = run.model, layout.tp, layout.sequence_parallel, layout.recompute
+    e = mem.ELEMENT_BYTES[run.dtype]
+    msg = tp_cost.activation_message_bytes(layout.microbatch_size, spec.seq_len,
+                                           spec.hidden_size, e)
+    rows = []
+    memo: dict = {}
+    for blk in blocks:
+        same = blk[1:]          # decoder layers are usually identical: cost each kind once
+        hit = memo.get(same)
+        if hit is not None:
+            rows.append(hit)
+            continue
+        f = tp_cost.split_time(blk.forward_s, blk.kind, t)
+        b = tp_cost.split_time(blk.backward_s, blk.kind, t)
+        fwd_names, bwd_names = tp_cost.block_collectives(blk.kind, spec.family, sp, t)
+        f_tp = tp_cost.collective_time(fwd_names, msg, comm)
+        b_tp = tp_cost.collective_time(bwd_names, msg, comm)
+        rec = 0.0
+        if blk.kind == "block" and rc == "full":
+            rec = f + f_tp   # the forward runs again, collectives included (Megatron)
+        elif blk.kind == "block" and rc == "selective" and spec.family == "gpt":
+            rec = f * _core_share(blk, spec, layout.microbatch_size)
+        params = blk.param_count / t if tp_cost.is_split(blk.kind) else blk.param_count
+        act = mem.block_activation_bytes(blk.saved_activation_bytes, blk.output_bytes, blk.kind,
+                                         spec, t, sp, rc)
+        work = mem.recompute_working_bytes(blk.saved_activation_bytes, blk.output_bytes,
+                                           blk.kind, spec, t, sp, rc)
+        row = (f, f_tp, b, rec, b_tp, WEIGHT_GRAD_SHARE.get(blk.kind, 0.5), params, act,
+               work, pp_cost.boundary_bytes(blk.output_bytes, t, sp), fwd_names, bwd_names)
+        memo[same] = row
+        rows.append(row)
+    return rows, msg
+
+
+def _core_share(blk: BlockCost, spec: ModelSpec, b: int) -> float:
+    """Attention core's share of a block's forward: 4*b*s^2*h of its FLOPs (QK^T and AV,
+    Narayanan et al. SC'21 eq. 2), the best split available without a per-op profile."""
+    if blk.forward_flops <= 0:
+        return 0.0
+    core = 4.0 * b * spec.seq_len ** 2 * spec.hidden_size
+    return min(1.0, core / blk.forward_flops)
+
+
+def layout_costs(run: RunSpec, blocks: Sequence[BlockCost], layout: Layout, comm: CommTime
+                 ) -> tuple[Layout, _Costs]:
+    """Partition the blocks (unless the layout fixes ``stage_boundaries``) and cost each chunk.
+
+    Returns the layout with its stage boundaries filled in and the chunk costs.
+    """
+    rows, msg = _block_rows(run, blocks, layout, comm)
+    block_s = [r[0] + r[1] + r[2] + r[3] + r[4] for r in rows]
+    param_e, grad_e = mem.bytes_per_param(run.dtype, run.optimizer)[:2]
+    send_s = [comm("send_recv", r[9], "pp") for r in rows]
+    k = layout.pp * layout.virtual_stages
+    if len(blocks) < k:
+        raise PlannerError(f"pp({layout.pp}) * virtual_stages({layout.virtual_stages}) = {k} "
+                           f"chunks > {len(blocks)} blocks of {run.model.name}")
+    starts = layout.stage_boundaries
+    if not starts:
+        starts = balanced_partition(block_s, k, send_s)[0] if k > 1 else (0,)
+        layout = replace(layout, stage_boundaries=tuple(starts) if k > 1 else ())
+    elif starts[-1] >= len(blocks):
+        raise PlannerError(f"stage_boundaries {list(starts)} start a chunk at block {starts[-1]}; "
+                           f"{run.model.name} has {len(blocks)} blocks")
+    chunks = []
+    zbv = layout.schedule == "zbv"
+    for rng in chunk_blocks(starts, len(blocks)):
+        c = _Chunk(rng)
+        b_off, w_off, gbytes, bblk, pbytes = [], [], [], [], []
+        tb = tw = 0.0
+        for x in rng:
+            f, f_tp, b, rec, b_tp, ws, params, act, work = rows[x][:9]
+            c.f_comp += f
+            c.f_tp += f_tp
+            c.b_comp += b
+            c.b_rec += rec
+            c.b_tp += b_tp
+            c.i_comp += b * (1.0 - ws)
+            c.w_s += b * ws
+            c.params += params
+            c.act_bytes += act
+            c.work_bytes = max(c.work_bytes, work)
+        for x in reversed(rng):
+            f, f_tp, b, rec, b_tp, ws, params = rows[x][:7]
+            step = rec + b_tp + (b * (1.0 - ws) if zbv else b)
+            tb += step
+            tw += b * ws
+            b_off.append(tb)
+            w_off.append(tw)
+            bblk.append(step)
+            gbytes.append(params * grad_e)
+            pbytes.append(params * param_e)
+        c.f_s = c.f_comp + c.f_tp
+        c.b_s = c.b_rec + c.b_comp + c.b_tp
+        c.i_s = c.b_rec + c.i_comp + c.b_tp
+        c.b_offsets, c.w_offsets, c.grad_bytes_rev = tuple(b_off), tuple(w_off), tuple(gbytes)
+        c.f_block_s = tuple(rows[x][0] + rows[x][1] for x in rng)
+        c.b_block_s = tuple(bblk)
+        c.param_bytes_blocks = tuple(pbytes)
+        last = rng[-1]
+        c.send_bytes = rows[last][9]
+        chunks.append(c)
+    p = layout.pp
+    for i, c in enumerate(chunks[:-1]):
+        a = sched.chunk_rank(i, p, layout.schedule)
+        b = sched.chunk_rank(i + 1, p, layout.schedule)
+        if a != b:   # the link between ranks a and b; p-1 -> 0 is the wrap of looped schedules
+            stage = p - 1 if {a, b} == {p - 1, 0} and p > 2 else min(a, b)
+            c.send_s = comm("send_recv", c.send_bytes, "pp", stage)
+    tp_counts: dict = {}
+    m = layout.num_microbatches
+    for r in rows:
+        for phase, names in (("forward", r[10]), ("backward", r[11])):
+            for name in names:
+                key = (phase, name, msg)
+                tp_counts[key] = tp_counts.get(key, 0) + m
+        if r[3] and layout.recompute == "full":
+            for name in r[10]:
+                key = ("backward", name, msg)
+                tp_counts[key] = tp_counts.get(key, 0) + m
+    model_flops = sum(blk.forward_flops for blk in blocks)
+    rec_flops = sum(blk.forward_flops * (1.0 if layout.recompute == "full" else
+                                         _core_share(blk, run.model, layout.microbatch_size))
+                    for blk in blocks if blk.kind == "block" and layout.recompute != "none"
+                    and (layout.recompute == "full" or run.model.family == "gpt"))
+    return layout, _Costs(chunks, block_s, send_s, tp_counts, model_flops, rec_flops)
+
+
+# --------------------------------------------------------------------------------------------
+# Data-parallel plan: what the comm stream does per chunk
+# --------------------------------------------------------------------------------------------
+def optimizer_time(run: RunSpec, params: float, total_params: float) -> float:
+    """One optimizer step over ``params`` parameters on one rank.
+
+    From a profile: the measured step of the whole model scaled by the share of parameters.
+    Otherwise a roofline of an elementwise kernel (Williams et al., CACM 2009): bytes touched /
+    memory bandwidth, reading and writing the optimizer state (master weights included under
+    mixed precision), reading the gradient and writing the parameter.
+    """
+    if params <= 0:
+        return 0.0
+    if run.optimizer_step_s > 0 and total_params > 0:
+        return run.optimizer_step_s * params / total_params
+    p, g, o = mem.bytes_per_param(run.dtype, run.optimizer)
+    touched = 2.0 * o + g + (p if run.dtype.endswith("-mixed") else 2.0 * p)
+    return params * touched / run.cluster.device.memory_bandwidth_bytes_per_s
+
+
+def _flop_rate(run: RunSpec) -> float:
+    if run.flop_rate > 0:
+        return run.flop_rate
+    peak = peak_flops(run.cluster.device, run.dtype)
+    return peak * run.cluster.device.compute_efficiency if peak else 1e12
+
+
+@dataclass
+class _DpPlan:
+    """How one chunk's gradients reach the other replicas."""
+    buckets: list             # [(ready_block_index_rev, duration_s, bytes)] for the last micro-batch
+    per_mb: bool              # FSDP without pipelining: per-block reduce-scatter every micro-batch
+    rs_block_s: tuple         # per block (reverse order) reduce-scatter time, FSDP
+    gather_block_s: tuple     # per block (forward order) all-gather time, FSDP
+    at_end: bool              # reductions start only after the rank's backward pass
+
+
+def _dp_plan(run: RunSpec, layout: Layout, chunk: _Chunk, comm: CommTime, counts: dict
+             ) -> _DpPlan:
+    n = layout.dp
+    empty = _DpPlan([], False, (), (), False)
+    if n == 1:
+        return empty
+    if layout.zero >= 2:
+        rs = tuple(comm("reduce_scatter", g, "dp") for g in chunk.grad_bytes_rev)
+        ag = tuple(comm("all_gather", pb, "dp") for pb in reversed(chunk.param_bytes_blocks))
+        per_mb = layout.pp == 1
+        # under pipelining: one reduce-scatter pass when the chunk's last backward op ends
+        buckets = [] if per_mb else [(-1, sum(rs), sum(chunk.grad_bytes_rev))]
+        m = layout.num_microbatches
+        for g in chunk.grad_bytes_rev:
+            _count(counts, "backward", "reduce_scatter", "dp", n, g, m if per_mb else 1)
+        gathers = _fsdp_gathers_per_step(layout)
+        for pb in chunk.param_bytes_blocks:
+            for phase, k in gathers:
+                _count(counts, phase, "all_gather", "dp", n, pb, k)
+        return _DpPlan(buckets, per_mb, rs, ag, False)
+    if layout.dp_comm == "parameter_server":
+        total = sum(chunk.grad_bytes_rev)
+        t = comm("parameter_server", total, "dp")
+        k = layout.ps_shards
+        _count(counts, "backward", "reduce", "dp", n, total / k, k)
+        _count(counts, "optimizer", "broadcast", "dp", n, total / k, k)
+        return _DpPlan([(len(chunk.grad_bytes_rev) - 1, t, total)], False, (), (), True)
+    # Buckets that become ready together (a block larger than the cap) run back to back on
+    # the stream: one event each group, same finish time as bucket by bucket.
+    buckets: list = []
+    sizes: dict = {}
+    seen: dict = {}
+    for nbytes, ready in dp_cost.ddp_buckets(chunk.grad_bytes_rev):
+        if nbytes not in sizes:
+            sizes[nbytes] = _bucket_time(run, layout, chunk, nbytes, comm)
+        seen[nbytes] = seen.get(nbytes, 0) + 1
+        if buckets and buckets[-1][0] == ready:
+            r0, d0, b0 = buckets[-1]
+            buckets[-1] = (ready, d0 + sizes[nbytes], b0 + nbytes)
+        else:
+            buckets.append((ready, sizes[nbytes], nbytes))
+    for nbytes, k in seen.items():
+        for msg in _bucket_messages(run, layout, chunk, nbytes):
+            _count(counts, "backward", "all_reduce", "dp", n, msg, k)
+    return _DpPlan(buckets, False, (), (), layout.tp > 1)
+
+
+def _fsdp_gathers_per_step(layout: Layout) -> list[tuple[str, int]]:
+    m = layout.num_microbatches
+    if layout.zero == 3:
+        return [("forward", m), ("backward", m)]
+    return [("forward", m if layout.pp == 1 else 1)]
+
+
+def _bucket_time(run, layout, chunk, nbytes, comm) -> float:
+    """One DDP bucket's reduction, with its compression (``layout.compression``)."""
+    return sum(comm("all_reduce", part, "dp") for part in _bucket_messages(run, layout, chunk,
+                                                                           nbytes)) + \
+        _compression_s(run, layout, chunk, nbytes)
+
+
+def _bucket_messages(run, layout, chunk, nbytes) -> list[float]:
+    """The all-reduce messages of one DDP bucket of ``nbytes`` gradient bytes: the bucket,
+    or its 16-bit cast, or PowerSGD's uncompressed part, P and Q."""
+    e = mem.bytes_per_param(run.dtype, run.optimizer)[1]
+    if layout.compression in ("fp16", "bf16"):
+        return [nbytes * 2.0 / e] if e > 2 else [nbytes]
+    if layout.compression == "powersgd":
+        share = nbytes / max(sum(chunk.grad_bytes_rev), 1.0)
+        mats = _chunk_matrices(run, layout, chunk)
+        packed, raw, _ = dp_cost.powersgd_split(mats, layout.powersgd_rank)
+        matrix_numel = sum(r * c for r, c in mats) * share
+        plain = max(0.0, nbytes / e - matrix_numel + raw * share) * e
+        return [x for x in (plain, packed * share * e / 2, packed * share * e / 2) if x > 0]
+    return [nbytes]
+
+
+def _compression_s(run, layout, chunk, nbytes) -> float:
+    """Compute added by compression: a cast pass over the bucket at memory bandwidth
+    (read the gradient, write the 16-bit copy, and back); PowerSGD's matmuls at the rate of
+    ``_flop_rate``."""
+    e = mem.bytes_per_param(run.dtype, run.optimizer)[1]
+    if layout.compression in ("fp16", "bf16"):
+        if e <= 2:
+            return 0.0
+        return 2.0 * (nbytes + nbytes * 2.0 / e) / run.cluster.device.memory_bandwidth_bytes_per_s
+    if layout.compression == "powersgd":
+        share = nbytes / max(sum(chunk.grad_bytes_rev), 1.0)
+        _, _, flops = dp_cost.powersgd_split(_chunk_matrices(run, layout, chunk),
+                                             layout.powersgd_rank)
+        return flops * share / _flop_rate(run)
+    return 0.0
+
+
+def _chunk_matrices(run, layout, chunk):
+    kinds = run_block_kinds(run)
+    out = []
+    for x in chunk.blocks:
+        out += dp_cost.block_matrices(kinds[x], run.model, layout.tp)
+    return out
+
+
+def run_block_kinds(run: RunSpec) -> list[str]:
+    n = run.model.num_blocks
+    if run.model.family == "custom":
+        return ["block"] * n
+    return ["embedding"] + ["block"] * (n - 2) + ["head"]
+
+
+def _count(counts: dict, phase: str, name: str, group: str, size: int, nbytes: float,
+           k: int) -> None:
+    key = (phase, name, group, size, int(nbytes))
+    counts[key] = counts.get(key, 0) + k
+
+
+# --------------------------------------------------------------------------------------------
+# The event simulation
+# --------------------------------------------------------------------------------------------
+class _Rank:
+    __slots__ = ("comp", "p2p", "dpc", "acc", "events", "sends", "dp_busy")
+
+    def __init__(self):
+        self.comp = self.p2p = self.dpc = 0.0
+        self.acc = dict.fromkeys(BREAKDOWN_KEYS, 0.0)
+        self.events = []
+        self.sends = 0.0
+        self.dp_busy = 0.0
+
+
+def _overlap(a0, a1, b0, b1) -> float:
+    return max(0.0, min(a1, b1) - max(a0, b0))
+
+
+def simulate(run: RunSpec, layout: Layout, costs: _Costs, comm: CommTime,
+             timeline: bool = True) -> tuple[float, list, list, dict]:
+    """Run the events. Returns (step_time_s, per-rank _Rank, per-rank ops, dp collectives).
+
+    List scheduling over the ranks' fixed orders: a rank advances while its next operation's
+    input is there; a round over all ranks that advances none would be a deadlock (a schedule
+    bug). The loop body is inlined: the search runs it for every layout it simulates.
+    """
+    p, v, m = layout.pp, layout.virtual_stages, layout.num_microbatches
+    nch = p * v
+    ops, recs, owner, last_bwd = schedule_plan(layout.schedule, p, m, v)
+    chunks = costs.chunks
+    dp_counts: dict = {}
+    plans = [_dp_plan(run, layout, c, comm, dp_counts) for c in chunks]
+    durs = ([ch.f_s for ch in chunks] + [ch.b_s for ch in chunks] + [ch.i_s for ch in chunks]
+            + [ch.w_s for ch in chunks])
+    links = [ch.send_s for ch in chunks]
+    ranks = [_Rank() for _ in range(p)]
+    # ready[slot]: when the input of an op is available; slots 0..nch*m-1 activations of
+    # (chunk, mb), nch*m.. gradients; xfer[slot]: the transfer that delivered it
+    ready = [None] * (2 * nch * m)
+    xfer = [None] * (2 * nch * m)
+    for mb in range(m):
+        ready[mb] = 0.0
+    gathered = [False] * nch
+    ptr = [0] * p
+    lens = [len(o) for o in ops]
+    done, total = 0, sum(lens)
+    fsdp = layout.zero >= 2 and layout.dp > 1
+    hooks = fsdp or any(pl.buckets and not pl.at_end for pl in plans)
+    while done < total:
+        progressed = False
+        for r in range(p):
+            st, rr, i, n_ops = ranks[r], recs[r], ptr[r], lens[r]
+            comp, p2p, sends = st.comp, st.p2p, st.sends
+            pp_exp = bub = 0.0
+            events = st.events
+            while i < n_ops:
+                dep, di, out, li, kind, c, mb = rr[i]
+                t = comp if dep < 0 else ready[dep]
+                if t is None:
+                    break
+                start = comp
+                if t > comp:
+                    start = t
+                    x = xfer[dep]
+                    exposed = 0.0
+                    if x is not None:
+                        lo = x[0] if x[0] > comp else comp
+                        exposed = x[2] - lo if x[2] > lo else 0.0
+                    pp_exp += exposed
+                    bub += (t - comp) - exposed
+                end = start + durs[di]
+                if hooks:
+                    st.comp = comp
+                    if fsdp and kind != "W":
+                        blocks = chunks[c].f_block_s if kind == "F" else chunks[c].b_block_s
+                        end = _fsdp_op(st, kind, chunks[c], plans[c], layout, start, end, mb, c,
+                                       gathered, blocks, timeline, r)
+                    if plans[c].buckets and not plans[c].at_end and last_bwd.get(c) == (r, i):
+                        _reduce_buckets(st, kind, chunks[c], plans[c], start, end, timeline)
+                if timeline:
+                    events.append(("compute", f"{kind}{mb} c{c}", start, end))
+                comp = end
+                if out >= 0:
+                    if li < 0:
+                        ready[out] = end
+                    else:
+                        link = links[li]
+                        s0 = p2p if p2p > end else end
+                        p2p = s0 + link
+                        sends += link
+                        ready[out] = p2p
+                        xfer[out] = (end, s0, p2p)
+                        if timeline:
+                            events.append(("p2p", f"send {'act' if kind == 'F' else 'grad'}{mb}"
+                                                  f" c{c}", s0, p2p))
+                i += 1
+            done += i - ptr[r]
+            progressed = progressed or i > ptr[r]
+            st.comp, st.p2p, st.sends = comp, p2p, sends
+            st.acc["pp_comm_exposed"] += pp_exp
+            st.acc["bubble"] += bub
+            ptr[r] = i
+        if not progressed:
+            raise RuntimeError(f"schedule {layout.schedule} deadlocked at {ptr}")
+    for r in range(p):
+        mine = [c for c in range(nch) if owner[c] == r]
+        _account(ranks[r].acc, [chunks[c] for c in mine], m, layout.schedule == "zbv")
+        _finish(run, layout, ranks[r], mine, chunks, plans, comm, dp_counts, timeline)
+    step = max(st.comp for st in ranks)
+    for st in ranks:
+        st.acc["bubble"] += step - st.comp
+        st.acc["pp_comm_hidden"] = st.sends
+        st.acc["dp_comm_hidden"] = st.dp_busy
+    return step, ranks, ops, dp_counts
+
+
+@functools.lru_cache(maxsize=1024)
+def schedule_shape(schedule: str, p: int, m: int, v: int):
+    """What memory needs of a schedule, cached: chunk owners, each rank's chunks and its
+    live-activation frontier (``schedule.live_frontier``; for GPipe and 1F1B directly: m and
+    min(p - r, m) micro-batches in flight on rank r, formulas.md)."""
+    owner = tuple(sched.chunk_rank(c, p, schedule) for c in range(p * v))
+    mine = tuple(tuple(c for c in range(p * v) if owner[c] == r) for r in range(p))
+    if schedule in ("gpipe", "1f1b") and v == 1:
+        frontiers = tuple(((r,), ((m if schedule == "gpipe" else min(p - r, m), 0),))
+                          for r in range(p))
+    else:
+        frontiers = tuple(sched.live_frontier(o) for o in sched.expand(schedule, p, m, v))
+    return owner, mine, frontiers
+
+
+@functools.lru_cache(maxsize=256)
+def schedule_plan(schedule: str, p: int, m: int, v: int):
+    """What the event loop needs of a schedule, cached: per rank the ops and their records,
+    chunk owners and each chunk's last backward op."""
+    ops = sched.expand(schedule, p, m, v)
+    nch = p * v
+    owner = tuple(sched.chunk_rank(c, p, schedule) for c in range(nch))
+    grad0 = nch * m
+    kinds = {"F": 0, "B": 1, "I": 2, "W": 3}
+    recs = []
+    for rank_ops in ops:
+        rr = []
+        for kind, c, mb in rank_ops:
+            di = kinds[kind] * nch + c           # index into the durations table
+            li = -1                              # index into the transfer times, -1: local
+            if kind == "F":
+                dep = c * m + mb
+                if c + 1 < nch:
+                    dest = (c + 1) * m + mb
+                    li = -1 if owner[c + 1] == owner[c] else c
+                else:
+                    dest = grad0 + c * m + mb    # the loss: this chunk's backward may go
+            elif kind == "W":
+                dep, dest = -1, -1
+            else:
+                dep = grad0 + c * m + mb
+                dest = grad0 + (c - 1) * m + mb if c > 0 else -1
+                if c > 0 and owner[c - 1] != owner[c]:
+                    li = c - 1
+            rr.append((dep, di, dest, li, kind, c, mb))
+        recs.append(tuple(rr))
+    last_bwd = {}
+    for r in range(p):
+        for i, (kind, c, mb) in enumerate(ops[r]):
+            if kind in ("B", "W"):
+                last_bwd[c] = (r, i)
+    return ops, tuple(recs), owner, last_bwd
+
+
+def _account(acc: dict, mine: list, m: int, split: bool) -> None:
+    """Compute, recompute and TP time of a rank's operations: m of each kind per chunk."""
+    for ch in mine:
+        acc["compute"] += m * (ch.f_comp + ch.b_comp)
+        acc["recompute"] += m * ch.b_rec
+        acc["tp_comm_exposed"] += m * (ch.f_tp + ch.b_tp)
+
+
+def _fsdp_op(st, kind, ch, plan, layout, start, end, mb, c, gathered, blocks, timeline, r):
+    """FSDP2 inside one operation: all-gather block k+1 while block k computes (one-block
+    prefetch), each block waiting for its own gather; reduce-scatter each block's gradient
+    as soon as its backward ends (per micro-batch only without pipelining)."""
+    need_gather = (layout.zero == 3 and kind in ("F", "B", "I")) or (
+        kind == "F" and (layout.pp == 1 or not gathered[c]))
+    rs = plan.rs_block_s if (plan.per_mb and kind in ("B", "I")) else ()
+    if not need_gather and not rs:
+        return end
+    if kind == "F":
+        gathered[c] = True
+    gath = plan.gather_block_s if kind == "F" else tuple(reversed(plan.gather_block_s))
+    t = start
+    issue = start
+    dpc = st.dpc
+    for k, dur in enumerate(blocks):
+        if need_gather:
+            g0 = max(dpc, issue)
+            dpc = g0 + gath[k]
+            st.dp_busy += gath[k]
+            if timeline:
+                st.events.append(("comm", f"all_gather b{k} c{c}", g0, dpc))
+            t_start = max(t, dpc)
+        else:
+            t_start = t
+        issue = t_start
+        t = t_start + dur
+        if rs:
+            s0 = max(dpc, t)
+            dpc = s0 + rs[k]
+            st.dp_busy += rs[k]
+            if timeline:
+                st.events.append(("comm", f"reduce_scatter b{k} c{c}", s0, dpc))
+    st.dpc = dpc
+    exposed = max(0.0, t - end)
+    st.acc["dp_comm_exposed"] += exposed
+    return end + exposed
+
+
+def _reduce_buckets(st, kind, ch, plan, start, end, timeline) -> None:
+    """DDP: each bucket's reduction starts when its last gradient is ready (inside this
+    last backward op of the chunk) and the comm stream is free; index -1: at the op's end."""
+    offs = ch.w_offsets if kind == "W" else ch.b_offsets
+    dpc = st.dpc
+    for ready_block, dur, _ in plan.buckets:
+        s0 = max(dpc, end if ready_block < 0 else start + offs[ready_block])
+        dpc = s0 + dur
+        st.dp_busy += dur
+        if timeline:
+            st.events.append(("comm", "dp bucket", s0, dpc))
+    st.dpc = dpc
+
+
+def _finish(run, layout, st, mine, chunks, plans, comm, counts, timeline) -> None:
+    """After the rank's last operation: outstanding reductions, optimizer, parameter sync."""
+    acc = st.acc
+    params = sum(chunks[c].params for c in mine)
+    total = sum(ch.params for ch in chunks)
+    if layout.dp_comm == "parameter_server" and layout.dp > 1:
+        _parameter_server(run, layout, st, mine, plans, params, total, timeline)
+        return
+    for c in mine:   # reductions that start only after the backward pass
+        if plans[c].at_end:
+            for _, dur, _ in plans[c].buckets:
+                s0 = max(st.dpc, st.comp)
+                st.dpc = s0 + dur
+                st.dp_busy += dur
+                if timeline:
+                    st.events.append(("comm", "dp reduce", s0, st.dpc))
+    if st.dpc > st.comp:
+        acc["dp_comm_exposed"] += st.dpc - st.comp
+        st.comp = st.dpc
+    shard = layout.dp if layout.zero >= 1 else 1
+    opt = optimizer_time(run, params / shard, total)
+    if timeline:
+        st.events.append(("compute", "optimizer", st.comp, st.comp + opt))
+    st.comp += opt
+    acc["optimizer"] += opt
+    if layout.zero == 1 and layout.dp > 1:
+        # ZeroRedundancyOptimizer: each owner broadcasts its updated shard (all-gather volume)
+        pbytes = params * mem.bytes_per_param(run.dtype, run.optimizer)[0]
+        t = comm("all_gather", pbytes, "dp")
+        _count(counts, "optimizer", "broadcast", "dp", layout.dp, pbytes / layout.dp, layout.dp)
+        if timeline:
+            st.events.append(("comm", "broadcast params", st.comp, st.comp + t))
+        st.comp += t
+        st.dpc = st.comp
+        st.dp_busy += t
+        acc["dp_comm_exposed"] += t
+
+
+def _parameter_server(run, layout, st, mine, plans, params, total, timeline) -> None:
+    """Push gradients to the k servers, the servers' optimizer step on their 1/k, pull the
+    parameters back; the push/pull time is ``planner.cost.dp.parameter_server_time``, split
+    evenly between its two halves; the worker waits throughout."""
+    half = sum(dur for c in mine for _, dur, _ in plans[c].buckets) / 2.0
+    opt = optimizer_time(run, params / layout.ps_shards, total)
+    t0 = max(st.comp, st.dpc)
+    if timeline:
+        st.events += [("comm", "ps push", t0, t0 + half),
+                      ("compute", "optimizer (server shard)", t0 + half, t0 + half + opt),
+                      ("comm", "ps pull", t0 + half + opt, t0 + 2 * half + opt)]
+    st.acc["dp_comm_exposed"] += (t0 - st.comp) + 2 * half
+    st.acc["optimizer"] += opt
+    st.dp_busy += 2 * half
+    st.comp = st.dpc = t0 + 2 * half + opt
+
+
+# --------------------------------------------------------------------------------------------
+# Memory, collectives and the Prediction
+# --------------------------------------------------------------------------------------------
+def rank_memory(run: RunSpec, layout: Layout, costs: _Costs) -> list[RankMemory]:
+    """Peak bytes of each pipeline rank (dp and tp peers hold the same)."""
+    p = layout.pp
+    _, owned, frontiers = schedule_shape(layout.schedule, p, layout.num_microbatches,
+                                         layout.virtual_stages)
+    grads_sharded = not (layout.pp > 1 and layout.zero >= 2)
+    e_param, e_grad, _ = mem.bytes_per_param(run.dtype, run.optimizer)
+    chunks = costs.chunks
+    out = []
+    for r in range(p):
+        mine = owned[r]
+        params = sum(chunks[c].params for c in mine)
+        pb, gb, ob = mem.model_state_bytes(params, run.dtype, run.optimizer, layout.zero,
+                                           layout.dp, grads_sharded)
+        if layout.dp_comm == "parameter_server" and layout.dp > 1:
+            # optimizer state lives on the k servers only; rank 0 of the dp group is one
+            ob = ob / layout.ps_shards
+        chunk_ids, states = frontiers[r]
+        sizes = [chunks[c].act_bytes for c in chunk_ids]
+        sizes += [a * W_HELD_SHARE for a in sizes]
+        held = max((sum(n * a for n, a in zip(state, sizes)) for state in states), default=0.0)
+        act = held + max((chunks[c].work_bytes for c in mine), default=0.0)
+        buf = _buffers(run, layout, costs, mine, params, e_param, e_grad)
+        out.append(RankMemory(rank=grid.rank_of(0, r, 0, p, layout.tp), stage=r,
+                              parameters_bytes=int(pb), gradients_bytes=int(gb),
+                              optimizer_bytes=int(ob), activations_bytes=int(act),
+                              buffers_bytes=int(buf)))
+    return out
+
+
+def _buffers(run, layout, costs, mine, params, e_param, e_grad) -> float:
+    """Communication buffers: pipeline receive buffers (activation and gradient per chunk
+    boundary), DDP's bucket copy of the gradients (torch's default, gradient_as_bucket_view
+    False), FSDP's unsharded blocks (ZeRO-3: the gathered block and the prefetched one; the
+    unsharded gradient of one block before its reduce-scatter), PowerSGD's error feedback (a
+    gradient-sized residual) and the parameter server's flat messages."""
+    buf = 0.0
+    chunks = costs.chunks
+    for c in mine:
+        if c + 1 < len(chunks):
+            buf += 2.0 * chunks[c].send_bytes
+    if layout.dp == 1:
+        return buf
+    grads = params * e_grad
+    if layout.dp_comm == "parameter_server":
+        return buf + 2.0 * grads / layout.ps_shards
+    if layout.zero <= 1:
+        buf += grads if layout.tp == 1 else min(grads, dp_cost.BUCKET_CAP_BYTES)
+        if layout.compression == "powersgd":
+            buf += grads
+        return buf
+    big = max((max(chunks[c].param_bytes_blocks, default=0.0) for c in mine), default=0.0)
+    if layout.zero == 3:
+        buf += 2.0 * big
+    if layout.pp == 1:
+        buf += big / e_param * e_grad
+    return buf
+
+
+def _collectives(layout: Layout, costs: _Costs, dp_counts: dict, owner) -> tuple:
+    out = []
+    for (phase, name, nbytes), k in sorted(costs.tp_counts.items()):
+        out.append(CollectiveCount(phase, name, "tp", layout.tp, k, int(nbytes)))
+    nch = len(costs.chunks)
+    for c in range(nch - 1):
+        if owner[c] != owner[c + 1]:
+            nb = costs.chunks[c].send_bytes
+            for phase in ("forward", "backward"):
+                out.append(CollectiveCount(phase, "send_recv", "pp", layout.pp,
+                                           layout.num_microbatches, int(nb)))
+    for (phase, name, group, size, nbytes), k in sorted(dp_counts.items()):
+        out.append(CollectiveCount(phase, name, group, size, k, int(nbytes)))
+    merged: dict = {}
+    for cc in out:
+        key = (cc.phase, cc.collective, cc.group, cc.group_size, cc.bytes_each)
+        merged[key] = merged.get(key, 0) + cc.count
+    return tuple(CollectiveCount(*key[:4], count=k, bytes_each=key[4])
+                 for key, k in merged.items())
+
+
+def check_layout(spec: ModelSpec, layout: Layout, num_blocks: int) -> None:
+    """Divisibility and combinations the executor cannot run (one-line errors)."""
+    t = layout.tp
+    if t > 1:
+        if spec.family == "custom":
+            raise PlannerError(f"tp {t} needs a zoo model (gpt or mlp); {spec.name} is custom")
+        for name, size in (("num_heads", spec.num_heads if spec.family == "gpt" else t),
+                           ("hidden_size", spec.hidden_size),
+                           ("ffn_hidden_size", spec.ffn_hidden_size)):
+            if size % t:
+                raise PlannerError(f"tp({t}) must divide {name}({size}): {size} % {t} = "
+                                   f"{size % t}")
+        if layout.sequence_parallel and spec.seq_len % t:
+            raise PlannerError(f"sequence_parallel: tp({t}) must divide seq_len({spec.seq_len})")
+    k = layout.pp * layout.virtual_stages
+    if k > num_blocks:
+        raise PlannerError(f"pp({layout.pp}) * virtual_stages({layout.virtual_stages}) = {k} "
+                           f"chunks > {num_blocks} blocks")
+    if layout.dp_comm == "parameter_server" and layout.zero:
+        raise PlannerError(f"parameter_server keeps the optimizer on its servers: zero must be "
+                           f"0, got {layout.zero}")
+    if layout.compression != "none" and (layout.zero >= 2 or
+                                         layout.dp_comm == "parameter_server"):
+        raise PlannerError(f"compression {layout.compression} is a DDP hook: needs zero 0 or 1 "
+                           f"and dp_comm all_reduce, got zero {layout.zero}, {layout.dp_comm}")
+
+
+def prepare(run: RunSpec, blocks: Sequence[BlockCost], layout: Layout,
+            comm: CommTime | None = None) -> tuple[Layout, _Costs, CommTime]:
+    """Check the layout, fill its stage boundaries and cost its chunks (no events yet)."""
+    check_layout(run.model, layout, len(blocks))
+    comm = comm or default_comm_time(run.cluster, layout)
+    layout, costs = layout_costs(run, blocks, layout, comm)
+    return layout, costs, comm
+
+
+def evaluate(run: RunSpec, blocks: Sequence[BlockCost], layout: Layout,
+             comm: CommTime | None = None, timeline: bool = True) -> tuple[Layout, Prediction]:
+    """Simulate ``layout`` for one step. ``blocks`` are the model's per-block costs at the
+    layout's micro-batch size on one unsplit device. Returns the layout with its stage
+    boundaries filled in and the Prediction."""
+    layout, costs, comm = prepare(run, blocks, layout, comm)
+    step, ranks, ops, dp_counts = simulate(run, layout, costs, comm, timeline)
+    return layout, _prediction(run, layout, costs, blocks, step, ranks, ops, dp_counts, timeline)
+
+
+def _prediction(run, layout, costs, blocks, step, ranks, ops, dp_counts, timeline) -> Prediction:
+    p = layout.pp
+    breakdown = {k: sum(st.acc[k] for st in ranks) / p for k in BREAKDOWN_KEYS}
+    breakdown["pp_comm_hidden"] = max(0.0, breakdown["pp_comm_hidden"]
+                                      - breakdown["pp_comm_exposed"])
+    breakdown["dp_comm_hidden"] = max(0.0, breakdown["dp_comm_hidden"]
+                                      - breakdown["dp_comm_exposed"])
+    memory = rank_memory(run, layout, costs)
+    peak = max(r.total_bytes for r in memory)
+    cap = run.cluster.device.memory_bytes
+    n = layout.world_size
+    m = layout.num_microbatches
+    model_flops = 3.0 * costs.model_flops_mb * m * layout.dp
+    hw_flops = model_flops + costs.recompute_flops_mb * m * layout.dp
+    peak_rate = peak_flops(run.cluster.device, run.dtype)
+    owner = [sched.chunk_rank(c, p, layout.schedule) for c in range(len(costs.chunks))]
+    events = ()
+    if timeline:
+        events = tuple(TimelineEvent(grid.rank_of(0, r, 0, p, layout.tp), s, name, t0, t1)
+                       for r, st in enumerate(ranks) for s, name, t0, t1 in st.events)
+    return Prediction(
+        step_time_s=step, breakdown_s=breakdown, memory=tuple(memory), peak_memory_bytes=peak,
+        device_memory_bytes=cap, fits=peak <= cap,
+        tflops_per_device=hw_flops / (step * n) / 1e12 if step > 0 else 0.0,
+        mfu=model_flops / (step * n * peak_rate) if step > 0 and peak_rate else 0.0,
+        bubble_fraction=breakdown["bubble"] / step if step > 0 else 0.0,
+        collectives=_collectives(layout, costs, dp_counts, owner),
+        compute_source=run.compute_source, timeline=events)
