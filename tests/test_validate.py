@@ -216,3 +216,18 @@ def test_first_error_skips_torchrun_noise(tmp_path):
     assert val.first_error(str(log)) == "terminate called without an active exception"
     log.write_text("Traceback\nValueError: bad shape\nerror: plan refused: tp 3\n")
     assert val.first_error(str(log)) == "error: plan refused: tp 3"
+
+
+def test_validate_cli_starts_cheap_and_refuses_bad_flags(capsys):
+    import subprocess
+
+    from planner.cli import main
+
+    code = ("import sys; from planner import cli; cli.build_parser(['validate']); "
+            "print(sorted(m for m in ('pandas', 'matplotlib', 'torch', 'numpy') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    assert main(["validate", "--model", "gpt-tiny", "--global-batch", "8", "--steps", "2",
+                 "--warmup", "2"]) == 2
+    assert "--steps 2 must exceed --warmup 2" in capsys.readouterr().err
