@@ -28,6 +28,7 @@ per-call latency. Pure python; results per (dim, dp, pp, tp) are cached.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -206,6 +207,24 @@ def _ring(members: list[int]) -> list[tuple[int, int]]:
 # --------------------------------------------------------------------------------------------
 # Measured curves
 # --------------------------------------------------------------------------------------------
+def monotone(times: list[float]) -> list[float]:
+    """The non-decreasing sequence nearest to ``times`` in log space (pool adjacent violators,
+    Ayer et al. 1955): medians still wobble -- gloo's jump 3-4x at 256 KiB-1 MiB
+    (../shared/notes/torch-on-cpu.md) -- and a bigger message must not cost less. A lone spike
+    is averaged with the points after it instead of lifting all of them to its height."""
+    blocks: list[list[float]] = []  # [mean of log t, count]
+    for t in times:
+        blocks.append([math.log(t), 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            m2, c2 = blocks.pop()
+            m1, c1 = blocks[-1]
+            blocks[-1] = [(m1 * c1 + m2 * c2) / (c1 + c2), c1 + c2]
+    out = []
+    for m, c in blocks:
+        out += [math.exp(m)] * int(c)
+    return out
+
+
 class _Curve:
     """A CollectiveFit made ready to evaluate: sorted, de-duplicated, non-decreasing."""
     __slots__ = ("sizes", "times", "bandwidth")
@@ -215,11 +234,7 @@ class _Curve:
         for n, t in zip(fit.message_bytes, fit.time_s):
             pts.setdefault(float(n), []).append(t)
         self.sizes = sorted(pts)
-        # Medians still wobble (gloo jumps 3-4x at 256 KiB-1 MiB): bigger must not be cheaper.
-        run, self.times = 0.0, []
-        for n in self.sizes:
-            run = max(run, min(pts[n]))
-            self.times.append(run)
+        self.times = monotone([statistics.median(pts[n]) for n in self.sizes])
         self.bandwidth = fit.bandwidth_bytes_per_s
 
     def __call__(self, n: float) -> float:

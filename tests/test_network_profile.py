@@ -90,7 +90,7 @@ def test_profile_network_writes_a_cluster_that_planner_accepts(tmp_path):
     out = tmp_path / "cluster.json"
     proc = run("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "planner.commands.profile_network", "--out", str(out), "--max-bytes",
-               "16KiB", "--repeats", "3", "--time-budget-s", "5", timeout=150)
+               "16KiB", "--repeats", "3", "--time-budget-s", "60", timeout=150)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == str(out)
     assert "intra_node all_reduce" in proc.stderr  # progress went to stderr
@@ -109,7 +109,7 @@ def test_profile_network_writes_a_cluster_that_planner_accepts(tmp_path):
     model = topology.CommModel(cluster)
     ar = fits[("all_reduce", "intra_node", 2)]
     assert model.time("all_reduce", 4096, "dp", 2, 1, 1) == pytest.approx(
-        max(ar.time_s[:3]))
+        topology.monotone(list(ar.time_s))[2])
 
     model_spec = resolve_model("mlp-tiny")
     prof = tmp_path / "prof.json"

@@ -165,13 +165,15 @@ def test_groups_spanning_nodes_go_hierarchical():
     c = two_dgx()
     m = topology.CommModel(c)
     li, lg = c.intra_node, c.inter_node
+    call = max(li.call_latency_s, lg.call_latency_s)
     want = comm.all_reduce_hierarchical(64 * MB, 2, 8, li.latency_s,
                                         1 / li.bandwidth_bytes_per_s, lg.latency_s,
                                         1 / lg.bandwidth_bytes_per_s)
-    assert m.time("all_reduce", 64 * MB, "dp", 16, 1, 1) == pytest.approx(want)
+    assert m.time("all_reduce", 64 * MB, "dp", 16, 1, 1) == pytest.approx(call + want)
     # one rank per node: the flat ring over the inter-node level
     want = comm.all_reduce_ring(64 * MB, 2, lg.latency_s, 1 / lg.bandwidth_bytes_per_s)
-    assert m.time("all_reduce", 64 * MB, "dp", 2, 1, 8) == pytest.approx(want)
+    assert m.time("all_reduce", 64 * MB, "dp", 2, 1, 8) == pytest.approx(
+        lg.call_latency_s + want)
 
 
 def test_parameter_server_and_p2p():
@@ -179,9 +181,10 @@ def test_parameter_server_and_p2p():
     m = topology.CommModel(c)
     lg = c.inter_node
     assert m.time("parameter_server", MB, "dp", 2, 1, 8, shards=2) == pytest.approx(
-        comm.parameter_server(MB, 2, 2, lg.latency_s, 1 / lg.bandwidth_bytes_per_s))
+        lg.call_latency_s + comm.parameter_server(MB, 2, 2, lg.latency_s,
+                                                  1 / lg.bandwidth_bytes_per_s))
     assert m.p2p(MB, 1, 2, 8) == pytest.approx(
-        comm.send_recv(MB, lg.latency_s, 1 / lg.bandwidth_bytes_per_s))
+        lg.call_latency_s + comm.send_recv(MB, lg.latency_s, 1 / lg.bandwidth_bytes_per_s))
     assert m.time("send_recv", MB, "pp", 1, 2, 8) == m.p2p(MB, 1, 2, 8)
     assert m.p2p(MB, 16, 1, 1) == 0.0
     # pp=4 over 2 nodes (tp=4): boundary 1 crosses, 0 and 2 do not; 3 is the wrap to stage 0
@@ -215,6 +218,14 @@ def test_measured_fits_win_and_carry_to_other_group_sizes():
     assert m.time("all_reduce", n, "dp", 16, 1, 1) == pytest.approx(expect)
     # forcing an algorithm skips the measurements
     assert m.time("all_reduce", 2**20, "tp", 8, 1, 2, algorithm="ring") != pytest.approx(2e-3)
+
+
+def test_monotone_pools_violators_in_log_space():
+    assert topology.monotone([1.0, 3.0, 2.0, 4.0]) == pytest.approx([1, 6**0.5, 6**0.5, 4])
+    assert topology.monotone([1.0, 2.0, 3.0]) == pytest.approx([1.0, 2.0, 3.0])
+    # a lone spike is averaged with what follows rather than lifting everything after it
+    out = topology.monotone([1.0, 8.0, 1.0, 1.0, 1.0, 10.0])
+    assert out[:5] == pytest.approx([1.0] + [8 ** 0.25] * 4) and out[5] == pytest.approx(10)
 
 
 def test_noisy_fit_points_never_make_bigger_cheaper():

@@ -51,7 +51,10 @@ def add_arguments(parser) -> None:
                         help="message sizes per doubling (1)")
     parser.add_argument("--time-budget-s", type=float, default=15.0,
                         help="stop growing messages when the sweep has used this long (15)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per point (5)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed calls per point and pass, at least (5)")
+    parser.add_argument("--passes", type=int, default=2,
+                        help="sweeps over the sizes, alternating direction, pooled (2)")
     parser.add_argument("--collectives", default=",".join(COLLECTIVES),
                         help=f"comma-separated subset of {','.join(COLLECTIVES)}")
     parser.add_argument("--backend", choices=("auto", "gloo", "nccl"), default="auto")
@@ -71,7 +74,7 @@ def _config(args):
     lo, hi = parse_bytes(args.min_bytes, "--min-bytes"), parse_bytes(args.max_bytes)
     if hi < lo:
         raise PlannerError(f"--max-bytes {args.max_bytes} is below --min-bytes {args.min_bytes}")
-    for flag, value, least in (("--repeats", args.repeats, 1),
+    for flag, value, least in (("--repeats", args.repeats, 1), ("--passes", args.passes, 1),
                                ("--points-per-octave", args.points_per_octave, 1)):
         if value < least:
             raise PlannerError(f"{flag} must be >= {least}, got {value}")
@@ -79,13 +82,13 @@ def _config(args):
         raise PlannerError(f"--time-budget-s must be > 0, got {args.time_budget_s}")
     return SweepConfig(collectives=colls, min_bytes=lo, max_bytes=hi,
                        points_per_octave=args.points_per_octave, repeats=args.repeats,
-                       time_budget_s=args.time_budget_s)
+                       passes=args.passes, time_budget_s=args.time_budget_s)
 
 
 def _forwarded(args) -> list[str]:
     out = []
     for flag in ("out", "cluster", "name", "min_bytes", "max_bytes", "points_per_octave",
-                 "time_budget_s", "repeats", "collectives", "backend", "timeout_s"):
+                 "time_budget_s", "repeats", "passes", "collectives", "backend", "timeout_s"):
         out += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     return out
 

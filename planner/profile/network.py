@@ -164,7 +164,8 @@ class SweepConfig:
     min_bytes: int = KIB
     max_bytes: int = 256 * MIB
     points_per_octave: int = 1
-    repeats: int = 5                # timed calls per point, at least
+    repeats: int = 5                # timed calls per point and pass, at least
+    passes: int = 2                 # sweeps over the sizes whose calls pool into one median
     time_budget_s: float = 15.0
     target_point_s: float = 0.03    # small messages: more calls, up to this long per point
     max_samples: int = 41
@@ -177,7 +178,7 @@ class Point:
     group_size: int
     message_bytes: int
     time_s: float                   # median over calls of the slowest rank's time
-    spread_s: float                 # inter-quartile range of the repeats
+    spread_s: float                 # inter-quartile range of those calls
 
 
 def _log(msg: str) -> None:
@@ -237,13 +238,10 @@ class _Runner:
             return lambda: dist.all_to_all_single(out, inp, group=pg)
         raise ValueError(f"unknown collective {collective!r}")
 
-    def time_point(self, op, pg, member: bool, started: float) -> tuple[float, float, float]:
-        """(median s, spread s, wall s spent) of one point, identical on every rank.
-
-        Each call is timed on its own and the median taken over calls (of the slowest rank's
-        time per call): on a shared machine a descheduled rank spoils single calls, which a
-        median skips, where a mean over a loop of calls would absorb them.
-        """
+    def time_point(self, op, pg, member: bool, started: float) -> tuple[list[float], float]:
+        """(per-call times of the slowest rank, wall s spent) of one point, identical on every
+        rank. Each call is timed on its own: on a shared machine a descheduled rank spoils
+        single calls, which a median over calls skips and a mean over a loop would absorb."""
         cfg, clock = self.cfg, time.perf_counter
         calib = 0.0
         if member:
@@ -265,8 +263,7 @@ class _Runner:
                 self.sync()
                 samples[r] = clock() - t0
         *samples, wall = self.reduce_max(samples + [clock() - started])
-        q = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
-        return statistics.median(samples), q[2] - q[0], wall
+        return samples, wall
 
 
 def level_groups(nodes_of_rank: list[int]) -> dict[str, list[list[int]]]:
@@ -319,21 +316,37 @@ def sweep(config: SweepConfig, node_rank: int, verbose: bool = True) -> tuple[li
         share = budget / (len(slices) - i)  # what earlier slices left over goes to later ones
         ranks = levels[level][0]  # one group at a time: no contention from the others
         pg = pgs[(level, tuple(ranks))]
-        used, last = 0.0, 0.0
-        for n in sizes:
-            if last and used + 2.2 * last > share:  # the next, double, size would not fit
-                say(f"  {level} {coll}: budget reached after {points[-1].message_bytes} B")
-                break
+
+        def measure(n, coll=coll, ranks=ranks, pg=pg):
             started = time.perf_counter()
             op = run.make_op(coll, n, ranks, pg)
-            med, spread, spent = run.time_point(op, pg, op is not None, started)
-            points.append(Point(coll, level, len(ranks) if coll != "send_recv" else 2,
-                                _rounded(n, len(ranks)), med, spread))
-            used, last = used + spent, spent
+            return run.time_point(op, pg, op is not None, started)
+
+        samples: dict[int, list[float]] = {}
+        used, last = 0.0, 0.0
+        for n in sizes:
+            # stop before the next, double, size (and its later passes) would overrun the share
+            if last and (used + 2.2 * last) * config.passes > share:
+                say(f"  {level} {coll}: budget reached after {max(samples)} B")
+                break
+            samples[n], last = measure(n)
+            used += last
+        # Later passes walk the sizes in the other direction, so a burst of load elsewhere
+        # on the machine lands on different sizes each time and the median drops it.
+        for _ in range(config.passes - 1):
+            for n in reversed(list(samples)):
+                more, spent = measure(n)
+                samples[n] += more
+                used += spent
         budget -= used
-        done = [p for p in points if p.collective == coll and p.level == level]
-        if done:
-            say(f"  {level:10s} {coll:14s} p={done[0].group_size}: {len(done)} sizes "
+        group = len(ranks) if coll != "send_recv" else 2
+        for n, s in samples.items():
+            q = statistics.quantiles(s, n=4) if len(s) > 1 else [s[0]] * 3
+            points.append(Point(coll, level, group, _rounded(n, len(ranks)),
+                                statistics.median(s), q[2] - q[0]))
+        if samples:
+            done = [p for p in points if p.collective == coll and p.level == level]
+            say(f"  {level:10s} {coll:14s} p={group}: {len(done)} sizes "
                 f"{done[0].message_bytes}-{done[-1].message_bytes} B, "
                 f"{done[0].time_s * 1e6:.0f}-{done[-1].time_s * 1e6:.0f} us ({used:.1f} s)")
     info = {"backend": backend, "world": run.world, "num_nodes": len(set(nodes_of_rank)),
