@@ -50,6 +50,14 @@ def test_two_bands_find_the_bend():
     assert one_line > 10 * bands.median_abs_pct_error
 
 
+def test_fit_keeps_extrapolation_sane_on_a_latency_bound_sweep():
+    # a sweep that never left the flat latency-bound region has no usable slope
+    fit = network.make_fit("all_reduce", "intra_node", 2, [1024, 2048, 4096, 8192],
+                           [100e-6, 100e-6, 100e-6, 100e-6])
+    assert fit.bandwidth_bytes_per_s >= 0.5 * 8192 / 100e-6
+    assert fit.latency_s == pytest.approx(100e-6)
+
+
 def test_level_groups():
     assert network.level_groups([0, 0]) == {"intra_node": [[0, 1]]}
     assert network.level_groups([0, 0, 1, 1]) == {"intra_node": [[0, 1], [2, 3]],

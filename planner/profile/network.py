@@ -108,11 +108,12 @@ class BandFit:
     large_error_pct: float
 
 
-def fit_bands(sizes: list[float], times: list[float], min_points: int = 2) -> BandFit:
+def fit_bands(sizes: list[float], times: list[float], min_points: int = 3) -> BandFit:
     """Fit two relative-error lines, below and from a split chosen where they fit best (least
     summed squared relative error). One line cannot follow both the flat latency-bound start
     and the per-byte slope on real networks (formulas.md; torch-on-cpu.md), and where the bend
-    sits differs by backend and collective, so it is searched rather than fixed."""
+    sits differs by backend and collective, so it is searched rather than fixed. Each band
+    keeps ``min_points`` points (two would always fit exactly); fewer points: one line."""
     k = len(sizes)
     candidates = range(min_points, k - min_points + 1) if k >= 2 * min_points else [k]
     best = None
@@ -135,12 +136,20 @@ def fit_bands(sizes: list[float], times: list[float], min_points: int = 2) -> Ba
 
 def make_fit(collective: str, level: str, group_size: int, sizes, medians) -> CollectiveFit:
     """A CollectiveFit keeping the measured medians; its line is the two-band fit's latency
-    and bandwidth, its error the two bands' median relative error."""
+    and bandwidth, its error the two bands' median relative error.
+
+    The bandwidth, which also extends the curve past the largest size, is kept >= half the
+    average rate of the largest measured message: a short or noisy sweep (the large band
+    still latency-bound) otherwise yields a near-flat band whose slope would price a 100x
+    bigger message at minutes.
+    """
     bands = fit_bands([float(n) for n in sizes], list(medians))
+    last = max(range(len(sizes)), key=lambda i: sizes[i])
+    floor = 0.5 * sizes[last] / medians[last]
     return CollectiveFit(collective=collective, level=level, group_size=group_size,
                          message_bytes=tuple(int(n) for n in sizes),
                          time_s=tuple(float(t) for t in medians), latency_s=bands.latency_s,
-                         bandwidth_bytes_per_s=bands.bandwidth_bytes_per_s,
+                         bandwidth_bytes_per_s=max(bands.bandwidth_bytes_per_s, floor),
                          fit_median_abs_pct_error=round(bands.median_abs_pct_error, 2))
 
 
