@@ -103,15 +103,16 @@ def uniform_shape(per: int, dim: str, dp: int, pp: int, tp: int) -> tuple[int, i
     """(most nodes a group spans, most ranks of a group on one node, evenly spread)."""
     size = {"dp": dp, "pp": pp, "tp": tp}[dim]
     stride = _stride(dim, pp, tp)
-    nodes, rpn, even = 1, 1, True
+    nodes, rpn, seen = 1, 1, set()
     for r in _residues(dim, dp, pp, tp, per):
         counts: dict[int, int] = {}
         for k in range(size):
             node = (r + stride * k) // per
             counts[node] = counts.get(node, 0) + 1
         nodes, rpn = max(nodes, len(counts)), max(rpn, max(counts.values()))
-        even = even and len(set(counts.values())) == 1
-    return nodes, rpn, even and size % rpn == 0
+        seen.update(counts.values())
+    # even: every group holds the same number of ranks on every node it touches
+    return nodes, rpn, len(seen) == 1
 
 
 @lru_cache(maxsize=4096)
@@ -313,15 +314,16 @@ class CommModel:
         c, per = self.cluster, self.cluster.devices_per_node
         groups = grid.groups(dim, dp, pp, tp)
         size = len(groups[0])
-        nodes, rpn, even, by_node = 1, 1, True, []
+        nodes, rpn, seen, by_node = 1, 1, set(), []
         for g in groups:
             split: dict[int, list[int]] = {}
             for r in g:
                 split.setdefault(r // per, []).append(r)
             counts = [len(v) for v in split.values()]
             nodes, rpn = max(nodes, len(split)), max(rpn, max(counts))
-            even = even and len(set(counts)) == 1
+            seen.update(counts)
             by_node.append([split[k] for k in sorted(split)])
+        even = len(seen) == 1
         if size == 1:
             return GroupPlacement(dim, 1, len(groups), 1, 1, True, "none", (),
                                   _bn(c.intra_node), None, None, 0.0)

@@ -71,7 +71,7 @@ def test_pipeline_across_nodes():
     assert bn.bandwidth_bytes_per_s == two_dgx().inter_node.bandwidth_bytes_per_s
 
 
-@pytest.mark.parametrize("per,nodes", [(8, 2), (4, 4), (3, 2), (6, 2)])
+@pytest.mark.parametrize("per,nodes", [(8, 2), (4, 4), (3, 2), (6, 2), (3, 4), (6, 4)])
 def test_uniform_arithmetic_matches_the_grid(per, nodes):
     world = per * nodes
     for dp, pp, tp in layouts(world):
@@ -80,19 +80,21 @@ def test_uniform_arithmetic_matches_the_grid(per, nodes):
             spans = [grid.nodes_spanned(g, per) for g in groups]
             counts = [[sum(1 for r in g if r // per == k) for k in range(nodes)] for g in groups]
             rpn = max(max(c) for c in counts)
-            even = all(len({x for x in c if x}) == 1 for c in counts)
+            even = len({x for c in counts for x in c if x}) == 1
             got = topology.uniform_shape(per, dim, dp, pp, tp)
-            assert got[:2] == (max(spans), rpn), (dim, dp, pp, tp)
-            assert got[2] == (even and len(groups[0]) % rpn == 0)
+            assert got == (max(spans), rpn, even), (dim, dp, pp, tp)
+            if even:
+                assert max(spans) * rpn == len(groups[0])
 
 
-def test_uniform_cluster_graph_gives_the_same_answer():
+@pytest.mark.parametrize("per,nodes", [(8, 2), (3, 4), (6, 2)])
+def test_uniform_cluster_graph_gives_the_same_answer(per, nodes):
     # node_levels that restate the cluster's levels force the graph path without changing links
-    c = two_dgx()
+    c = replace(two_dgx(), devices_per_node=per, num_nodes=nodes)
     g = replace(c, node_levels=(NodeLevels(0, c.intra_node, c.inter_node),))
     assert c.uniform and not g.uniform
     mu, mg = topology.CommModel(c), topology.CommModel(g)
-    for dp, pp, tp in layouts(16):
+    for dp, pp, tp in layouts(per * nodes):
         for dim in grid.DIMS:
             a, b = mu.placement(dim, dp, pp, tp), mg.placement(dim, dp, pp, tp)
             shape = lambda x: (x.level, x.nodes, x.ranks_per_node, x.flat, x.intra, x.inter)  # noqa
