@@ -24,7 +24,10 @@ POOL_PER_SAMPLE = 4
 
 
 def add_arguments(parser) -> None:
+    from planner.commands.plan import add_layout_arguments
+
     plan_inputs.add_arguments(parser)
+    add_layout_arguments(parser)  # as for `planner plan`: a flag fixes that dimension
     parser.add_argument("--top-k", type=int, default=3, help="best predicted layouts to run")
     parser.add_argument("--sample", type=int, default=2,
                         help="other feasible layouts to run, drawn at random (seeded)")
@@ -42,22 +45,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("--format", choices=("text", "json"), default="text")
 
 
-def feasible_plans(inp, pool: int) -> list:
+def feasible_plans(inp, space, pool: int) -> list:
     """Plans of the ``pool`` best fitting layouts of the search, best predicted step first.
 
-    Uses ``planner.search`` over the whole space (as ``planner plan`` does); the sample of "the
-    others" is then drawn from this pool beyond the top K: layouts the planner would consider,
-    not ones its bounds prove hopeless.
+    The same search, simulator inputs and space flags as ``planner plan``, so "the planner's
+    pick" here is the layout `planner plan` writes. The sample of "the others" is drawn from
+    this pool beyond the top K: layouts the planner ranks, not ones its bounds prove hopeless.
     """
-    from planner import search, simulate
+    from planner import search
     from planner.commands import plan as plan_cmd
 
-    run = simulate.RunSpec(
-        inp.model, inp.cluster, inp.dtype, inp.optimizer,
-        compute_source="profile" if inp.profile else "analytic",
-        optimizer_step_s=inp.profile.optimizer_step_time_s if inp.profile else 0.0)
-    res = search.search(run, inp.block_costs, inp.num_devices, inp.global_batch_size,
-                        top_k=pool)
+    search.check_space(space, inp.num_devices, inp.global_batch_size)
+    res = search.search(plan_cmd.run_spec(inp), inp.block_costs, inp.num_devices,
+                        inp.global_batch_size, space, top_k=pool)
     return [plan_cmd.make_plan(inp, layout, pred) for layout, pred in res.ranked]
 
 
@@ -128,7 +128,9 @@ def run(args) -> int:
                            "step would be left)")
     inp = plan_inputs.resolve(args)
     pool = max(POOL_MIN, args.top_k + POOL_PER_SAMPLE * args.sample)
-    plans = feasible_plans(inp, pool)
+    from planner.commands.plan import space_from_args
+
+    plans = feasible_plans(inp, space_from_args(args), pool)
     if not plans:
         raise PlannerError(f"no layout of {inp.model.name} fits {inp.cluster.name} "
                            f"x{inp.num_devices}: nothing to validate")
