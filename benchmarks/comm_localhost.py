@@ -10,6 +10,7 @@ line, to show why the model interpolates.
 
     python benchmarks/comm_localhost.py [--max-bytes 32MiB] [--time-budget-s 40]
     python benchmarks/comm_localhost.py --from cluster.json     (re-analyse an earlier sweep)
+    python benchmarks/comm_localhost.py --against earlier.json  (also: run-to-run noise)
 
 Timings on a shared 2-core machine are noisy: run it when nothing else runs.
 """
@@ -73,19 +74,38 @@ def analyse(cluster: Cluster) -> float:
     return med
 
 
+def run_to_run(a: Cluster, b: Cluster) -> float:
+    """Median abs % difference of the same points in two sweeps: the noise floor here."""
+    other = {(f.collective, f.level): dict(zip(f.message_bytes, f.time_s))
+             for f in b.collective_fits}
+    diffs = []
+    for f in a.collective_fits:
+        mine = dict(zip(f.message_bytes, f.time_s))
+        theirs = other.get((f.collective, f.level), {})
+        diffs += [abs(theirs[n] / t - 1) * 100 for n, t in mine.items() if n in theirs]
+    med = statistics.median(diffs)
+    print(f"run-to-run: the same sizes measured in two sweeps differ by median {med:.1f}%, "
+          f"max {max(diffs):.1f}% over {len(diffs)} points")
+    return med
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--from", dest="source", help="analyse this cluster file, do not measure")
     ap.add_argument("--max-bytes", default="32MiB")
     ap.add_argument("--time-budget-s", type=float, default=40.0)
     ap.add_argument("--keep", help="also save the measured cluster file here")
+    ap.add_argument("--against", help="an earlier sweep's file: report run-to-run noise")
     args = ap.parse_args(argv)
     if args.source:
         path = args.source
     else:
         path = args.keep or os.path.join(tempfile.mkdtemp(prefix="comm-localhost-"), "c.json")
         sweep(path, args.max_bytes, args.time_budget_s)
-    analyse(Cluster.load(path))
+    cluster = Cluster.load(path)
+    analyse(cluster)
+    if args.against:
+        run_to_run(cluster, Cluster.load(args.against))
     return 0
 
 
