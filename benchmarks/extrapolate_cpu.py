@@ -23,6 +23,7 @@ import copy
 import os
 import statistics
 import sys
+from dataclasses import replace
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -44,12 +45,32 @@ def pct(pred, meas):
     return 100.0 * (pred - meas) / meas
 
 
+def median_profile(passes):
+    """Per-block and whole-step medians over profiles of the same model and micro-batch."""
+    def med(values):
+        return statistics.median(values)
+    blocks = tuple(replace(b, **{f: med([getattr(p.blocks[b.index], f) for p in passes])
+                                 for f in ("forward_time_s", "backward_time_s",
+                                           "forward_time_spread_s", "backward_time_spread_s")})
+                   for b in passes[0].blocks)
+    return replace(passes[0], blocks=blocks,
+                   **{f: med([getattr(p, f) for p in passes])
+                      for f in ("step_time_s", "step_time_spread_s", "optimizer_step_time_s")})
+
+
 def micro_batch_study(spec, measure_mbs, predict_mbs, args):
-    profiles = {mb: profile_model(spec, mb, repeats=args.repeats, warmup=args.warmup,
-                                  timer=args.timer) for mb in measure_mbs + predict_mbs}
+    # Passes alternate over the micro-batch sizes, so a slow spell of the shared machine does
+    # not land on one size only (which the two-point fit would amplify).
+    runs = {mb: [] for mb in measure_mbs + predict_mbs}
+    for _ in range(args.passes):
+        for mb in runs:
+            runs[mb].append(profile_model(spec, mb, repeats=args.repeats, warmup=args.warmup,
+                                          timer=args.timer))
+    profiles = {mb: median_profile(p) for mb, p in runs.items()}
     base = [profiles[mb] for mb in measure_mbs]
     print(f"\n== {spec.name}: measured at micro-batch {measure_mbs}, predicting {predict_mbs} "
-          f"(median of {args.repeats}, 1 thread, {args.timer} time) ==")
+          f"(median of {args.passes} passes x {args.repeats} runs, 1 thread, {args.timer} "
+          "time) ==")
     summary = []
     for mb in predict_mbs:
         meas = profiles[mb]
@@ -134,7 +155,9 @@ def tp_study(spec, profiles, measure_mbs, mb, tps, args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--larger", action="store_true", help=f"also {LARGER.name}")
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--passes", type=int, default=3,
+                        help="profiles per micro-batch, alternating sizes; medians are used")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--timer", choices=("cpu", "wall"), default="cpu",
                         help="process CPU time (default; steady on a shared machine) or wall")
