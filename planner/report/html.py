@@ -133,6 +133,7 @@ def runner_up_comparison(plan: Plan) -> tuple[Candidate | None, pd.DataFrame | N
                          "chosen (ms)": [mine.get(k, 0.0) * 1e3 for k in keys],
                          "runner-up (ms)": [second.breakdown_s.get(k, 0.0) * 1e3 for k in keys]})
     diff["runner-up loses (ms)"] = diff["runner-up (ms)"] - diff["chosen (ms)"]
+    diff = diff[(diff["chosen (ms)"] != 0) | (diff["runner-up (ms)"] != 0)]  # terms neither has
     diff = diff.reindex(diff["runner-up loses (ms)"].abs().sort_values(ascending=False).index)
     return second, diff
 
@@ -258,7 +259,7 @@ def _measured(doc: _Doc, plan: Plan, metrics, validation: Validation | None) -> 
         rows = metrics_rows(plan, metrics)
         doc.figure(plots.predicted_measured_figure(rows), "measured",
                    "predicted against measured step time and memory")
-        doc.add(_table(_measured_frame(rows)))
+        doc.add(_table(_measured_frame(rows)) + _measures_note(rows))
     if validation is not None:
         _validation(doc, validation)
 
@@ -271,8 +272,14 @@ def _measured_frame(rows: list[dict]) -> pd.DataFrame:
         "time error %": r["step_time_error_pct"],
         "predicted mem (MiB)": r["predicted_peak_memory_bytes"] / MIB,
         "measured mem (MiB)": r["measured_peak_memory_bytes"] / MIB,
-        "memory error %": r["memory_error_pct"], "memory measured by": r["memory_measure"]}
-        for r in rows])
+        "memory error %": r["memory_error_pct"]} for r in rows])
+
+
+def _measures_note(rows: list[dict]) -> str:
+    """How the executor measured memory (one sentence instead of a repeated column)."""
+    measures = sorted({r["memory_measure"] for r in rows if r.get("memory_measure")})
+    return (f'<p class="note">Measured memory: {_esc("; ".join(measures))}.</p>'
+            if measures else "")
 
 
 def _fmt(value, pct=True) -> str:
@@ -304,7 +311,9 @@ def _validation(doc: _Doc, v: Validation) -> None:
     if rows:
         doc.figure(plots.predicted_measured_figure(rows), "validation",
                    "validation: predicted against measured")
-        doc.add(_table(_measured_frame(rows)))
+        frame = _measured_frame(rows)
+        frame.insert(4, "IQR (ms)", [r.measured_step_time_iqr_s * 1e3 for r in ok])
+        doc.add(_table(frame) + _measures_note(rows))
     failed = [r for r in v.rows if r.status != "ok"]
     if failed:
         doc.add("<p>Not measured:</p>" + _table(pd.DataFrame(
