@@ -8,11 +8,13 @@ linear-partition / bottleneck-path method; e.g. Skiena, The Algorithm Design Man
 and the PipeDream partitioner, Narayanan et al. SOSP'19, sec. 3.1), O(k log l) per probe.
 
 Costs include what formulas.md requires: each block's cost already holds the first/last-stage
-extras (the embedding is block 0, the LM head and loss the last block), and a chunk that does
-not end the model pays ``send_s[j]`` for its boundary transfer (activations forward, the same
-bytes of gradients backward), the receiving side paying the same. A chunk's cost is
+extras (the embedding is block 0, the LM head and loss the last block), and a chunk pays for its
+boundary transfers -- ``send_s[j]`` for cutting after block j, once per direction -- the way
+PipeDream's partitioner does (A(j, m) = min max(A(i, m-m'), 2*C_i, T(i+1..j, m')), Narayanan et
+al. SOSP'19, sec. 3.1): transfers run on their own stream, overlapped with compute, so a chunk
+is as slow as the larger of its compute and its sends:
 
-    cost(i..j) = sum_{x=i..j} c_x + (send_s[j] if j < l-1) + (send_s[i-1] if i > 0).
+    cost(i..j) = max(sum_{x=i..j} c_x, send_s[j] (if j < l-1) + send_s[i-1] (if i > 0)).
 
 With uniform boundary sizes (every decoder block emits b*s*h elements) greedy packing is exact;
 otherwise it is a close heuristic (the boundary term is not monotone in j).
@@ -20,6 +22,7 @@ otherwise it is a close heuristic (the boundary term is not monotone in j).
 from __future__ import annotations
 
 from bisect import bisect_right
+from functools import lru_cache
 from collections.abc import Sequence
 from itertools import accumulate
 
@@ -29,12 +32,13 @@ from planner.errors import PlannerError
 def chunk_cost(prefix: Sequence[float], send_s: Sequence[float], i: int, j: int) -> float:
     """Cost of the chunk holding blocks i..j inclusive (prefix[x] = sum of c_0..c_{x-1})."""
     last = len(prefix) - 2
-    cost = prefix[j + 1] - prefix[i]
+    sends = 0.0
     if j < last:
-        cost += send_s[j]
+        sends += send_s[j]
     if i > 0:
-        cost += send_s[i - 1]
-    return cost
+        sends += send_s[i - 1]
+    cost = prefix[j + 1] - prefix[i]
+    return cost if cost >= sends else sends
 
 
 def _pack(prefix, send_s, k: int, limit: float) -> list[int] | None:
@@ -59,12 +63,19 @@ def _pack(prefix, send_s, k: int, limit: float) -> list[int] | None:
 
 
 def balanced_partition(costs: Sequence[float], k: int, send_s: Sequence[float] | None = None,
-                       rel_tol: float = 1e-7) -> tuple[tuple[int, ...], float]:
+                       rel_tol: float = 1e-7, memory: "ChunkMemory | None" = None
+                       ) -> tuple[tuple[int, ...], float]:
     """Split ``costs`` (one per block, seconds) into ``k`` contiguous non-empty chunks.
 
     ``send_s[j]`` is the boundary cost of cutting after block j (0 if omitted). Returns
     ``(starts, bottleneck_s)``: the first block index of every chunk (``starts[0] == 0``; the
     layout's ``stage_boundaries``) and the cost of the slowest chunk.
+
+    Several partitions usually share the optimal bottleneck. With ``memory`` (one chunk per
+    rank) the one with the smallest peak memory among them is chosen, by a second binary search
+    (``_pack_memory``): under 1F1B stage r keeps min(p - r, m) micro-batches of activations, so
+    the early stages should hold fewer blocks. Otherwise cuts go near equal shares
+    (``_spread``), which keeps the sums of a rank's several chunks even.
     """
     n = len(costs)
     if k < 1 or k > n:
@@ -72,13 +83,29 @@ def balanced_partition(costs: Sequence[float], k: int, send_s: Sequence[float] |
                            f"1 <= pp * virtual_stages <= {n}")
     if any(c < 0 for c in costs):
         raise PlannerError("block costs must be >= 0")
-    send_s = list(send_s) if send_s is not None else [0.0] * n
+    send_s = tuple(send_s) if send_s is not None else (0.0,) * n
     prefix = [0.0, *accumulate(costs)]
     if k == 1:
         return (0,), prefix[-1]
+    hi, best = _fastest(tuple(costs), k, send_s, rel_tol)
+    if memory is not None:
+        best = _least_memory(prefix, send_s, k, hi, memory, best)
+    else:
+        best = _spread(prefix, send_s, k, hi) or best
+    bounds = list(best) + [n]
+    bottleneck = max(chunk_cost(prefix, send_s, bounds[c], bounds[c + 1] - 1) for c in range(k))
+    return tuple(best), bottleneck
+
+
+@lru_cache(maxsize=4096)
+def _fastest(costs: tuple, k: int, send_s: tuple, rel_tol: float):
+    """The least bottleneck (binary search with greedy packing) and a partition reaching it;
+    cached, since layouts that differ only in memory-related choices share it."""
+    n = len(costs)
+    prefix = [0.0, *accumulate(costs)]
     # The bottleneck lies between the largest single block (with its boundaries) and the whole.
     lo = max(prefix[-1] / k, max(costs))
-    hi = prefix[-1] + 2 * max(send_s)
+    hi = max(prefix[-1], 2 * max(send_s))
     best = _pack(prefix, send_s, k, hi)
     if best is None:  # cannot happen with non-negative costs; keep the contract explicit
         raise PlannerError(f"no partition of {n} blocks into {k} chunks")
@@ -92,10 +119,89 @@ def balanced_partition(costs: Sequence[float], k: int, send_s: Sequence[float] |
             lo = mid
         else:
             hi, best = mid, got
-    best = _spread(prefix, send_s, k, hi) or best
-    bounds = list(best) + [n]
-    bottleneck = max(chunk_cost(prefix, send_s, bounds[c], bounds[c + 1] - 1) for c in range(k))
-    return tuple(best), bottleneck
+    return hi, best
+
+
+class ChunkMemory:
+    """Peak bytes of chunk c holding blocks i..j: ``in_flight[c]`` micro-batches of their
+    activations, their fixed bytes (parameters, gradients, optimizer state, gradient-sized
+    buffers), for each list in ``peaks`` the largest entry among them (transients of one block
+    at a time), ``edge[j]`` unless the chunk ends the model (boundary buffers), and
+    ``capped[1](sum of capped[0])`` if given (a buffer of bounded size)."""
+
+    def __init__(self, activation_bytes: Sequence[float], fixed_bytes: Sequence[float],
+                 in_flight: Sequence[int], peaks: Sequence[Sequence[float]] = (),
+                 edge: Sequence[float] | None = None, capped=None):
+        self.n = len(fixed_bytes)
+        self.act = [0.0, *accumulate(activation_bytes)]
+        self.fixed = [0.0, *accumulate(fixed_bytes)]
+        self.in_flight = list(in_flight)
+        self.peaks = [list(p) for p in peaks if any(p)]
+        self.edge = list(edge) if edge is not None else [0.0] * self.n
+        self.capped = None
+        if capped is not None:
+            self.capped = ([0.0, *accumulate(capped[0])], capped[1])
+
+    def base(self, c: int, i: int, j: int) -> float:
+        total = (self.in_flight[c] * (self.act[j + 1] - self.act[i])
+                 + self.fixed[j + 1] - self.fixed[i])
+        if j < self.n - 1:
+            total += self.edge[j]
+        if self.capped is not None:
+            pre, fn = self.capped
+            total += fn(pre[j + 1] - pre[i])
+        return total
+
+    def of(self, c: int, i: int, j: int) -> float:
+        total = self.base(c, i, j)
+        for p in self.peaks:
+            total += max(p[i:j + 1])
+        return total
+
+
+def _least_memory(prefix, send_s, k: int, limit: float, mem: ChunkMemory, fallback,
+                  rel_tol: float = 1e-2):
+    """Binary search on the peak memory among partitions within the time ``limit``."""
+    bounds = list(fallback) + [len(prefix) - 1]
+    hi = max(mem.of(c, bounds[c], bounds[c + 1] - 1) for c in range(k))
+    lo = 0.0
+    best = fallback
+    while hi - lo > rel_tol * hi:
+        mid = 0.5 * (lo + hi)
+        got = _pack_memory(prefix, send_s, k, limit, mem, mid)
+        if got is None:
+            lo = mid
+        else:
+            hi, best = mid, got
+    return best
+
+
+def _pack_memory(prefix, send_s, k: int, limit: float, mem: ChunkMemory, cap: float):
+    """Greedy: each chunk takes the most blocks within both the time limit and ``cap`` bytes
+    (both grow with the chunk, so the greedy cut is never left of any feasible one); the
+    furthest cut is found by bisection on each constraint."""
+    n = len(prefix) - 1
+    starts, i = [], 0
+    for c in range(k):
+        starts.append(i)
+        left = k - c - 1
+        if left == 0:
+            ok = (chunk_cost(prefix, send_s, i, n - 1) <= limit and mem.of(c, i, n - 1) <= cap)
+            return starts if ok else None
+        j = min(bisect_right(prefix, prefix[i] + limit) - 2, n - 1 - left)
+        while j >= i and chunk_cost(prefix, send_s, i, j) > limit:
+            j -= 1
+        if j < i or mem.of(c, i, i) > cap:
+            return None
+        lo = i                       # the memory of i..x grows with x: largest x under cap
+        while lo < j:
+            mid = (lo + j + 1) // 2
+            if mem.of(c, i, mid) <= cap:
+                lo = mid
+            else:
+                j = mid - 1
+        i = lo + 1
+    return None
 
 
 def _spread(prefix, send_s, k: int, limit: float) -> list[int] | None:

@@ -9,7 +9,7 @@ option the caller fixes. Any dimension can be fixed.
 
 Best-first branch and bound: every layout that passes divisibility gets a cheap lower bound on
 its step time (``_time_bound``) and its model-state memory is checked against a lower bound
-(``_state_bound``); the survivors are taken in order of their bound, each gets its exact memory
+(``_memory_bound``); the survivors are taken in order of their bound, each gets its exact memory
 (partition and schedule, no events) and, if it fits, a full simulation
 (``planner.simulate``). The search stops when the next bound is no better than the K-th best
 simulated step, so every layout it skips provably cannot enter the top K. Recompute is also
@@ -29,7 +29,8 @@ from planner import schedule as sched
 from planner import simulate as sim
 from planner.cost import pp as pp_cost
 from planner.cost.compute import BlockCost
-from planner.cost.memory import bytes_per_param, zero_sharded
+from planner.cost import memory as mem
+from planner.cost.memory import bytes_per_param
 from planner.errors import PlannerError
 from planner.specs import SCHEDULES, Candidate, Layout, Prediction
 
@@ -135,16 +136,17 @@ class _Blocks:
             self._blocks[b] = tuple(self.blocks_for(b))
         return self._blocks[b]
 
-    def sums(self, b: int, tp: int, sp: bool, rc: str, comm) -> tuple[float, float, float]:
-        """(per-micro-batch time of all blocks on one rank, slowest block, parameters per
-        rank-set after the TP split) for this micro-batch size, tp, sp and recompute."""
+    def sums(self, b: int, tp: int, sp: bool, rc: str, comm) -> tuple[float, float, float, float]:
+        """(per-micro-batch time of all blocks on one rank, slowest block, parameters and
+        activation bytes per micro-batch of one rank-set after the TP split) for this
+        micro-batch size, tp, sp and recompute."""
         key = (b, tp, sp, rc)
         hit = self._sums.get(key)
         if hit is None:
             probe = Layout(tp=tp, microbatch_size=b, recompute=rc, sequence_parallel=sp)
             rows, _ = sim._block_rows(self.run, self.blocks(b), probe, comm)
             per = [r[0] + r[1] + r[2] + r[3] + r[4] for r in rows]
-            hit = (sum(per), max(per), sum(r[6] for r in rows))
+            hit = (sum(per), max(per), sum(r[6] for r in rows), sum(r[7] for r in rows))
             self._sums[key] = hit
         return hit
 
@@ -180,8 +182,9 @@ def search(run: sim.RunSpec, blocks_for: Callable[[int], Sequence[BlockCost]],
                     for leaf in _leaves(dp, tp, pp, b, m, name, v, space, spec):
                         res.enumerated += 1
                         zero, rc, sp = leaf
-                        total_s, slowest_s, params = cache.sums(b, tp, sp, rc, comm)
-                        if _state_bound(run, params / pp, zero, dp, pp) > cap:
+                        total_s, slowest_s, params, acts = cache.sums(b, tp, sp, rc, comm)
+                        if _memory_bound(run, params, acts, zero, dp, pp, m, name, v,
+                                         space) > cap:
                             res.memory_pruned += 1
                             continue
                         bound = _time_bound(run, dp, tp, pp, m, name, v, zero, total_s,
@@ -219,14 +222,29 @@ def _leaves(dp, tp, pp, b, m, name, v, space: Space, spec):
                 yield zero, rc, sp
 
 
-def _state_bound(run, params_per_rank: float, zero: int, dp: int, pp: int) -> float:
-    """Parameters, gradients and optimizer state of the average pipeline rank: the fullest
-    rank holds at least that much (activations and buffers only add)."""
-    p, g, o = bytes_per_param(run.dtype, run.optimizer)
-    ps, gs, os_ = zero_sharded(p, g, o, zero, dp)
-    if pp > 1 and zero >= 2:
-        gs = g   # torch pipelining accumulates FSDP gradients unsharded
-    return params_per_rank * (ps + gs + os_)
+def _memory_bound(run, params: float, acts: float, zero: int, dp: int, pp: int, m: int,
+                  name: str, v: int, space: Space) -> float:
+    """A lower bound on the fullest rank's bytes, before any partition is known.
+
+    S = model states of all ranks of one pipeline (``memory.model_state_bytes``), A = one
+    micro-batch's activations over all blocks. The fullest rank holds at least any weighted
+    mean of the ranks' S_r + n_r*A_r, n_r the micro-batches rank r keeps: GPipe keeps m
+    everywhere, (S + m*A)/p; 1F1B keeps n_r = min(p - r, m): weights (1/n_r)/H, H = sum 1/n_r,
+    give A/H + S/(max n * H), and equal weights (S + min n * A)/p. Other schedules: S/p.
+    Buffers only add.
+    """
+    ps, gs, os_ = mem.model_state_bytes(1.0, run.dtype, run.optimizer, zero, dp,
+                                        not (pp > 1 and zero >= 2))
+    if space.dp_comm == "parameter_server" and dp > 1:
+        os_ /= min(max(space.ps_shards, 1), dp)
+    states = params * (ps + gs + os_)
+    if v > 1 or name not in ("gpipe", "1f1b"):
+        return states / pp
+    if name == "gpipe" or pp == 1:
+        return (states + (m if name == "gpipe" else 1) * acts) / pp
+    flight = [min(pp - r, m) for r in range(pp)]
+    h = sum(1.0 / n for n in flight)
+    return max((states + min(flight) * acts) / pp, acts / h + states / (max(flight) * h))
 
 
 def _time_bound(run, dp, tp, pp, m, name, v, zero, total_s, slowest_s, params, comm,
@@ -288,7 +306,10 @@ def _best_first(run, cache, comms, heap, res: Result, space: Space, top_k: int, 
         layout = _layout(key, space)
         comm = comms[(dp, tp, pp)]
         blocks = cache.blocks(b)
-        pkey = (dp, tp, pp, b, sp, rc, v, name == "zbv")
+        # the partition depends on the schedule and ZeRO stage only through its memory
+        # tie-break (one chunk per rank) and the zbv split
+        pkey = (dp, tp, pp, b, sp, rc, v, name if v == 1 else name == "zbv",
+                zero if v == 1 else -1)
         if pkey not in prepared:
             prepared[pkey] = sim.prepare(run, blocks, layout, comm)[:2]
         bounds, costs = prepared[pkey]

@@ -44,7 +44,7 @@ from planner.cost import dp as dp_cost, memory as mem, pp as pp_cost
 from planner.cost import tp as tp_cost
 from planner.cost.compute import BlockCost
 from planner.errors import PlannerError
-from planner.partition import balanced_partition, chunk_blocks
+from planner.partition import ChunkMemory, balanced_partition, chunk_blocks
 from planner.specs import (Cluster, CollectiveCount, Layout, ModelSpec, Prediction, RankMemory,
                            TimelineEvent)
 
@@ -140,6 +140,7 @@ class _Costs:
     tp_counts: dict           # (phase, collective, bytes) -> per-step count
     model_flops_mb: float     # forward FLOPs of one micro-batch through the model (unsplit)
     recompute_flops_mb: float
+    memory: "_MemRows | None" = None
 
 
 def _block_rows(run: RunSpec, blocks: Sequence[BlockCost], layout: Layout, comm: CommTime):
@@ -202,9 +203,11 @@ def layout_costs(run: RunSpec, blocks: Sequence[BlockCost], layout: Layout, comm
     if len(blocks) < k:
         raise PlannerError(f"pp({layout.pp}) * virtual_stages({layout.virtual_stages}) = {k} "
                            f"chunks > {len(blocks)} blocks of {run.model.name}")
+    mem_rows = _MemRows(run, layout, rows)
     starts = layout.stage_boundaries
     if not starts:
-        starts = balanced_partition(block_s, k, send_s)[0] if k > 1 else (0,)
+        starts = balanced_partition(block_s, k, send_s,
+                                    memory=_chunk_memory(layout, mem_rows))[0] if k > 1 else (0,)
         layout = replace(layout, stage_boundaries=tuple(starts) if k > 1 else ())
     elif starts[-1] >= len(blocks):
         raise PlannerError(f"stage_boundaries {list(starts)} start a chunk at block {starts[-1]}; "
@@ -270,7 +273,70 @@ def layout_costs(run: RunSpec, blocks: Sequence[BlockCost], layout: Layout, comm
                                          _core_share(blk, run.model, layout.microbatch_size))
                     for blk in blocks if blk.kind == "block" and layout.recompute != "none"
                     and (layout.recompute == "full" or run.model.family == "gpt"))
-    return layout, _Costs(chunks, block_s, send_s, tp_counts, model_flops, rec_flops)
+    return layout, _Costs(chunks, block_s, send_s, tp_counts, model_flops, rec_flops,
+                          mem_rows)
+
+
+class _MemRows:
+    """Per block, the bytes it adds to the rank holding it (one formula for ``rank_memory``
+    and for the partition's memory objective).
+
+    Additive: parameters, gradients, optimizer state (``memory.model_state_bytes``: ZeRO over
+    dp; gradients whole when torch pipelining accumulates FSDP gradients), and gradient-sized
+    buffers (DDP's bucket copy -- torch's default gradient_as_bucket_view=False; PowerSGD's
+    error feedback; the parameter server's flat messages, 2/k of the gradients). Per micro-batch
+    in flight: activations. Largest over the rank's blocks: a recomputed block's transient
+    activations; FSDP's unsharded copies (ZeRO-3: the gathered and the prefetched block; without
+    pipelining the unsharded gradient of one block before its reduce-scatter). Per chunk that
+    sends onwards: receive buffers for its activation and gradient (2 x boundary bytes). Capped:
+    with tp > 1 the executor all-reduces DDP-less, one 25 MiB bucket at a time.
+    """
+
+    def __init__(self, run: RunSpec, layout: Layout, rows):
+        e_param, e_grad, _ = mem.bytes_per_param(run.dtype, run.optimizer)
+        ps, gs, os_ = mem.model_state_bytes(1.0, run.dtype, run.optimizer, layout.zero,
+                                            layout.dp, not (layout.pp > 1 and layout.zero >= 2))
+        dp = layout.dp > 1
+        server = dp and layout.dp_comm == "parameter_server"
+        if server:   # optimizer state lives on the k servers only; dp rank 0 is one of them
+            os_ /= layout.ps_shards
+        lin = 0.0
+        if server:
+            lin = 2.0 * e_grad / layout.ps_shards
+        elif dp and layout.zero <= 1:
+            lin = (e_grad if layout.tp == 1 else 0.0) + (
+                e_grad if layout.compression == "powersgd" else 0.0)
+        gathered = 2.0 * e_param if dp and layout.zero == 3 else 0.0
+        one_grad = e_grad if dp and layout.zero >= 2 and layout.pp == 1 and not server else 0.0
+        self.capped = dp and not server and layout.zero <= 1 and layout.tp > 1
+        self.e_grad = e_grad
+        self.params = [r[6] for r in rows]
+        self.states = (ps, gs, os_)
+        self.linear = [r[6] * lin for r in rows]
+        self.act = [r[7] for r in rows]
+        self.work = [r[8] for r in rows]
+        self.fsdp = [r[6] * (gathered + one_grad) for r in rows]
+        self.edge = [2.0 * r[9] for r in rows]
+
+    def fixed(self, x: int) -> float:
+        return self.params[x] * sum(self.states) + self.linear[x]
+
+    def capped_bytes(self, params: float) -> float:
+        return min(params * self.e_grad, dp_cost.BUCKET_CAP_BYTES) if self.capped else 0.0
+
+
+def _chunk_memory(layout: Layout, rows: _MemRows) -> ChunkMemory | None:
+    """What the partition needs to prefer, among equally fast cuts, the one with the least
+    peak memory: one chunk per rank under 1F1B (min(p - r, m) micro-batches in flight) or
+    GPipe (m); the interleaved and zbv placements keep the even split."""
+    if layout.virtual_stages != 1 or layout.schedule not in ("1f1b", "gpipe"):
+        return None
+    p, m = layout.pp, layout.num_microbatches
+    flight = [m if layout.schedule == "gpipe" else min(p - r, m) for r in range(p)]
+    n = len(rows.act)
+    return ChunkMemory(rows.act, [rows.fixed(x) for x in range(n)], flight,
+                       peaks=(rows.work, rows.fsdp), edge=rows.edge,
+                       capped=(rows.params, rows.capped_bytes) if rows.capped else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -715,62 +781,34 @@ def _parameter_server(run, layout, st, mine, plans, params, total, timeline) -> 
 # Memory, collectives and the Prediction
 # --------------------------------------------------------------------------------------------
 def rank_memory(run: RunSpec, layout: Layout, costs: _Costs) -> list[RankMemory]:
-    """Peak bytes of each pipeline rank (dp and tp peers hold the same)."""
+    """Peak bytes of each pipeline rank (dp and tp peers hold the same): the terms of
+    ``_MemRows`` over the blocks of the rank's chunks, activations weighted by the schedule's
+    in-flight micro-batches (``schedule.live_frontier``; I-to-W held share ``W_HELD_SHARE``)."""
     p = layout.pp
     _, owned, frontiers = schedule_shape(layout.schedule, p, layout.num_microbatches,
                                          layout.virtual_stages)
-    grads_sharded = not (layout.pp > 1 and layout.zero >= 2)
-    e_param, e_grad, _ = mem.bytes_per_param(run.dtype, run.optimizer)
+    rows = costs.memory
+    ps, gs, os_ = rows.states
     chunks = costs.chunks
+    last = len(chunks) - 1
     out = []
     for r in range(p):
         mine = owned[r]
-        params = sum(chunks[c].params for c in mine)
-        pb, gb, ob = mem.model_state_bytes(params, run.dtype, run.optimizer, layout.zero,
-                                           layout.dp, grads_sharded)
-        if layout.dp_comm == "parameter_server" and layout.dp > 1:
-            # optimizer state lives on the k servers only; rank 0 of the dp group is one
-            ob = ob / layout.ps_shards
+        blocks = [x for c in mine for x in chunks[c].blocks]
+        params = sum(rows.params[x] for x in blocks)
         chunk_ids, states = frontiers[r]
-        sizes = [chunks[c].act_bytes for c in chunk_ids]
+        sizes = [sum(rows.act[x] for x in chunks[c].blocks) for c in chunk_ids]
         sizes += [a * W_HELD_SHARE for a in sizes]
         held = max((sum(n * a for n, a in zip(state, sizes)) for state in states), default=0.0)
-        act = held + max((chunks[c].work_bytes for c in mine), default=0.0)
-        buf = _buffers(run, layout, costs, mine, params, e_param, e_grad)
+        act = held + max(rows.work[x] for x in blocks)
+        buf = (sum(rows.linear[x] for x in blocks) + max(rows.fsdp[x] for x in blocks)
+               + sum(rows.edge[chunks[c].blocks[-1]] for c in mine if c < last)
+               + rows.capped_bytes(params))
         out.append(RankMemory(rank=grid.rank_of(0, r, 0, p, layout.tp), stage=r,
-                              parameters_bytes=int(pb), gradients_bytes=int(gb),
-                              optimizer_bytes=int(ob), activations_bytes=int(act),
+                              parameters_bytes=int(params * ps), gradients_bytes=int(params * gs),
+                              optimizer_bytes=int(params * os_), activations_bytes=int(act),
                               buffers_bytes=int(buf)))
     return out
-
-
-def _buffers(run, layout, costs, mine, params, e_param, e_grad) -> float:
-    """Communication buffers: pipeline receive buffers (activation and gradient per chunk
-    boundary), DDP's bucket copy of the gradients (torch's default, gradient_as_bucket_view
-    False), FSDP's unsharded blocks (ZeRO-3: the gathered block and the prefetched one; the
-    unsharded gradient of one block before its reduce-scatter), PowerSGD's error feedback (a
-    gradient-sized residual) and the parameter server's flat messages."""
-    buf = 0.0
-    chunks = costs.chunks
-    for c in mine:
-        if c + 1 < len(chunks):
-            buf += 2.0 * chunks[c].send_bytes
-    if layout.dp == 1:
-        return buf
-    grads = params * e_grad
-    if layout.dp_comm == "parameter_server":
-        return buf + 2.0 * grads / layout.ps_shards
-    if layout.zero <= 1:
-        buf += grads if layout.tp == 1 else min(grads, dp_cost.BUCKET_CAP_BYTES)
-        if layout.compression == "powersgd":
-            buf += grads
-        return buf
-    big = max((max(chunks[c].param_bytes_blocks, default=0.0) for c in mine), default=0.0)
-    if layout.zero == 3:
-        buf += 2.0 * big
-    if layout.pp == 1:
-        buf += big / e_param * e_grad
-    return buf
 
 
 def _collectives(layout: Layout, costs: _Costs, dp_counts: dict, owner) -> tuple:

@@ -1,0 +1,94 @@
+"""`planner simulate`: evaluate one complete layout and write it as a plan file.
+
+The layout comes from flags (unset ones: tp 1, pp 1, dp the rest of the devices, the whole
+per-replica batch as one micro-batch, 1f1b, one chunk per rank (two for zbv), ZeRO 0, no
+recompute, no sequence parallelism; stage boundaries from the balanced partition unless
+--stage-boundaries gives them). The prediction is the same event simulation `planner plan`
+ranks layouts with, so any layout can be inspected and then run by the executor.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from planner import inputs as plan_inputs
+from planner.commands import plan as plan_cmd
+from planner.errors import PlannerError
+from planner.specs import Layout
+
+
+def add_arguments(parser) -> None:
+    plan_inputs.add_arguments(parser)
+    plan_cmd.add_layout_arguments(parser, required=True)
+    parser.add_argument("--stage-boundaries",
+                        help="first block of every chunk, comma separated (default: balanced)")
+    parser.add_argument("--out", help="plan file to write (default plans/<model>-<cluster>-"
+                                      "g<N>-b<B>-<layout>.json)")
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+
+
+def _boundaries(text: str | None) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise PlannerError(f"--stage-boundaries {text!r}: expected comma-separated block "
+                           "indices such as 0,13,26") from None
+
+
+def layout_from_args(args, num_devices: int, global_batch: int) -> Layout:
+    """A complete layout from the flags, defaults filled in, checked against the devices and
+    the batch (one-line errors showing the arithmetic)."""
+    tp, pp = args.tp or 1, args.pp or 1
+    if num_devices % (tp * pp):
+        raise PlannerError(f"tp({tp}) * pp({pp}) = {tp * pp} does not divide --gpus "
+                           f"{num_devices}")
+    dp = args.dp or num_devices // (tp * pp)
+    if global_batch % dp:
+        raise PlannerError(f"--global-batch {global_batch} does not divide over dp({dp}) "
+                           f"({global_batch} % {dp} = {global_batch % dp})")
+    per_replica = global_batch // dp
+    mb = args.microbatch_size or per_replica
+    if per_replica % mb:
+        raise PlannerError(f"--microbatch-size {mb} does not divide the per-replica batch "
+                           f"{global_batch} / dp({dp}) = {per_replica}")
+    schedule = args.schedule or "1f1b"
+    v = args.virtual_stages or (2 if schedule == "zbv" else 1)
+    ps = args.dp_comm == "parameter_server"
+    layout = Layout(dp=dp, tp=tp, pp=pp, microbatch_size=mb, num_microbatches=per_replica // mb,
+                    schedule=schedule, virtual_stages=v, zero=args.zero or 0,
+                    recompute=args.recompute or "none",
+                    sequence_parallel=bool(args.sequence_parallel), dp_comm=args.dp_comm,
+                    ps_shards=args.ps_shards if ps else 0, compression=args.compression,
+                    powersgd_rank=args.powersgd_rank if args.compression == "powersgd" else 0,
+                    stage_boundaries=_boundaries(args.stage_boundaries))
+    layout.check_world(num_devices, "--gpus")
+    return layout
+
+
+def default_out(inp, layout: Layout) -> str:
+    tag = "-".join(layout.describe().replace("=", "").replace("(", "").replace(")", "")
+                   .split())
+    base = plan_cmd.default_out(inp)
+    return base[:-len(".json")] + f"-{tag}.json"
+
+
+def run(args) -> int:
+    from planner import search
+
+    inp = plan_inputs.resolve(args)
+    layout = layout_from_args(args, inp.num_devices, inp.global_batch_size)
+    layout, prediction = search.evaluate_one(plan_cmd.run_spec(inp), inp.block_costs, layout)
+    plan = plan_cmd.make_plan(inp, layout, prediction)
+    path = args.out or default_out(inp, layout)
+    plan.save(path)
+    if args.format == "json":
+        json.dump(plan_cmd.summary(plan, path), sys.stdout, indent=2)
+        print()
+    else:
+        plan_cmd.print_text(plan, path)
+        if not prediction.fits:
+            print(f"note        does not fit: {prediction.peak_memory_bytes / 2**30:.2f} GiB > "
+                  f"{prediction.device_memory_bytes / 2**30:.2f} GiB", file=sys.stdout)
+    return 0
