@@ -31,9 +31,17 @@ class PlanInputs:
     seed: int
     profile: ModelProfile | None    # None: analytic costs from the device model
     profile_path: str
+    # Profiles of the same model at other micro-batch sizes: with two or more sizes, costs at a
+    # size not measured come from the fitted overhead + work/throughput line
+    # (planner.profile.extrapolate) instead of proportional scaling.
+    other_profiles: tuple[ModelProfile, ...] = ()
 
     def block_costs(self, microbatch_size: int) -> tuple[compute.BlockCost, ...]:
         if self.profile is not None:
+            if self.other_profiles and microbatch_size != self.profile.microbatch_size:
+                from planner.profile.extrapolate import extrapolate_profile
+                prof = extrapolate_profile((self.profile, *self.other_profiles), microbatch_size)
+                return compute.from_profile(prof, microbatch_size)
             return compute.from_profile(self.profile, microbatch_size)
         return compute.analytic_costs(self.model, microbatch_size, self.cluster.device,
                                       self.dtype, ELEMENT_BYTES[self.dtype])
@@ -53,18 +61,32 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
-def find_profile(model: ModelSpec, device: str, dtype: str, directory: str = PROFILES_DIR):
-    """Newest profile in ``directory`` of this architecture on this kind of device and dtype."""
-    fp = model.fingerprint()
+def same_model(a: ModelSpec, b: ModelSpec) -> bool:
+    """Same architecture; a custom model is known by its import path until it is built."""
+    if a.family == "custom" or b.family == "custom":
+        return a.callable_path == b.callable_path
+    return a.fingerprint() == b.fingerprint()
+
+
+def find_profiles(model: ModelSpec, device: str, dtype: str, directory: str = PROFILES_DIR
+                  ) -> list[tuple[str, ModelProfile]]:
+    """Profiles in ``directory`` of this architecture on this kind of device and dtype, newest
+    first, one per micro-batch size."""
     found = []
     for path in glob.glob(os.path.join(directory, "*.json")):
         try:
             prof = ModelProfile.load(path)
         except PlannerError:
             continue  # device models and other files live here too
-        if prof.model_fingerprint == fp and prof.device == device and prof.dtype == dtype:
+        if same_model(prof.model, model) and prof.device == device and prof.dtype == dtype:
             found.append((prof.created_utc, path, prof))
-    return max(found)[1:] if found else (None, None)
+    found.sort(key=lambda f: f[0], reverse=True)
+    seen, out = set(), []
+    for _, path, prof in found:
+        if prof.microbatch_size not in seen:
+            seen.add(prof.microbatch_size)
+            out.append((path, prof))
+    return out
 
 
 def resolve(args) -> PlanInputs:
@@ -75,16 +97,19 @@ def resolve(args) -> PlanInputs:
     cluster = cluster.with_size(n)
     cpu = cluster.backend == "gloo"
     dtype = args.dtype or ("float32" if cpu else "bf16-mixed")
-    profile, path = None, ""
+    profile, path, others = None, "", ()
     if args.profile:
         profile, path = ModelProfile.load(args.profile), args.profile
-        if args.model and resolve_model(args.model).fingerprint() != profile.model_fingerprint:
+        if args.model and not same_model(resolve_model(args.model), profile.model):
             raise PlannerError(f"{args.profile}: profiles model {profile.model.name} "
                                f"({profile.model_fingerprint}), not --model {args.model}")
         model = profile.model
     else:
         model = resolve_model(args.model)
-        path, profile = find_profile(model, "cpu" if cpu else "cuda", dtype)
+        found = find_profiles(model, "cpu" if cpu else "cuda", dtype)
+        if found:
+            (path, profile), others = found[0], tuple(p for _, p in found[1:])
+            model = profile.model  # a custom model's sizes are known once it was built
         if profile is None and (cpu or model.family == "custom"):
             raise PlannerError(
                 f"no profile of {model.name} ({dtype}) in {PROFILES_DIR}/: run `planner profile "
@@ -92,4 +117,4 @@ def resolve(args) -> PlanInputs:
     if args.global_batch < 1:
         raise PlannerError(f"--global-batch must be >= 1, got {args.global_batch}")
     return PlanInputs(model, cluster, n, args.global_batch, dtype, args.optimizer, args.lr,
-                      args.seed, profile, path or "")
+                      args.seed, profile, path or "", others)

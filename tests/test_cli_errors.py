@@ -41,7 +41,8 @@ def test_malformed_and_incomplete_json(tmp_path):
 
 def test_layout_that_does_not_divide():
     assert_user_error(planner("plan", "--model", "gpt2-small", "--cluster", "dgx-a100-80gb",
-                              "--gpus", "8", "--global-batch", "12"), "12")
+                              "--gpus", "8", "--global-batch", "12", "--dp", "8"),
+                      "--global-batch 12 does not divide over --dp 8 (12 % 8 = 4)")
 
 
 def test_uneven_gpus_over_nodes():

@@ -27,7 +27,9 @@ def from_profile(profile: ModelProfile, microbatch_size: int) -> tuple[BlockCost
 
     Time, FLOPs and activation bytes are taken as proportional to the micro-batch size (tokens
     per block call); this holds once a block's matmuls are large enough to run at steady
-    efficiency and is checked by ``benchmarks/extrapolate_cpu.py``. Parameter counts do not scale.
+    efficiency (``benchmarks/extrapolate_cpu.py`` measures how far off it is on small blocks;
+    with profiles at two sizes ``planner.inputs`` fits overhead + work/throughput instead).
+    Parameter counts do not scale.
     """
     k = microbatch_size / profile.microbatch_size
     return tuple(BlockCost(b.name, b.kind, b.forward_time_s * k, b.backward_time_s * k,

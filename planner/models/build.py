@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -204,6 +206,9 @@ class _CustomWrapper(SequentialModel):
 
 def _build_custom(spec: ModelSpec):
     module_name, _, attr = spec.callable_path.partition(":")
+    # As `python -m` does: a user's module in the working directory is importable.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
