@@ -1,0 +1,151 @@
+"""Device models: the figures the roofline cost model (``planner.cost.roofline``) needs.
+
+A device model is a JSON profile (``profiles/a100-sxm4-80gb.json``,
+``profiles/h100-sxm5-80gb.json``) in which every figure carries its value and where it came
+from -- "datasheet (...)", "fitted on ... (planner.calibrate)", or "assumed (...)" -- so a plan
+can say which of its inputs were measured. Cluster presets point at a profile through
+``DeviceSpec.model_profile``; a relative path there is resolved against the current directory
+first and then against the repository that holds this package (``profiles/`` beside
+``planner/``), so planning works from any directory.
+
+The dataclasses live here rather than in ``planner.specs`` because only the cost model reads
+them; they use the same strict serde (unknown or mistyped fields are one-line errors).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+from planner import serde
+from planner.errors import PlannerError
+
+SCHEMA_VERSION = 1
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROFILE_DIR = os.path.join(REPO_ROOT, "profiles")
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One number of a device model and its provenance."""
+    value: float
+    source: str
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How the fitted figures were obtained and how well they predict held-out data."""
+    data: str                                  # the data set, relative to the repository
+    date: str
+    method: str
+    split_seed: int
+    train_rows: int
+    heldout_rows: int
+    train_median_abs_pct_error: float
+    heldout_median_abs_pct_error: float
+    heldout_max_abs_pct_error: float
+    assumptions: dict[str, str]
+    alternatives_heldout_median_abs_pct_error: dict[str, float] | None = None  # assumption ->
+    alternatives_heldout_max_abs_pct_error: dict[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class DeviceModel:
+    """Peaks and efficiency curve of one accelerator for ``planner.cost.roofline``.
+
+    - ``matmul_efficiency_max`` and ``matmul_efficiency_scale_flops``: a matrix multiply of F
+      FLOPs runs at ``peak * max * (1 - exp(-F / scale))`` (a saturating curve: small GEMMs fill
+      few of the SMs and waves, large ones approach ``max``).
+    - ``memory_efficiency``: achieved / datasheet HBM bandwidth for memory-bound kernels.
+    - ``kernel_overhead_s``: fixed GPU time per kernel (launch latency, ramp-up and tail).
+    - ``host_overhead_s``: CPU time the framework spends issuing one kernel; a pass cannot run
+      faster than its kernel count times this (the launch-bound floor of eager PyTorch).
+    - ``microbatch_overhead_s``: fixed time per micro-batch outside the blocks' kernels (the
+      training framework's per-micro-batch work: batch loading, loss scaling and averaging,
+      engine bookkeeping), charged to the head's forward (where the loss is computed).
+    """
+    name: str
+    memory_bytes: Figure
+    peak_flops_per_s: dict[str, Figure]
+    memory_bandwidth_bytes_per_s: Figure
+    matmul_efficiency_max: Figure
+    matmul_efficiency_scale_flops: Figure
+    memory_efficiency: Figure
+    kernel_overhead_s: Figure
+    host_overhead_s: Figure
+    microbatch_overhead_s: Figure
+    calibration: Calibration | None = None
+    notes: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self):
+        if self.schema_version != SCHEMA_VERSION:
+            raise PlannerError(f"schema_version {self.schema_version} is not supported (this "
+                               f"planner reads {SCHEMA_VERSION})")
+        for name in ("memory_bytes", "memory_bandwidth_bytes_per_s",
+                     "matmul_efficiency_scale_flops"):
+            if getattr(self, name).value <= 0:
+                raise PlannerError(f"field '{name}.value' must be > 0, got "
+                                   f"{getattr(self, name).value}")
+        for name in ("matmul_efficiency_max", "memory_efficiency"):
+            v = getattr(self, name).value
+            if not 0 < v <= 1:
+                raise PlannerError(f"field '{name}.value' must be in (0, 1], got {v}")
+        for name in ("kernel_overhead_s", "host_overhead_s", "microbatch_overhead_s"):
+            if getattr(self, name).value < 0:
+                raise PlannerError(f"field '{name}.value' must be >= 0, got "
+                                   f"{getattr(self, name).value}")
+        for key, fig in self.peak_flops_per_s.items():
+            if fig.value <= 0:
+                raise PlannerError(f"field 'peak_flops_per_s.{key}.value' must be > 0, got "
+                                   f"{fig.value}")
+
+    def peak(self, dtype: str) -> float:
+        """Dense tensor-core peak for a training dtype (mixed precision runs its matmuls in the
+        16-bit type; fp32 matmuls run as tf32 on tensor cores, PyTorch's default on Ampere+)."""
+        key = {"bf16-mixed": "bfloat16", "fp16-mixed": "float16",
+               "float32": "tf32"}.get(dtype, dtype)
+        if key not in self.peak_flops_per_s:
+            raise PlannerError(f"device model {self.name} has no peak_flops_per_s[{key!r}] for "
+                               f"dtype {dtype}; it has: {', '.join(self.peak_flops_per_s)}")
+        return self.peak_flops_per_s[key].value
+
+    def with_values(self, **values: float) -> "DeviceModel":
+        """A copy with some figures' values replaced (sources kept): what a fit varies."""
+        return replace(self, **{k: replace(getattr(self, k), value=float(v))
+                                for k, v in values.items()})
+
+    def to_dict(self) -> dict:
+        return serde.to_dict(self)
+
+    def save(self, path: str) -> None:
+        serde.write_json(path, self.to_dict())
+
+
+FITTED = ("matmul_efficiency_max", "matmul_efficiency_scale_flops", "memory_efficiency",
+          "kernel_overhead_s", "host_overhead_s", "microbatch_overhead_s")
+
+
+def resolve_path(path: str) -> str:
+    """An existing file for ``path``: as given (absolute or from the current directory), else
+    relative to the repository root holding ``planner/`` (where ``profiles/`` ships)."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    for candidate in (os.path.join(REPO_ROOT, path), os.path.join(PROFILE_DIR, path)):
+        if os.path.exists(candidate):
+            return candidate
+    raise PlannerError(f"device model profile {path!r}: no such file here or under {REPO_ROOT}")
+
+
+_CACHE: dict[str, tuple[float, DeviceModel]] = {}
+
+
+def load(path: str) -> DeviceModel:
+    """Read a device-model profile (cached per file and modification time)."""
+    real = os.path.abspath(resolve_path(path))
+    mtime = os.path.getmtime(real)
+    hit = _CACHE.get(real)
+    if hit and hit[0] == mtime:
+        return hit[1]
+    model = serde.from_dict(DeviceModel, serde.read_json(real), ctx=path)
+    _CACHE[real] = (mtime, model)
+    return model
