@@ -10,11 +10,13 @@ Presets:
   them here (its output file replaces them, with collective fits).
 - ``dgx-a100-80gb`` / ``dgx-h100-80gb``: 8 GPUs per node over NVSwitch, one InfiniBand NIC per
   GPU; peaks, memory and InfiniBand bandwidth are datasheet figures from
-  ../shared/reference/hardware.md. The A100 intra-node link (per-call latency, per-step latency,
-  effective bandwidth) is fitted on the measured NCCL all-reduces of
-  ../shared/data/a100-single-node/allreduce (``benchmarks/comm_a100.py``); the H100 one carries
-  the A100 fit's efficiency over to its datasheet NVLink bandwidth (marked "assumed"). Other
-  figures not on a datasheet are marked "assumed" until fitted.
+  ../shared/reference/hardware.md; compute comes from the device models
+  ``profiles/a100-sxm4-80gb.json`` / ``profiles/h100-sxm5-80gb.json`` (``planner.devices``).
+  The A100 intra-node link (per-call latency, per-step latency, effective bandwidth) is fitted
+  on the measured NCCL all-reduces of ../shared/data/a100-single-node/allreduce
+  (``benchmarks/comm_a100.py``); the H100 one carries the A100 fit's efficiency over to its
+  datasheet NVLink bandwidth (marked "assumed"). Other figures not on a datasheet are marked
+  "assumed" until fitted.
 
 Fields beyond a uniform cluster (all optional; see ``planner.topology``):
 
@@ -34,7 +36,7 @@ from __future__ import annotations
 
 import os
 
-from planner import serde
+from planner import devices, serde
 from planner.errors import PlannerError
 from planner.specs import Cluster, DeviceSpec, LinkLevel
 
@@ -80,12 +82,17 @@ A100_FIT_SOURCE = ("fitted on shared/data/a100-single-node/allreduce (NCCL ring 
                    "300 GB/s NVLink datasheet")
 
 
-def _dgx(name, gpu, peaks, hbm_bw, nvlink: LinkLevel, ib_bw) -> Cluster:
+def _dgx(name, gpu, peaks, hbm_bw, nvlink: LinkLevel, ib_bw, profile: str) -> Cluster:
+    # Analytic compute comes from the device model (planner.cost.roofline); compute_efficiency
+    # is its large-matmul ceiling, for code that only knows FLOPs.
+    model = devices.load(profile)
     device = DeviceSpec(
         name=gpu, memory_bytes=80 * GIB, peak_flops_per_s=peaks,
-        memory_bandwidth_bytes_per_s=hbm_bw, compute_efficiency=0.5,
+        memory_bandwidth_bytes_per_s=hbm_bw,
+        compute_efficiency=model.matmul_efficiency_max.value,
         peak_source="datasheet (shared/reference/hardware.md)",
-        efficiency_source="assumed until fitted (planner.calibrate)")
+        efficiency_source=f"{profile}: {model.matmul_efficiency_max.source}",
+        model_profile=profile)
     # A per-call cost is the software stack's (launch, synchronisation), not the wire's: the
     # inter-node level gets the intra-node fit's.
     ib = LinkLevel("inter_node", latency_s=10e-6, bandwidth_bytes_per_s=ib_bw,
@@ -99,7 +106,8 @@ def _dgx(name, gpu, peaks, hbm_bw, nvlink: LinkLevel, ib_bw) -> Cluster:
 def dgx_a100() -> Cluster:
     nvlink = LinkLevel("intra_node", source=A100_FIT_SOURCE, **A100_NVLINK_FIT)
     return _dgx("dgx-a100-80gb", "A100-SXM4-80GB",
-                {"bfloat16": 312e12, "float16": 312e12, "tf32": 156e12}, 2.04e12, nvlink, 25e9)
+                {"bfloat16": 312e12, "float16": 312e12, "tf32": 156e12}, 2.04e12, nvlink, 25e9,
+                "profiles/a100-sxm4-80gb.json")
 
 
 def dgx_h100() -> Cluster:
@@ -111,7 +119,8 @@ def dgx_h100() -> Cluster:
         source=f"assumed: 450 GB/s NVLink datasheet x the A100 fit's efficiency {efficiency:.3f} "
                "and its latencies (no H100 measurements here)")
     return _dgx("dgx-h100-80gb", "H100-SXM5-80GB",
-                {"bfloat16": 989e12, "float16": 989e12, "tf32": 494e12}, 3.35e12, nvlink, 50e9)
+                {"bfloat16": 989e12, "float16": 989e12, "tf32": 494e12}, 3.35e12, nvlink, 50e9,
+                "profiles/h100-sxm5-80gb.json")
 
 
 PRESETS = {"localhost-cpu": localhost_cpu, "dgx-a100-80gb": dgx_a100, "dgx-h100-80gb": dgx_h100}
