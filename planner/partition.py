@@ -213,6 +213,12 @@ def _spread(prefix, send_s, k: int, limit: float) -> list[int] | None:
     """
     n = len(prefix) - 1
     total = prefix[-1]
+    quick = _nearest_cuts(prefix, k)
+    if quick is not None:
+        bounds = quick + [n]
+        if max(chunk_cost(prefix, send_s, bounds[c], bounds[c + 1] - 1)
+               for c in range(k)) <= limit:
+            return quick
     fits_suffix: dict = {}
 
     def suffix_ok(i: int, chunks: int) -> bool:
@@ -239,6 +245,23 @@ def _spread(prefix, send_s, k: int, limit: float) -> list[int] | None:
             return None
         starts.append(chosen)
         i = chosen
+    return starts
+
+
+def _nearest_cuts(prefix, k: int) -> list[int] | None:
+    """The cut nearest each even target j*total/k (None if two would coincide)."""
+    n = len(prefix) - 1
+    total = prefix[-1]
+    starts = [0]
+    for j in range(1, k):
+        target = total * j / k
+        x = bisect_right(prefix, target)
+        if x > 0 and (x > n or abs(prefix[x - 1] - target) <= abs(prefix[x] - target)):
+            x -= 1
+        x = min(max(x, starts[-1] + 1), n - (k - j))
+        if x <= starts[-1]:
+            return None
+        starts.append(x)
     return starts
 
 

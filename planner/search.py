@@ -227,24 +227,48 @@ def _memory_bound(run, params: float, acts: float, zero: int, dp: int, pp: int, 
     """A lower bound on the fullest rank's bytes, before any partition is known.
 
     S = model states of all ranks of one pipeline (``memory.model_state_bytes``), A = one
-    micro-batch's activations over all blocks. The fullest rank holds at least any weighted
-    mean of the ranks' S_r + n_r*A_r, n_r the micro-batches rank r keeps: GPipe keeps m
-    everywhere, (S + m*A)/p; 1F1B keeps n_r = min(p - r, m): weights (1/n_r)/H, H = sum 1/n_r,
-    give A/H + S/(max n * H), and equal weights (S + min n * A)/p. Other schedules: S/p.
-    Buffers only add.
+    micro-batch's activations over all blocks. Rank r holds S_r + n_r*A_r at some moment, n_r
+    micro-batches of each of its chunks (``in_flight_floor``); the fullest rank holds at least
+    any weighted mean of these. Weights (1/n_r)/H, H = sum 1/n_r, give A/H + S/(max n * H);
+    equal weights give (S + min n * A)/p. Buffers only add.
     """
     ps, gs, os_ = mem.model_state_bytes(1.0, run.dtype, run.optimizer, zero, dp,
                                         not (pp > 1 and zero >= 2))
     if space.dp_comm == "parameter_server" and dp > 1:
         os_ /= min(max(space.ps_shards, 1), dp)
     states = params * (ps + gs + os_)
-    if v > 1 or name not in ("gpipe", "1f1b"):
+    flight = in_flight_floor(name, pp, m, v)
+    if min(flight) == 0:
         return states / pp
-    if name == "gpipe" or pp == 1:
-        return (states + (m if name == "gpipe" else 1) * acts) / pp
-    flight = [min(pp - r, m) for r in range(pp)]
     h = sum(1.0 / n for n in flight)
     return max((states + min(flight) * acts) / pp, acts / h + states / (max(flight) * h))
+
+
+def in_flight_floor(name: str, p: int, m: int, v: int) -> list[int]:
+    """Per pipeline rank, a count n_r such that at some moment the rank holds n_r micro-batches
+    of every one of its chunks (read off the schedules of ``planner.schedule``):
+    GPipe m; 1F1B min(p - r, m); interleaved, the forwards of torch's warm-up,
+    min((v-1)*m_round + 2(p-1-r), m*v) steps dealt in rounds of m_round to the v chunks, plus
+    the first steady-state forward; zbv, before rank r's first backward of its second chunk it
+    has run 2p-1-r forwards of its first chunk and r+1 of its second (both capped at m)."""
+    if name == "gpipe":
+        return [m] * p
+    if name == "1f1b":
+        return [min(p - r, m) for r in range(p)]
+    if name == "zbv":
+        return [min(2 * p - 1 - r, r + 1, m) for r in range(p)]
+    rounds = max(1, m // p)
+    per_round = m // rounds
+    out = []
+    for r in range(p):
+        warmup = min((v - 1) * per_round + 2 * (p - 1 - r), m * v)
+        steps = min(warmup + 1, m * v)
+        counts = [0] * v
+        for j in range(v):   # forwards among the first `steps` that go to local chunk j
+            full, rest = divmod(steps, per_round * v)
+            counts[j] = full * per_round + min(per_round, max(0, rest - j * per_round))
+        out.append(min(counts))
+    return out
 
 
 def _time_bound(run, dp, tp, pp, m, name, v, zero, total_s, slowest_s, params, comm,
@@ -263,7 +287,7 @@ def _time_bound(run, dp, tp, pp, m, name, v, zero, total_s, slowest_s, params, c
     """
     per_rank = params / pp
     p_e, g_e, _ = bytes_per_param(run.dtype, run.optimizer)
-    flush = m * total_s
+    flush = 0.0
     if name in ("gpipe", "1f1b") and pp > 1:
         flush = pp_cost.balanced_lower_bound(total_s, pp, m)
     shard = dp if zero >= 1 else 1
@@ -277,13 +301,14 @@ def _time_bound(run, dp, tp, pp, m, name, v, zero, total_s, slowest_s, params, c
         elif zero == 1:
             tail += comm("all_gather", per_rank * p_e, "dp")
         if zero == 3:
-            busy = 2 * m * comm("all_gather", per_rank * p_e, "dp")
+            busy = 2 * m * comm("all_gather", per_rank * p_e, "dp") + (
+                m if pp == 1 else 1) * comm("reduce_scatter", per_rank * g_e, "dp")
         elif zero == 2 and pp == 1:
             busy = m * (comm("all_gather", per_rank * p_e, "dp")
                         + comm("reduce_scatter", per_rank * g_e, "dp"))
     # step >= max_r(work_r + tail_r) >= their mean; >= the bubble bound; >= the rank holding
     # the slowest block; >= the comm stream's busy time
-    return max(m * total_s / pp + tail, flush if pp > 1 else 0.0, m * slowest_s, busy)
+    return max(m * total_s / pp + tail, flush, m * slowest_s, busy)
 
 
 def _best_first(run, cache, comms, heap, res: Result, space: Space, top_k: int, cap) -> None:
@@ -316,14 +341,7 @@ def _best_first(run, cache, comms, heap, res: Result, space: Space, top_k: int, 
         layout = replace(layout, stage_boundaries=bounds.stage_boundaries)
         if key not in refined:
             refined.add(key)
-            owner = sim.schedule_shape(name, pp, m, v)[0]
-            memory = sim.rank_memory(run, layout, costs)
-            peak = max(r.total_bytes for r in memory)
-            if peak > cap:
-                res.not_fitting += 1
-                res.candidates.append(Candidate(layout, 0.0, peak, False,
-                                                note=f"needs {peak / 2**30:.1f} GiB per rank"))
-                continue
+            owner = [sched.chunk_rank(c, pp, name) for c in range(pp * v)]
             better = max(bound, chain_bound(run, layout, costs, owner))
             if heap and better > heap[0][0]:
                 heapq.heappush(heap, (better, seq, key))   # look again when its turn comes
@@ -332,6 +350,13 @@ def _best_first(run, cache, comms, heap, res: Result, space: Space, top_k: int, 
             if len(res.ranked) >= top_k and better >= res.ranked[top_k - 1][1].step_time_s:
                 res.bounded_out += 1
                 continue
+        memory = sim.rank_memory(run, layout, costs)
+        peak = max(r.total_bytes for r in memory)
+        if peak > cap:
+            res.not_fitting += 1
+            res.candidates.append(Candidate(layout, 0.0, peak, False,
+                                            note=f"needs {peak / 2**30:.1f} GiB per rank"))
+            continue
         fitting.add(base + (rc,))
         step, ranks, ops, dp_counts = sim.simulate(run, layout, costs, comm, False)
         pred = sim._prediction(run, layout, costs, blocks, step, ranks, ops, dp_counts, False)
@@ -363,23 +388,29 @@ def chain_bound(run, layout: Layout, costs, owner) -> float:
     """A lower bound from the real chunks: pipeline rank r cannot start before micro-batch 0
     has gone forward through chunks 0..r-1 (compute and sends), does m times the work of its
     chunks, and after its last backward the last micro-batch's gradient must still go back
-    through chunks r-1..0 while r runs its optimizer step. (Under zbv the W operations may
-    overlap that return trip, so only the way in counts.)"""
+    through chunks r-1..0 while r runs its optimizer step. Under zbv the W operations may
+    overlap that return trip, so it follows only the F and I work."""
     m = layout.num_microbatches
     chunks = costs.chunks
     p = layout.pp
     zbv = layout.schedule == "zbv"
     work = [0.0] * p
+    f_i = [0.0] * p
     params = [0.0] * p
     for c, ch in enumerate(chunks):
-        work[owner[c]] += m * ((ch.i_s + ch.w_s) if zbv else (ch.f_s + ch.b_s))
-        params[owner[c]] += ch.params
+        r = owner[c]
+        work[r] += m * ((ch.f_s + ch.i_s + ch.w_s) if zbv else (ch.f_s + ch.b_s))
+        f_i[r] += m * (ch.f_s + ch.i_s)
+        params[r] += ch.params
     shard = layout.dp if layout.zero >= 1 else 1
     total = sum(params)
     best = before = after = 0.0
     for r in range(p):
         tail = sim.optimizer_time(run, params[r] / shard, total)
-        best = max(best, before + work[r] + (tail if zbv else max(after, tail)))
+        if zbv:
+            best = max(best, before + work[r] + tail, before + f_i[r] + after)
+        else:
+            best = max(best, before + work[r] + max(after, tail))
         ch = chunks[r]
         before += ch.f_s + ch.send_s
         after += (ch.i_s if zbv else ch.b_s) + ch.send_s

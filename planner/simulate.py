@@ -38,6 +38,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from itertools import accumulate
 
 from planner import grid, schedule as sched, topology
 from planner.cost import dp as dp_cost, memory as mem, pp as pp_cost
@@ -105,31 +106,97 @@ def default_comm_time(cluster: Cluster, layout: Layout) -> CommTime:
 # --------------------------------------------------------------------------------------------
 # Per-block and per-chunk costs of a layout
 # --------------------------------------------------------------------------------------------
-@dataclass
 class _Chunk:
-    blocks: range
-    f_s: float = 0.0          # forward op: compute + TP collectives
-    f_comp: float = 0.0
-    f_tp: float = 0.0
-    b_s: float = 0.0          # full backward op: recompute + compute + TP collectives
-    b_comp: float = 0.0
-    b_rec: float = 0.0
-    b_tp: float = 0.0
-    i_s: float = 0.0          # input-gradient op (zbv): recompute + dX compute + TP
-    i_comp: float = 0.0
-    w_s: float = 0.0          # weight-gradient op (zbv)
-    send_s: float = 0.0       # boundary transfer after this chunk (each way)
-    send_bytes: int = 0
-    params: float = 0.0       # on one rank (after the TP split)
-    act_bytes: float = 0.0    # per micro-batch, kept until backward
-    work_bytes: float = 0.0   # transient during a recomputed block's backward
-    # per block, in backward (reverse) order: end offsets inside B / I / W and gradient bytes
-    b_offsets: tuple = ()
-    w_offsets: tuple = ()
-    grad_bytes_rev: tuple = ()
-    f_block_s: tuple = ()     # per block forward durations (FSDP prefetch loop)
-    b_block_s: tuple = ()     # per block backward durations, reverse order
-    param_bytes_blocks: tuple = ()
+    """One model chunk's costs per micro-batch on one rank. Sums come from prefix sums; the
+    per-block details only the event loop's DP/FSDP hooks read are built on first use."""
+
+    def __init__(self, blocks: range, rows, zbv: bool, param_e: float, grad_e: float):
+        self.blocks = blocks
+        self._rows, self._zbv, self._param_e, self._grad_e = rows, zbv, param_e, grad_e
+        self._detail = None
+        self.send_s = 0.0          # boundary transfer after this chunk (each way)
+        self.send_bytes = 0
+
+    def _build(self):
+        rows, zbv = self._rows, self._zbv
+        b_off, w_off, gbytes, bblk, pbytes = [], [], [], [], []
+        tb = tw = 0.0
+        for x in reversed(self.blocks):
+            f, f_tp, b, rec, b_tp, ws, params = rows[x][:7]
+            step = rec + b_tp + (b * (1.0 - ws) if zbv else b)
+            tb += step
+            tw += b * ws
+            b_off.append(tb)
+            w_off.append(tw)
+            bblk.append(step)
+            gbytes.append(params * self._grad_e)
+            pbytes.append(params * self._param_e)
+        self._detail = (tuple(b_off), tuple(w_off), tuple(gbytes),
+                        tuple(rows[x][0] + rows[x][1] for x in self.blocks), tuple(bblk),
+                        tuple(reversed(pbytes)))
+        return self._detail
+
+    # per block, in backward (reverse) order: end offsets inside B (or I) and W, gradient bytes
+    @property
+    def b_offsets(self):
+        return (self._detail or self._build())[0]
+
+    @property
+    def w_offsets(self):
+        return (self._detail or self._build())[1]
+
+    @property
+    def grad_bytes_rev(self):
+        return (self._detail or self._build())[2]
+
+    @property
+    def f_block_s(self):          # per block forward durations, forward order
+        return (self._detail or self._build())[3]
+
+    @property
+    def b_block_s(self):          # per block backward (or I) durations, reverse order
+        return (self._detail or self._build())[4]
+
+    @property
+    def param_bytes_blocks(self):  # forward order
+        return (self._detail or self._build())[5]
+
+
+class _Sums:
+    """Prefix sums of the block rows, so that any chunk's totals cost O(1)."""
+
+    def __init__(self, rows, mem_rows):
+        def pre(values):
+            return [0.0, *accumulate(values)]
+        self.f = pre(r[0] for r in rows)
+        self.f_tp = pre(r[1] for r in rows)
+        self.b = pre(r[2] for r in rows)
+        self.rec = pre(r[3] for r in rows)
+        self.b_tp = pre(r[4] for r in rows)
+        self.w = pre(r[2] * r[5] for r in rows)
+        self.params = pre(r[6] for r in rows)
+        self.act = pre(r[7] for r in rows)
+        self.linear = pre(mem_rows.linear)
+        self.work = [r[8] for r in rows]
+        self.fsdp = mem_rows.fsdp
+
+    def fill(self, c: _Chunk) -> None:
+        i, j = c.blocks.start, c.blocks.stop
+        c.f_comp = self.f[j] - self.f[i]
+        c.f_tp = self.f_tp[j] - self.f_tp[i]
+        c.b_comp = self.b[j] - self.b[i]
+        c.b_rec = self.rec[j] - self.rec[i]
+        c.b_tp = self.b_tp[j] - self.b_tp[i]
+        c.w_s = self.w[j] - self.w[i]
+        c.i_comp = c.b_comp - c.w_s
+        c.params = self.params[j] - self.params[i]
+        c.act_bytes = self.act[j] - self.act[i]
+        c.work_bytes = max(self.work[i:j])
+        c.linear_bytes = self.linear[j] - self.linear[i]
+        c.fsdp_bytes = max(self.fsdp[i:j])
+        c.f_s = c.f_comp + c.f_tp
+        c.b_s = c.b_rec + c.b_comp + c.b_tp
+        c.i_s = c.b_rec + c.i_comp + c.b_tp
 
 
 @dataclass
@@ -158,16 +225,20 @@ def _block_rows(run: RunSpec, blocks: Sequence[BlockCost], layout: Layout, comm:
         if hit is not None:
             rows.append(hit)
             continue
-        f = tp_cost.split_time(blk.forward_s, blk.kind, t)
-        b = tp_cost.split_time(blk.backward_s, blk.kind, t)
         fwd_names, bwd_names = tp_cost.block_collectives(blk.kind, spec.family, sp, t)
         f_tp = tp_cost.collective_time(fwd_names, msg, comm)
         b_tp = tp_cost.collective_time(bwd_names, msg, comm)
+        core = None
+        if blk.tp_split is not None:   # analytic per-rank costs (planner.cost.roofline)
+            f, b, core = blk.tp_split(t, sp, f_tp, b_tp)
+        else:
+            f = tp_cost.split_time(blk.forward_s, blk.kind, t)
+            b = tp_cost.split_time(blk.backward_s, blk.kind, t)
         rec = 0.0
         if blk.kind == "block" and rc == "full":
             rec = f + f_tp   # the forward runs again, collectives included (Megatron)
         elif blk.kind == "block" and rc == "selective" and spec.family == "gpt":
-            rec = f * _core_share(blk, spec, layout.microbatch_size)
+            rec = core if core is not None else f * _core_share(blk, spec, layout.microbatch_size)
         params = blk.param_count / t if tp_cost.is_split(blk.kind) else blk.param_count
         act = mem.block_activation_bytes(blk.saved_activation_bytes, blk.output_bytes, blk.kind,
                                          spec, t, sp, rc)
@@ -214,41 +285,11 @@ def layout_costs(run: RunSpec, blocks: Sequence[BlockCost], layout: Layout, comm
                            f"{run.model.name} has {len(blocks)} blocks")
     chunks = []
     zbv = layout.schedule == "zbv"
+    sums = _Sums(rows, mem_rows)
     for rng in chunk_blocks(starts, len(blocks)):
-        c = _Chunk(rng)
-        b_off, w_off, gbytes, bblk, pbytes = [], [], [], [], []
-        tb = tw = 0.0
-        for x in rng:
-            f, f_tp, b, rec, b_tp, ws, params, act, work = rows[x][:9]
-            c.f_comp += f
-            c.f_tp += f_tp
-            c.b_comp += b
-            c.b_rec += rec
-            c.b_tp += b_tp
-            c.i_comp += b * (1.0 - ws)
-            c.w_s += b * ws
-            c.params += params
-            c.act_bytes += act
-            c.work_bytes = max(c.work_bytes, work)
-        for x in reversed(rng):
-            f, f_tp, b, rec, b_tp, ws, params = rows[x][:7]
-            step = rec + b_tp + (b * (1.0 - ws) if zbv else b)
-            tb += step
-            tw += b * ws
-            b_off.append(tb)
-            w_off.append(tw)
-            bblk.append(step)
-            gbytes.append(params * grad_e)
-            pbytes.append(params * param_e)
-        c.f_s = c.f_comp + c.f_tp
-        c.b_s = c.b_rec + c.b_comp + c.b_tp
-        c.i_s = c.b_rec + c.i_comp + c.b_tp
-        c.b_offsets, c.w_offsets, c.grad_bytes_rev = tuple(b_off), tuple(w_off), tuple(gbytes)
-        c.f_block_s = tuple(rows[x][0] + rows[x][1] for x in rng)
-        c.b_block_s = tuple(bblk)
-        c.param_bytes_blocks = tuple(pbytes)
-        last = rng[-1]
-        c.send_bytes = rows[last][9]
+        c = _Chunk(rng, rows, zbv, param_e, grad_e)
+        sums.fill(c)
+        c.send_bytes = rows[rng[-1]][9]
         chunks.append(c)
     p = layout.pp
     for i, c in enumerate(chunks[:-1]):
@@ -384,7 +425,7 @@ def _dp_plan(run: RunSpec, layout: Layout, chunk: _Chunk, comm: CommTime, counts
         return empty
     if layout.zero >= 2:
         rs = tuple(comm("reduce_scatter", g, "dp") for g in chunk.grad_bytes_rev)
-        ag = tuple(comm("all_gather", pb, "dp") for pb in reversed(chunk.param_bytes_blocks))
+        ag = tuple(comm("all_gather", pb, "dp") for pb in chunk.param_bytes_blocks)
         per_mb = layout.pp == 1
         # under pipelining: one reduce-scatter pass when the chunk's last backward op ends
         buckets = [] if per_mb else [(-1, sum(rs), sum(chunk.grad_bytes_rev))]
@@ -794,14 +835,14 @@ def rank_memory(run: RunSpec, layout: Layout, costs: _Costs) -> list[RankMemory]
     out = []
     for r in range(p):
         mine = owned[r]
-        blocks = [x for c in mine for x in chunks[c].blocks]
-        params = sum(rows.params[x] for x in blocks)
+        params = sum(chunks[c].params for c in mine)
         chunk_ids, states = frontiers[r]
-        sizes = [sum(rows.act[x] for x in chunks[c].blocks) for c in chunk_ids]
+        sizes = [chunks[c].act_bytes for c in chunk_ids]
         sizes += [a * W_HELD_SHARE for a in sizes]
         held = max((sum(n * a for n, a in zip(state, sizes)) for state in states), default=0.0)
-        act = held + max(rows.work[x] for x in blocks)
-        buf = (sum(rows.linear[x] for x in blocks) + max(rows.fsdp[x] for x in blocks)
+        act = held + max(chunks[c].work_bytes for c in mine)
+        buf = (sum(chunks[c].linear_bytes for c in mine)
+               + max(chunks[c].fsdp_bytes for c in mine)
                + sum(rows.edge[chunks[c].blocks[-1]] for c in mine if c < last)
                + rows.capped_bytes(params))
         out.append(RankMemory(rank=grid.rank_of(0, r, 0, p, layout.tp), stage=r,
