@@ -63,7 +63,7 @@ def _pack(prefix, send_s, k: int, limit: float) -> list[int] | None:
 
 
 def balanced_partition(costs: Sequence[float], k: int, send_s: Sequence[float] | None = None,
-                       rel_tol: float = 1e-7, memory: "ChunkMemory | None" = None
+                       rel_tol: float = 1e-6, memory: "ChunkMemory | None" = None
                        ) -> tuple[tuple[int, ...], float]:
     """Split ``costs`` (one per block, seconds) into ``k`` contiguous non-empty chunks.
 

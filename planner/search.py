@@ -21,13 +21,14 @@ handed: it knows nothing of FLOPs, links or formulas.
 """
 from __future__ import annotations
 
+import functools
 import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from planner import schedule as sched
 from planner import simulate as sim
-from planner.cost import pp as pp_cost
+from planner.cost import dp as dp_cost, pp as pp_cost
 from planner.cost.compute import BlockCost
 from planner.cost import memory as mem
 from planner.cost.memory import bytes_per_param
@@ -244,7 +245,8 @@ def _memory_bound(run, params: float, acts: float, zero: int, dp: int, pp: int, 
     return max((states + min(flight) * acts) / pp, acts / h + states / (max(flight) * h))
 
 
-def in_flight_floor(name: str, p: int, m: int, v: int) -> list[int]:
+@functools.lru_cache(maxsize=4096)
+def in_flight_floor(name: str, p: int, m: int, v: int) -> tuple[int, ...]:
     """Per pipeline rank, a count n_r such that at some moment the rank holds n_r micro-batches
     of every one of its chunks (read off the schedules of ``planner.schedule``):
     GPipe m; 1F1B min(p - r, m); interleaved, the forwards of torch's warm-up,
@@ -252,11 +254,11 @@ def in_flight_floor(name: str, p: int, m: int, v: int) -> list[int]:
     the first steady-state forward; zbv, before rank r's first backward of its second chunk it
     has run 2p-1-r forwards of its first chunk and r+1 of its second (both capped at m)."""
     if name == "gpipe":
-        return [m] * p
+        return (m,) * p
     if name == "1f1b":
-        return [min(p - r, m) for r in range(p)]
+        return tuple(min(p - r, m) for r in range(p))
     if name == "zbv":
-        return [min(2 * p - 1 - r, r + 1, m) for r in range(p)]
+        return tuple(min(2 * p - 1 - r, r + 1, m) for r in range(p))
     rounds = max(1, m // p)
     per_round = m // rounds
     out = []
@@ -268,7 +270,7 @@ def in_flight_floor(name: str, p: int, m: int, v: int) -> list[int]:
             full, rest = divmod(steps, per_round * v)
             counts[j] = full * per_round + min(per_round, max(0, rest - j * per_round))
         out.append(min(counts))
-    return out
+    return tuple(out)
 
 
 def _time_bound(run, dp, tp, pp, m, name, v, zero, total_s, slowest_s, params, comm,
@@ -342,7 +344,7 @@ def _best_first(run, cache, comms, heap, res: Result, space: Space, top_k: int, 
         if key not in refined:
             refined.add(key)
             owner = [sched.chunk_rank(c, pp, name) for c in range(pp * v)]
-            better = max(bound, chain_bound(run, layout, costs, owner))
+            better = max(bound, chain_bound(run, layout, costs, owner, comm))
             if heap and better > heap[0][0]:
                 heapq.heappush(heap, (better, seq, key))   # look again when its turn comes
                 seq += 1
@@ -384,12 +386,13 @@ def _layout(key, space: Space) -> Layout:
                   if space.compression == "powersgd" and dp > 1 else 0)
 
 
-def chain_bound(run, layout: Layout, costs, owner) -> float:
+def chain_bound(run, layout: Layout, costs, owner, comm) -> float:
     """A lower bound from the real chunks: pipeline rank r cannot start before micro-batch 0
     has gone forward through chunks 0..r-1 (compute and sends), does m times the work of its
     chunks, and after its last backward the last micro-batch's gradient must still go back
-    through chunks r-1..0 while r runs its optimizer step. Under zbv the W operations may
-    overlap that return trip, so it follows only the F and I work."""
+    through chunks r-1..0 while r finishes its step: the data-parallel reduction of at least
+    the chunk it ran last (``_after_backward``), the optimizer step, ZeRO-1's broadcast. Under
+    zbv the W operations may overlap that return trip, so it follows only F and I work."""
     m = layout.num_microbatches
     chunks = costs.chunks
     p = layout.pp
@@ -406,7 +409,8 @@ def chain_bound(run, layout: Layout, costs, owner) -> float:
     total = sum(params)
     best = before = after = 0.0
     for r in range(p):
-        tail = sim.optimizer_time(run, params[r] / shard, total)
+        tail = sim.optimizer_time(run, params[r] / shard, total) + _after_backward(
+            run, layout, [ch for c, ch in enumerate(chunks) if owner[c] == r], params[r], comm)
         if zbv:
             best = max(best, before + work[r] + tail, before + f_i[r] + after)
         else:
@@ -415,6 +419,27 @@ def chain_bound(run, layout: Layout, costs, owner) -> float:
         before += ch.f_s + ch.send_s
         after += (ch.i_s if zbv else ch.b_s) + ch.send_s
     return best
+
+
+def _after_backward(run, layout: Layout, mine, params: float, comm) -> float:
+    """Data-parallel work a rank must still do after its last compute op, at least: all of it
+    where the executor reduces only after the backward pass (tp > 1 without ZeRO, the parameter
+    server), the reduce-scatter of whichever chunk ran last (ZeRO-2/3 under pipelining), or
+    that chunk's last DDP bucket; then ZeRO-1's parameter broadcast."""
+    if layout.dp == 1:
+        return 0.0
+    p_e, g_e, _ = bytes_per_param(run.dtype, run.optimizer)
+    if layout.dp_comm == "parameter_server":
+        return comm("parameter_server", params * g_e, "dp")
+    extra = comm("all_gather", params * p_e, "dp") if layout.zero == 1 else 0.0
+    if layout.zero >= 2:
+        if layout.pp == 1:
+            return extra
+        return extra + min(comm("reduce_scatter", ch.params * g_e, "dp") for ch in mine)
+    if layout.tp > 1:
+        return extra + comm("all_reduce", params * g_e, "dp")
+    last = min(dp_cost.ddp_buckets([ch.params * g_e])[-1][0] for ch in mine)
+    return extra + comm("all_reduce", last, "dp")
 
 
 def evaluate_one(run: sim.RunSpec, blocks_for: Callable[[int], Sequence[BlockCost]],

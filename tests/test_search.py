@@ -58,7 +58,7 @@ def test_bounds_hold_and_search_matches_brute_force():
         assert bound <= pred.step_time_s * (1 + 1e-9), key
         _, costs, _ = sim.prepare(run, blocks_for(b), layout, comm)
         owner = sim.schedule_shape(name, pp, m, v)[0]
-        assert S.chain_bound(run, filled, costs, owner) <= pred.step_time_s * (1 + 1e-9), key
+        assert S.chain_bound(run, filled, costs, owner, comm) <= pred.step_time_s * (1 + 1e-9), key
         assert S._memory_bound(run, params, acts, zero, dp, pp, m, name, v, space) <= \
             pred.peak_memory_bytes * (1 + 1e-9), key
         if pred.fits:
