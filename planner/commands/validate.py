@@ -65,16 +65,17 @@ def print_text(v, out=sys.stdout) -> None:
     mib = 2**20
     print(f"validate {v.model} on {v.cluster} x{v.world_size}, global batch "
           f"{v.global_batch_size}, {v.steps} steps ({v.warmup_steps} warm-up) per layout", file=out)
-    head = (f"{'#':>3} {'role':6} {'layout':38} {'pred ms':>9} {'meas ms':>9} {'IQR':>7} "
+    w = max([6] + [len(r.layout.describe()) for r in v.rows])
+    head = (f"{'#':>3} {'role':6} {'layout':{w}} {'pred ms':>9} {'meas ms':>9} {'IQR':>7} "
             f"{'err%':>7} {'pred MiB':>9} {'meas MiB':>9} {'err%':>7}")
     print(head, file=out)
     for r in v.rows:
-        lay = r.layout.describe()[:38]
+        lay = r.layout.describe()
         if r.status != "ok":
-            print(f"{r.predicted_rank:>3} {r.role:6} {lay:38} {r.predicted_step_time_s * 1e3:9.1f}"
+            print(f"{r.predicted_rank:>3} {r.role:6} {lay:{w}} {r.predicted_step_time_s * 1e3:9.1f}"
                   f"  not measured: {r.status}", file=out)
             continue
-        print(f"{r.predicted_rank:>3} {r.role:6} {lay:38} {r.predicted_step_time_s * 1e3:9.1f} "
+        print(f"{r.predicted_rank:>3} {r.role:6} {lay:{w}} {r.predicted_step_time_s * 1e3:9.1f} "
               f"{r.measured_step_time_s * 1e3:9.1f} {r.measured_step_time_iqr_s * 1e3:7.1f} "
               f"{r.step_time_error_pct:+7.1f} {r.predicted_peak_memory_bytes / mib:9.1f} "
               f"{r.measured_peak_memory_bytes / mib:9.1f} {r.memory_error_pct:+7.1f}", file=out)
@@ -146,6 +147,12 @@ def run(args) -> int:
                      {"model": inp.model.name, "cluster": inp.cluster.name,
                       "world_size": inp.num_devices, "global_batch_size": inp.global_batch_size},
                      progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > cores:
+        # Wall-clock step times of ranks that share cores with other work are not the costs
+        # the profile measured: say so next to the numbers.
+        print(f"note: load average {load:.1f} on {cores} cores during the runs: measured times "
+              "include contention from other processes", file=sys.stderr)
     if args.out:
         v.save(args.out)
     cal = calibrate(inp, v, workdir) if args.calibrate else None
