@@ -103,12 +103,17 @@ def _fastest(costs: tuple, k: int, send_s: tuple, rel_tol: float):
     cached, since layouts that differ only in memory-related choices share it."""
     n = len(costs)
     prefix = [0.0, *accumulate(costs)]
-    # The bottleneck lies between the largest single block (with its boundaries) and the whole.
+    # The bottleneck is at least the mean and the largest block, and greedy packing under the
+    # mean plus the largest block (or the largest pair of sends) always succeeds.
     lo = max(prefix[-1] / k, max(costs))
-    hi = max(prefix[-1], 2 * max(send_s))
+    hi = max(lo + max(costs), 2 * max(send_s))
     best = _pack(prefix, send_s, k, hi)
+    if best is None:
+        hi = max(prefix[-1], 2 * max(send_s))
+        best = _pack(prefix, send_s, k, hi)
     if best is None:  # cannot happen with non-negative costs; keep the contract explicit
         raise PlannerError(f"no partition of {n} blocks into {k} chunks")
+    hi = _bottleneck(prefix, send_s, best)
     if _pack(prefix, send_s, k, lo) is not None:
         hi = lo
         best = _pack(prefix, send_s, k, lo)
@@ -117,9 +122,15 @@ def _fastest(costs: tuple, k: int, send_s: tuple, rel_tol: float):
         got = _pack(prefix, send_s, k, mid)
         if got is None:
             lo = mid
-        else:
-            hi, best = mid, got
+        else:   # the partition found may be better than asked: jump to its bottleneck
+            hi, best = _bottleneck(prefix, send_s, got), got
     return hi, best
+
+
+def _bottleneck(prefix, send_s, starts) -> float:
+    bounds = list(starts) + [len(prefix) - 1]
+    return max(chunk_cost(prefix, send_s, bounds[c], bounds[c + 1] - 1)
+               for c in range(len(starts)))
 
 
 class ChunkMemory:

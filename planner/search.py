@@ -407,10 +407,13 @@ def chain_bound(run, layout: Layout, costs, owner, comm) -> float:
         params[r] += ch.params
     shard = layout.dp if layout.zero >= 1 else 1
     total = sum(params)
+    mine: list = [[] for _ in range(p)]
+    for c, ch in enumerate(chunks):
+        mine[owner[c]].append(ch)
     best = before = after = 0.0
     for r in range(p):
         tail = sim.optimizer_time(run, params[r] / shard, total) + _after_backward(
-            run, layout, [ch for c, ch in enumerate(chunks) if owner[c] == r], params[r], comm)
+            run, layout, mine[r], params[r], comm)
         if zbv:
             best = max(best, before + work[r] + tail, before + f_i[r] + after)
         else:

@@ -165,7 +165,7 @@ class _Chunk:
 class _Sums:
     """Prefix sums of the block rows, so that any chunk's totals cost O(1)."""
 
-    def __init__(self, rows, mem_rows):
+    def __init__(self, rows):
         def pre(values):
             return [0.0, *accumulate(values)]
         self.f = pre(r[0] for r in rows)
@@ -176,11 +176,9 @@ class _Sums:
         self.w = pre(r[2] * r[5] for r in rows)
         self.params = pre(r[6] for r in rows)
         self.act = pre(r[7] for r in rows)
-        self.linear = pre(mem_rows.linear)
         self.work = [r[8] for r in rows]
-        self.fsdp = mem_rows.fsdp
 
-    def fill(self, c: _Chunk) -> None:
+    def fill(self, c: "_Chunk", mem_rows: "_MemRows") -> None:
         i, j = c.blocks.start, c.blocks.stop
         c.f_comp = self.f[j] - self.f[i]
         c.f_tp = self.f_tp[j] - self.f_tp[i]
@@ -192,8 +190,8 @@ class _Sums:
         c.params = self.params[j] - self.params[i]
         c.act_bytes = self.act[j] - self.act[i]
         c.work_bytes = max(self.work[i:j])
-        c.linear_bytes = self.linear[j] - self.linear[i]
-        c.fsdp_bytes = max(self.fsdp[i:j])
+        c.linear_bytes = mem_rows.linear_pre[j] - mem_rows.linear_pre[i]
+        c.fsdp_bytes = max(mem_rows.fsdp[i:j])
         c.f_s = c.f_comp + c.f_tp
         c.b_s = c.b_rec + c.b_comp + c.b_tp
         c.i_s = c.b_rec + c.i_comp + c.b_tp
@@ -260,16 +258,49 @@ def _core_share(blk: BlockCost, spec: ModelSpec, b: int) -> float:
     return min(1.0, core / blk.forward_flops)
 
 
+_BUNDLES: dict = {}
+
+
+def _rows_bundle(run: RunSpec, blocks: Sequence[BlockCost], layout: Layout, comm: CommTime):
+    """The per-block rows and what follows from them alone, memoised on (run, blocks, comm,
+    tp, sp, recompute): the search costs many layouts that share them. The cache holds the
+    objects it was keyed on, so an id can never be reused for another."""
+    key = (id(run), id(blocks), id(comm), layout.tp, layout.sequence_parallel, layout.recompute,
+           layout.microbatch_size)
+    hit = _BUNDLES.get(key)
+    if hit is not None and hit[0] is run and hit[1] is blocks and hit[2] is comm:
+        return hit[3]
+    rows, msg = _block_rows(run, blocks, layout, comm)
+    block_s = [r[0] + r[1] + r[2] + r[3] + r[4] for r in rows]
+    send_s = [comm("send_recv", r[9], "pp") for r in rows]
+    tp_per_mb: dict = {}
+    for r in rows:
+        for phase, names in (("forward", r[10]), ("backward", r[11])):
+            for name in names:
+                tp_per_mb[(phase, name, msg)] = tp_per_mb.get((phase, name, msg), 0) + 1
+        if r[3] and layout.recompute == "full":
+            for name in r[10]:   # the recomputed forward issues its collectives again
+                tp_per_mb[("backward", name, msg)] = tp_per_mb.get(("backward", name, msg), 0) + 1
+    model_flops = sum(blk.forward_flops for blk in blocks)
+    rec_flops = sum(blk.forward_flops * (1.0 if layout.recompute == "full" else
+                                         _core_share(blk, run.model, layout.microbatch_size))
+                    for blk in blocks if blk.kind == "block" and layout.recompute != "none"
+                    and (layout.recompute == "full" or run.model.family == "gpt"))
+    bundle = (rows, msg, block_s, send_s, (tp_per_mb, model_flops, rec_flops), _Sums(rows))
+    if len(_BUNDLES) > 2048:
+        _BUNDLES.clear()
+    _BUNDLES[key] = (run, blocks, comm, bundle)
+    return bundle
+
+
 def layout_costs(run: RunSpec, blocks: Sequence[BlockCost], layout: Layout, comm: CommTime
                  ) -> tuple[Layout, _Costs]:
     """Partition the blocks (unless the layout fixes ``stage_boundaries``) and cost each chunk.
 
     Returns the layout with its stage boundaries filled in and the chunk costs.
     """
-    rows, msg = _block_rows(run, blocks, layout, comm)
-    block_s = [r[0] + r[1] + r[2] + r[3] + r[4] for r in rows]
+    rows, msg, block_s, send_s, per_mb, sums = _rows_bundle(run, blocks, layout, comm)
     param_e, grad_e = mem.bytes_per_param(run.dtype, run.optimizer)[:2]
-    send_s = [comm("send_recv", r[9], "pp") for r in rows]
     k = layout.pp * layout.virtual_stages
     if len(blocks) < k:
         raise PlannerError(f"pp({layout.pp}) * virtual_stages({layout.virtual_stages}) = {k} "
@@ -285,10 +316,9 @@ def layout_costs(run: RunSpec, blocks: Sequence[BlockCost], layout: Layout, comm
                            f"{run.model.name} has {len(blocks)} blocks")
     chunks = []
     zbv = layout.schedule == "zbv"
-    sums = _Sums(rows, mem_rows)
     for rng in chunk_blocks(starts, len(blocks)):
         c = _Chunk(rng, rows, zbv, param_e, grad_e)
-        sums.fill(c)
+        sums.fill(c, mem_rows)
         c.send_bytes = rows[rng[-1]][9]
         chunks.append(c)
     p = layout.pp
@@ -298,22 +328,9 @@ def layout_costs(run: RunSpec, blocks: Sequence[BlockCost], layout: Layout, comm
         if a != b:   # the link between ranks a and b; p-1 -> 0 is the wrap of looped schedules
             stage = p - 1 if {a, b} == {p - 1, 0} and p > 2 else min(a, b)
             c.send_s = comm("send_recv", c.send_bytes, "pp", stage)
-    tp_counts: dict = {}
     m = layout.num_microbatches
-    for r in rows:
-        for phase, names in (("forward", r[10]), ("backward", r[11])):
-            for name in names:
-                key = (phase, name, msg)
-                tp_counts[key] = tp_counts.get(key, 0) + m
-        if r[3] and layout.recompute == "full":
-            for name in r[10]:
-                key = ("backward", name, msg)
-                tp_counts[key] = tp_counts.get(key, 0) + m
-    model_flops = sum(blk.forward_flops for blk in blocks)
-    rec_flops = sum(blk.forward_flops * (1.0 if layout.recompute == "full" else
-                                         _core_share(blk, run.model, layout.microbatch_size))
-                    for blk in blocks if blk.kind == "block" and layout.recompute != "none"
-                    and (layout.recompute == "full" or run.model.family == "gpt"))
+    tp_per_mb, model_flops, rec_flops = per_mb
+    tp_counts = {key: k_mb * m for key, k_mb in tp_per_mb.items()}
     return layout, _Costs(chunks, block_s, send_s, tp_counts, model_flops, rec_flops,
                           mem_rows)
 
@@ -358,6 +375,7 @@ class _MemRows:
         self.work = [r[8] for r in rows]
         self.fsdp = [r[6] * (gathered + one_grad) for r in rows]
         self.edge = [2.0 * r[9] for r in rows]
+        self.linear_pre = [0.0, *accumulate(self.linear)]
 
     def fixed(self, x: int) -> float:
         return self.params[x] * sum(self.states) + self.linear[x]
