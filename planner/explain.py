@@ -11,7 +11,17 @@ LABELS = {"compute": "compute", "recompute": "recomputation",
 
 
 def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.1f} ms" if abs(seconds) < 10 else f"{seconds:.2f} s"
+    """A duration at a readable scale: s, ms or us."""
+    size = abs(seconds)
+    if size >= 10:
+        return f"{seconds:.2f} s"
+    if size >= 1e-3:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds * 1e6:.0f} us"
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 
 def layout_diff(a: Layout, b: Layout) -> str:
@@ -48,6 +58,6 @@ def explain(ranked: list[tuple[Layout, Prediction]], top: int = 3) -> str:
     if terms:
         text += " Per pipeline rank the winner spends " + "; ".join(terms) + "."
     if wp.peak_memory_bytes != rp.peak_memory_bytes:
-        text += (f" Peak memory {wp.peak_memory_bytes / 2**30:.1f} vs "
-                 f"{rp.peak_memory_bytes / 2**30:.1f} GiB per rank.")
+        text += (f" Peak memory {_size(wp.peak_memory_bytes)} vs "
+                 f"{_size(rp.peak_memory_bytes)} per rank.")
     return text

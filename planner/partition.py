@@ -87,14 +87,23 @@ def balanced_partition(costs: Sequence[float], k: int, send_s: Sequence[float] |
     prefix = [0.0, *accumulate(costs)]
     if k == 1:
         return (0,), prefix[-1]
-    hi, best = _fastest(tuple(costs), k, send_s, rel_tol)
     if memory is not None:
+        hi, best = _fastest(tuple(costs), k, send_s, rel_tol)
         best = _least_memory(prefix, send_s, k, hi, memory, best)
     else:
-        best = _spread(prefix, send_s, k, hi) or best
+        best = _even(tuple(costs), k, send_s, rel_tol)
     bounds = list(best) + [n]
     bottleneck = max(chunk_cost(prefix, send_s, bounds[c], bounds[c + 1] - 1) for c in range(k))
     return tuple(best), bottleneck
+
+
+@lru_cache(maxsize=4096)
+def _even(costs: tuple, k: int, send_s: tuple, rel_tol: float) -> list[int]:
+    """The fastest partition with its slack spread evenly (``_spread``); cached."""
+    hi, best = _fastest(costs, k, send_s, rel_tol)
+    prefix = [0.0, *accumulate(costs)]
+    return _spread_between(prefix, costs, send_s, k, hi, best) or \
+        _spread(prefix, send_s, k, hi) or best
 
 
 @lru_cache(maxsize=4096)
@@ -213,6 +222,35 @@ def _pack_memory(prefix, send_s, k: int, limit: float, mem: ChunkMemory, cap: fl
                 j = mid - 1
         i = lo + 1
     return None
+
+
+def _spread_between(prefix, costs, send_s, k: int, limit: float, right) -> list[int] | None:
+    """``_spread`` in O(k log l) when costs grow with the chunk: cut j can go anywhere between
+    its leftmost feasible place (greedy packing from the end) and its rightmost (greedy from the
+    start, ``right``) as long as the chunk before it stays within the limit; take the place
+    nearest the even target. Returns None if the result breaks the limit (the boundary terms
+    are not monotone), for the general search to take over."""
+    n = len(prefix) - 1
+    rev_send = [send_s[n - 2 - j] if j < n - 1 else 0.0 for j in range(n)]
+    rev = _pack([0.0, *accumulate(costs[::-1])], rev_send, k, limit)
+    if rev is None:
+        return None
+    left = sorted([0] + [n - a for a in rev[1:]])
+    total = prefix[-1]
+    starts = [0]
+    for j in range(1, k):
+        lo, hi = max(left[j], starts[-1] + 1), right[j]
+        # the chunk starting at starts[-1] may end no later than its reach under the limit
+        reach = bisect_right(prefix, prefix[starts[-1]] + limit) - 1
+        hi = min(hi, reach)
+        if lo > hi:
+            return None
+        target = total * j / k
+        x = bisect_right(prefix, target)
+        if x > 0 and (x > n or abs(prefix[x - 1] - target) <= abs(prefix[x] - target)):
+            x -= 1
+        starts.append(min(max(x, lo), hi))
+    return starts if _bottleneck(prefix, send_s, starts) <= limit else None
 
 
 def _spread(prefix, send_s, k: int, limit: float) -> list[int] | None:

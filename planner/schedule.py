@@ -197,13 +197,17 @@ def live_frontier(ops: Sequence[Op]) -> tuple[tuple[int, ...], tuple[tuple, ...]
     chunks = tuple(sorted({c for _, c, _ in ops}))
     pos = {c: i for i, c in enumerate(chunks)}
     k = len(chunks)
+    split = any(kind == "I" for kind, _, _ in ops)
     full, held = [0] * k, [0] * k
     states = []
-    for kind, chunk, _ in ops:
+    last = len(ops) - 1
+    for n, (kind, chunk, _) in enumerate(ops):
         j = pos[chunk]
         if kind == "F":
             full[j] += 1
-            states.append(tuple(full) + tuple(held))
+            # only the last of a run of forwards can be a peak
+            if n == last or ops[n + 1][0] != "F":
+                states.append(tuple(full) + tuple(held) if split else tuple(full) + (0,) * k)
         elif kind == "B":
             full[j] -= 1
         elif kind == "I":
@@ -214,9 +218,15 @@ def live_frontier(ops: Sequence[Op]) -> tuple[tuple[int, ...], tuple[tuple, ...]
     if k == 1:
         return chunks, (max(states),) if states else ()
     uniq = sorted(set(states), reverse=True)
-    keep = []
+    keep: list = []
     for st in uniq:
-        if not any(all(a >= b for a, b in zip(other, st)) for other in keep):
+        for other in keep:
+            for a, b in zip(other, st):
+                if a < b:
+                    break
+            else:
+                break          # dominated by `other`
+        else:
             keep.append(st)
     return chunks, tuple(keep)
 

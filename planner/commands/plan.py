@@ -113,8 +113,14 @@ def summary(plan: Plan, path: str) -> dict:
             "collectives": [c.to_dict() for c in p.collectives]}
 
 
-def _ms(s: float) -> str:
-    return f"{s * 1e3:.1f} ms" if s < 10 else f"{s:.2f} s"
+def _ms(seconds: float) -> str:
+    """A duration at a readable scale: s, ms or us."""
+    size = abs(seconds)
+    if size >= 10:
+        return f"{seconds:.2f} s"
+    if size >= 1e-3:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds * 1e6:.0f} us"
 
 
 def print_text(plan: Plan, path: str, out=sys.stdout) -> None:
@@ -142,8 +148,9 @@ def _print_search(res, elapsed_s: float, out=sys.stdout) -> None:
           f"{res.dominated} dominated, {res.bounded_out} cut by the step-time bound "
           f"({elapsed_s:.2f} s)", file=out)
     for i, (layout, pred) in enumerate(res.ranked, 1):
-        print(f"  #{i} {_ms(pred.step_time_s):>10}  MFU {pred.mfu:6.1%}  "
-              f"{pred.peak_memory_bytes / 2**30:6.1f} GiB  {layout.describe()}", file=out)
+        mfu = f"MFU {pred.mfu:6.1%}" if pred.mfu else "MFU      -"
+        print(f"  #{i} {_ms(pred.step_time_s):>10}  {mfu}  "
+              f"{pred.peak_memory_bytes / 2**20:9.0f} MiB  {layout.describe()}", file=out)
 
 
 def run(args) -> int:
