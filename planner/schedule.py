@@ -68,35 +68,32 @@ def one_f_one_b(p: int, m: int) -> list[list[Op]]:
 
 
 def interleaved_1f1b(p: int, m: int, v: int) -> list[list[Op]]:
-    """Port of ``ScheduleInterleaved1F1B._calculate_single_rank_operations`` (no bubbles)."""
+    """Port of ``ScheduleInterleaved1F1B._calculate_single_rank_operations`` (no bubbles).
+
+    torch deals forward step s to local chunk (s // m_round) % v and counts micro-batches per
+    chunk; the count is (s // (m_round * v)) * m_round + s % m_round, computed directly here
+    (backward the same with local chunk v - 1 - ...).
+    """
     rounds = max(1, m // p)
     if m % rounds:
         raise PlannerError(f"interleaved-1f1b needs num_microbatches({m}) to be a multiple of "
                            f"max(1, m // pp) = {rounds}")
     per_round = m // rounds
+    lap = per_round * v
+    total = m * v
     out = []
     for r in range(p):
-        warmup = min((v - 1) * per_round + 2 * (p - 1 - r), m * v)
-        total = m * v
-
-        def fwd_chunk(step, r=r):
-            return ((step // per_round) % v) * p + r
-
-        def bwd_chunk(step, r=r, warmup=warmup):
-            return (v - 1 - ((step - warmup) // per_round) % v) * p + r
-
-        fcount: dict[int, int] = {}
-        bcount: dict[int, int] = {}
+        warmup = min((v - 1) * per_round + 2 * (p - 1 - r), total)
         ops: list[Op] = []
+        append = ops.append
         for step in range(total + warmup):
             if step < total:
-                c = fwd_chunk(step)
-                ops.append(("F", c, fcount.get(c, 0)))
-                fcount[c] = fcount.get(c, 0) + 1
+                q, rest = divmod(step, lap)
+                append(("F", (rest // per_round) * p + r, q * per_round + rest % per_round))
             if step >= warmup:
-                c = bwd_chunk(step)
-                ops.append(("B", c, bcount.get(c, 0)))
-                bcount[c] = bcount.get(c, 0) + 1
+                q, rest = divmod(step - warmup, lap)
+                append(("B", (v - 1 - rest // per_round) * p + r,
+                        q * per_round + rest % per_round))
         out.append(ops)
     return out
 

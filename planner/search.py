@@ -218,6 +218,14 @@ def _leaves(dp, tp, pp, b, m, name, v, space: Space, spec):
         sps = [False, True] if tp > 1 and spec.family == "gpt" and spec.seq_len % tp == 0 \
             else [False]
     for zero in zeros:
+        probe = Layout(dp=dp, tp=tp, pp=pp, microbatch_size=b, num_microbatches=m,
+                       schedule=name, virtual_stages=v, zero=zero,
+                       dp_comm=space.dp_comm if dp > 1 else "all_reduce",
+                       ps_shards=1 if space.dp_comm == "parameter_server" and dp > 1 else 0,
+                       compression=space.compression if dp > 1 else "none",
+                       powersgd_rank=space.powersgd_rank or 1)
+        if sim.executor_refuses(probe):
+            continue
         for rc in rcs:
             for sp in sps:
                 yield zero, rc, sp
@@ -298,8 +306,8 @@ def _time_bound(run, dp, tp, pp, m, name, v, zero, total_s, slowest_s, params, c
     if dp > 1:
         if space.dp_comm == "parameter_server":
             tail += comm("parameter_server", per_rank * g_e, "dp")
-        elif zero == 0 and tp > 1:
-            tail += comm("all_reduce", per_rank * g_e, "dp")
+        elif zero <= 1 and (tp > 1 or (pp > 1 and name == "zbv")):
+            tail += comm("all_reduce", per_rank * g_e, "dp")   # executor: after the backward
         elif zero == 1:
             tail += comm("all_gather", per_rank * p_e, "dp")
         if zero == 3:
@@ -439,7 +447,7 @@ def _after_backward(run, layout: Layout, mine, params: float, comm) -> float:
         if layout.pp == 1:
             return extra
         return extra + min(comm("reduce_scatter", ch.params * g_e, "dp") for ch in mine)
-    if layout.tp > 1:
+    if not sim.ddp_runs(layout):
         return extra + comm("all_reduce", params * g_e, "dp")
     last = min(dp_cost.ddp_buckets([ch.params * g_e])[-1][0] for ch in mine)
     return extra + comm("all_reduce", last, "dp")

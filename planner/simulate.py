@@ -479,7 +479,7 @@ def _dp_plan(run: RunSpec, layout: Layout, chunk: _Chunk, comm: CommTime, counts
     for nbytes, k in seen.items():
         for msg in _bucket_messages(run, layout, chunk, nbytes):
             _count(counts, "backward", "all_reduce", "dp", n, msg, k)
-    return _DpPlan(buckets, False, (), (), layout.tp > 1)
+    return _DpPlan(buckets, False, (), (), not ddp_runs(layout))
 
 
 def _fsdp_gathers_per_step(layout: Layout) -> list[tuple[str, int]]:
@@ -597,7 +597,17 @@ def simulate(run: RunSpec, layout: Layout, costs: _Costs, comm: CommTime,
     lens = [len(o) for o in ops]
     done, total = 0, sum(lens)
     fsdp = layout.zero >= 2 and layout.dp > 1
-    hooks = fsdp or any(pl.buckets and not pl.at_end for pl in plans)
+    # which ops need the FSDP hook: ZeRO-3 gathers before every F and B/I; ZeRO-2 before the
+    # F ops (only the first of a chunk under pipelining); without pipelining every backward
+    # reduce-scatters
+    hook_kinds = set()
+    if fsdp:
+        hook_kinds = {"F", "B", "I"} if (layout.zero == 3 or layout.pp == 1) else {"F"}
+    bucket_ops = [set() for _ in range(p)]    # each chunk's last backward op: DDP buckets
+    for c, (r, i) in last_bwd.items():
+        if plans[c].buckets and not plans[c].at_end:
+            bucket_ops[r].add(i)
+    once = fsdp and layout.zero == 2 and layout.pp > 1
     while done < total:
         progressed = False
         for r in range(p):
@@ -605,6 +615,7 @@ def simulate(run: RunSpec, layout: Layout, costs: _Costs, comm: CommTime,
             comp, p2p, sends = st.comp, st.p2p, st.sends
             pp_exp = bub = 0.0
             events = st.events
+            mine_buckets = bucket_ops[r]
             while i < n_ops:
                 dep, di, out, li, kind, c, mb = rr[i]
                 t = comp if dep < 0 else ready[dep]
@@ -621,14 +632,14 @@ def simulate(run: RunSpec, layout: Layout, costs: _Costs, comm: CommTime,
                     pp_exp += exposed
                     bub += (t - comp) - exposed
                 end = start + durs[di]
-                if hooks:
+                if kind in hook_kinds and not (once and gathered[c]):
                     st.comp = comp
-                    if fsdp and kind != "W":
-                        blocks = chunks[c].f_block_s if kind == "F" else chunks[c].b_block_s
-                        end = _fsdp_op(st, kind, chunks[c], plans[c], layout, start, end, mb, c,
-                                       gathered, blocks, timeline, r)
-                    if plans[c].buckets and not plans[c].at_end and last_bwd.get(c) == (r, i):
-                        _reduce_buckets(st, kind, chunks[c], plans[c], start, end, timeline)
+                    blocks = chunks[c].f_block_s if kind == "F" else chunks[c].b_block_s
+                    end = _fsdp_op(st, kind, chunks[c], plans[c], layout, start, end, mb, c,
+                                   gathered, blocks, timeline, r)
+                if i in mine_buckets:
+                    st.comp = comp
+                    _reduce_buckets(st, kind, chunks[c], plans[c], start, end, timeline)
                 if timeline:
                     events.append(("compute", f"{kind}{mb} c{c}", start, end))
                 comp = end
@@ -909,13 +920,39 @@ def check_layout(spec: ModelSpec, layout: Layout, num_blocks: int) -> None:
     if k > num_blocks:
         raise PlannerError(f"pp({layout.pp}) * virtual_stages({layout.virtual_stages}) = {k} "
                            f"chunks > {num_blocks} blocks")
-    if layout.dp_comm == "parameter_server" and layout.zero:
-        raise PlannerError(f"parameter_server keeps the optimizer on its servers: zero must be "
-                           f"0, got {layout.zero}")
-    if layout.compression != "none" and (layout.zero >= 2 or
-                                         layout.dp_comm == "parameter_server"):
-        raise PlannerError(f"compression {layout.compression} is a DDP hook: needs zero 0 or 1 "
-                           f"and dp_comm all_reduce, got zero {layout.zero}, {layout.dp_comm}")
+    problem = executor_refuses(layout)
+    if problem:
+        raise PlannerError(problem)
+
+
+def ddp_runs(layout: Layout) -> bool:
+    """Whether the executor can use DDP (hooks that reduce during backward): it needs plain
+    parameters (tp 1) and gradients accumulated by autograd (not zbv's split weight pass);
+    otherwise it all-reduces after the backward pass (``executor/parallel/dp.py``)."""
+    return layout.tp == 1 and not (layout.pp > 1 and layout.schedule == "zbv")
+
+
+def executor_refuses(layout: Layout) -> str:
+    """Why the executor would refuse this layout ("" if it runs it): the combinations
+    ``executor/parallel/dp.py`` rejects, so that the search never proposes one."""
+    dp = layout.dp > 1
+    if layout.dp_comm == "parameter_server" and (layout.zero or layout.compression != "none"):
+        return (f"parameter_server keeps whole gradients and the optimizer on its servers: needs "
+                f"zero 0 and compression none, got zero {layout.zero}, compression "
+                f"{layout.compression}")
+    if layout.compression != "none" and layout.zero >= 2:
+        return (f"compression {layout.compression} is a DDP hook: needs zero 0 or 1, got zero "
+                f"{layout.zero}")
+    if layout.compression != "none" and dp and not ddp_runs(layout):
+        return (f"compression {layout.compression} is a DDP hook, and DDP cannot run with tp > 1 "
+                f"or under zbv (tp {layout.tp}, schedule {layout.schedule})")
+    if layout.zero >= 2 and dp and layout.pp > 1 and layout.schedule == "zbv":
+        return (f"zero {layout.zero} (FSDP2) under schedule zbv trains wrong parameters in torch "
+                f"2.13 (the executor refuses it): use zero 0 or 1 with zbv")
+    if layout.zero == 1 and layout.tp > 1 and dp:
+        return ("zero 1 (ZeroRedundancyOptimizer) cannot hold tensor-parallel parameters: use "
+                "zero 2 or 3 with tp > 1")
+    return ""
 
 
 def prepare(run: RunSpec, blocks: Sequence[BlockCost], layout: Layout,

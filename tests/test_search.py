@@ -83,12 +83,12 @@ def test_bounds_hold_and_search_matches_brute_force():
 
 def test_fixed_dimensions_are_respected():
     run, blocks_for = small_run(memory_gib=80)
-    space = S.Space(tp=2, pp=2, schedule="interleaved-1f1b", zero=1, recompute="selective")
+    space = S.Space(tp=2, pp=2, schedule="interleaved-1f1b", zero=2, recompute="selective")
     res = S.search(run, blocks_for, 8, 16, space, top_k=3)
     assert res.ranked
     for layout, _ in res.ranked:
         assert (layout.tp, layout.pp, layout.schedule, layout.zero, layout.recompute) == \
-            (2, 2, "interleaved-1f1b", 1, "selective")
+            (2, 2, "interleaved-1f1b", 2, "selective")
         assert layout.virtual_stages >= 2 and layout.dp == 2
 
 
@@ -100,6 +100,16 @@ def test_explanation_names_the_differing_terms():
     assert w.describe() in text and r.describe() in text
     assert "beats" in text and "%" in text
     assert wp.step_time_s <= rp.step_time_s
+
+
+def test_combinations_the_executor_refuses_are_not_proposed(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "planner.cli", "plan", "--model", "gpt2-small",
+                           "--cluster", "dgx-a100-80gb", "--gpus", "8", "--global-batch", "16",
+                           "--dp", "4", "--tp", "2", "--zero", "1", "--out",
+                           str(tmp_path / "p.json")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "executor" in proc.stderr
 
 
 def test_nothing_fits_is_a_clear_error():
@@ -123,7 +133,7 @@ def test_simulate_json_has_the_promised_fields(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "planner.cli", "simulate", "--model", "gpt3-1.3b", "--cluster",
          "dgx-a100-80gb", "--gpus", "16", "--global-batch", "32", "--tp", "2", "--pp", "2",
-         "--microbatch-size", "2", "--schedule", "zbv", "--zero", "1", "--sequence-parallel",
+         "--microbatch-size", "2", "--schedule", "zbv", "--zero", "0", "--sequence-parallel",
          "--format", "json", "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)

@@ -6,7 +6,8 @@ from planner.cost import compute, dp as dp_cost, memory as mem, pp as pp_cost
 from planner.cost.compute import BlockCost
 from planner.models import PRESETS
 from planner.partition import ChunkMemory, balanced_partition
-from planner.simulate import BREAKDOWN_KEYS, RunSpec, evaluate, layout_costs, rank_memory
+from planner.simulate import (BREAKDOWN_KEYS, RunSpec, evaluate, executor_refuses,
+                              layout_costs, rank_memory)
 from planner.specs import Layout, ModelSpec
 
 GIB = 2**30
@@ -77,8 +78,10 @@ def test_breakdown_sums_to_step_time():
     for layout in (Layout(dp=4, tp=2, pp=4, microbatch_size=2, num_microbatches=8),
                    Layout(dp=8, tp=2, pp=2, microbatch_size=2, num_microbatches=4, zero=3),
                    Layout(dp=4, tp=4, pp=2, microbatch_size=2, num_microbatches=8,
-                          schedule="zbv", virtual_stages=2, zero=1, recompute="full",
-                          sequence_parallel=True)):
+                          schedule="zbv", virtual_stages=2, zero=0, recompute="full",
+                          sequence_parallel=True),
+                   Layout(dp=8, tp=1, pp=4, microbatch_size=2, num_microbatches=8,
+                          schedule="interleaved-1f1b", virtual_stages=2, zero=1)):
         _, pred = evaluate(run, blocks, layout, timeline=False)
         assert set(pred.breakdown_s) == set(BREAKDOWN_KEYS)
         shown = sum(v for k, v in pred.breakdown_s.items() if not k.endswith("_hidden"))
@@ -155,6 +158,8 @@ def test_memory_never_grows_with_tp_or_pp():
                                             num_microbatches=8, schedule=schedule,
                                             virtual_stages=v, recompute=rc, zero=zero,
                                             sequence_parallel=sp)
+                            if executor_refuses(layout):
+                                continue
                             peak[tp, pp] = evaluate(run, blocks, layout,
                                                     timeline=False)[1].peak_memory_bytes
                     for (tp, pp), bytes_ in peak.items():
@@ -169,7 +174,8 @@ def test_memory_never_grows_with_tp_or_pp():
 def test_partition_memory_model_is_rank_memory():
     """The partition's memory objective and the reported per-rank memory are one formula."""
     run, blocks = gpt()
-    for layout in (Layout(dp=2, tp=2, pp=4, microbatch_size=2, num_microbatches=8, zero=1),
+    for layout in (Layout(dp=2, tp=2, pp=4, microbatch_size=2, num_microbatches=8),
+                   Layout(dp=2, tp=1, pp=4, microbatch_size=2, num_microbatches=8, zero=1),
                    Layout(dp=4, tp=2, pp=4, microbatch_size=2, num_microbatches=8, zero=3,
                           recompute="full"),
                    Layout(dp=2, tp=1, pp=4, microbatch_size=2, num_microbatches=8,
@@ -265,3 +271,16 @@ def test_chunk_memory_partition_prefers_light_first_stage():
     assert worst == pytest.approx(3.0) and starts == (0, 2)
     starts, _ = balanced_partition([1.0] * 5, 2)
     assert starts == (0, 3) or starts == (0, 2)
+
+
+def test_layouts_the_executor_refuses_are_refused_here():
+    run, blocks = gpt("gpt3-1.3b", gpus=16)
+    from planner.errors import PlannerError
+    for bad in (Layout(dp=4, tp=2, pp=2, num_microbatches=4, schedule="zbv", virtual_stages=2,
+                       zero=2),
+                Layout(dp=8, tp=2, zero=1),
+                Layout(dp=8, tp=2, compression="fp16"),
+                Layout(dp=16, zero=2, compression="powersgd", powersgd_rank=2),
+                Layout(dp=16, zero=1, dp_comm="parameter_server", ps_shards=2)):
+        with pytest.raises(PlannerError):
+            evaluate(run, blocks, bad, timeline=False)

@@ -199,9 +199,11 @@ def run(args) -> int:
 def _nothing_fits(res, inp) -> str:
     gib = 2**30
     if res.enumerated == 0:
-        return (f"no layout of {inp.num_devices} devices divides global batch "
-                f"{inp.global_batch_size} with the fixed dimensions given (dp must divide the "
-                f"batch, tp the heads/hidden/FFN sizes)")
+        return (f"no layout of {inp.num_devices} devices for global batch "
+                f"{inp.global_batch_size} with the fixed dimensions given: dp must divide the "
+                f"batch, tp the heads/hidden/FFN sizes, and combinations the executor refuses "
+                f"(zero 1 or compression with tp > 1, zero 2/3 under zbv, compression with zero "
+                f"2/3) are left out")
     tried = [c for c in res.candidates if not c.fits]
     smallest = min((c.peak_memory_bytes for c in tried), default=0)
     more = f"; the smallest needs {smallest / gib:.2f} GiB" if smallest else ""

@@ -31,10 +31,14 @@ CASES = {
     "plan-gpt2-medium-h100x8-b32-fixed-pp2": [
         "plan", "--model", "gpt2-medium", "--cluster", "dgx-h100-80gb", "--gpus", "8",
         "--global-batch", "32", "--pp", "2", "--recompute", "none"],
-    "simulate-gpt2-medium-a100x16-b32-zbv-zero1-sp": [
+    "simulate-gpt2-medium-a100x16-b32-zbv-tp2-sp": [
         "simulate", "--model", "gpt2-medium", "--cluster", "dgx-a100-80gb", "--gpus", "16",
         "--global-batch", "32", "--tp", "2", "--pp", "4", "--microbatch-size", "1",
-        "--schedule", "zbv", "--zero", "1", "--sequence-parallel"],
+        "--schedule", "zbv", "--sequence-parallel"],
+    "simulate-gpt2-medium-a100x16-b32-zbv-zero1": [
+        "simulate", "--model", "gpt2-medium", "--cluster", "dgx-a100-80gb", "--gpus", "16",
+        "--global-batch", "32", "--pp", "4", "--microbatch-size", "1", "--schedule", "zbv",
+        "--zero", "1"],
     "simulate-gpt3-6.7b-a100x32-b64-interleaved-zero3": [
         "simulate", "--model", "gpt3-6.7b", "--cluster", "dgx-a100-80gb", "--gpus", "32",
         "--global-batch", "64", "--tp", "4", "--pp", "4", "--microbatch-size", "2",
