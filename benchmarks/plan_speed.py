@@ -52,7 +52,7 @@ best = res.ranked[0] if res.ranked else None
 print(json.dumps({
     "startup_wall_s": w1 - w0, "search_wall_s": w2 - w1, "search_cpu_s": c2 - c1,
     "total_wall_s": w2 - w0, "total_cpu_s": c2 - c0,
-    "enumerated": res.enumerated, "simulated": res.simulated,
+    "enumerated": res.enumerated, "refused": res.refused, "simulated": res.simulated,
     "memory_pruned": res.memory_pruned, "not_fitting": res.not_fitting,
     "dominated": res.dominated, "bounded_out": res.bounded_out, "heavy_imports": bad,
     "best": best[0].describe() if best else None,
@@ -69,7 +69,8 @@ def run_case(name: str, layers: int, gpus: int, batch: int) -> dict:
 
 def show(label: str, r: dict) -> None:
     print(f"{label:38} wall {r['total_wall_s']:6.2f} s (search {r['search_wall_s']:5.2f}, cpu "
-          f"{r['search_cpu_s']:5.2f})  enumerated {r['enumerated']:6d}  simulated "
+          f"{r['search_cpu_s']:5.2f})  enumerated {r['enumerated']:6d} (+{r['refused']} the "
+          f"executor refuses)  simulated "
           f"{r['simulated']:4d}  -> {r['best']}  {r['best_step_s']:.2f} s/step, "
           f"MFU {r['best_mfu']:.1%}" if r["best"] else f"{label}: nothing fits")
     if r["heavy_imports"]:

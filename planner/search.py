@@ -62,6 +62,7 @@ class Space:
 class Result:
     ranked: list                     # [(Layout, Prediction)] best first, fitting only
     enumerated: int = 0              # complete layouts that pass divisibility
+    refused: int = 0                 # ... of other layouts, ones the executor cannot run
     bounded_out: int = 0             # never simulated: bound no better than the K-th best
     memory_pruned: int = 0           # model states alone exceed the device (lower bound)
     not_fitting: int = 0             # exact memory over capacity (no simulation)
@@ -180,7 +181,7 @@ def search(run: sim.RunSpec, blocks_for: Callable[[int], Sequence[BlockCost]],
                     continue
                 m = global_batch // (dp * b)
                 for name, v in schedule_options(pp, m, nblocks, space):
-                    for leaf in _leaves(dp, tp, pp, b, m, name, v, space, spec):
+                    for leaf in _leaves(dp, tp, pp, b, m, name, v, space, spec, res):
                         res.enumerated += 1
                         zero, rc, sp = leaf
                         total_s, slowest_s, params, acts = cache.sums(b, tp, sp, rc, comm)
@@ -204,7 +205,7 @@ def _with_ps(layout: Layout, space: Space) -> Layout:
     return layout
 
 
-def _leaves(dp, tp, pp, b, m, name, v, space: Space, spec):
+def _leaves(dp, tp, pp, b, m, name, v, space: Space, spec, res: "Result | None" = None):
     zeros = [space.zero] if space.zero is not None else ([0, 1, 2, 3] if dp > 1 else [0])
     if space.dp_comm == "parameter_server" or space.compression != "none":
         zeros = [z for z in zeros if z == 0 or (z == 1 and space.compression != "none"
@@ -225,6 +226,8 @@ def _leaves(dp, tp, pp, b, m, name, v, space: Space, spec):
                        compression=space.compression if dp > 1 else "none",
                        powersgd_rank=space.powersgd_rank or 1)
         if sim.executor_refuses(probe):
+            if res is not None:
+                res.refused += len(rcs) * len(sps)
             continue
         for rc in rcs:
             for sp in sps:

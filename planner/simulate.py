@@ -6,22 +6,24 @@ O(pp * m * v) events. Each pipeline rank has three streams:
 
 - ``compute``: the schedule's operations (``planner.schedule``) in order; an operation starts when
   the stream is free and its input has arrived (activations for F, the gradient for B/I). Its
-  duration is the blocks' compute (``planner.cost.tp.split_time``) plus the tensor-parallel
-  collectives inside them, which block the compute (``planner.cost.tp``), plus recomputation.
+  duration is the blocks' compute on one tensor-parallel rank (the block's ``tp_split`` from the
+  roofline model, else ``planner.cost.tp.split_time``) plus the tensor-parallel collectives
+  inside them, which block the compute (``planner.cost.tp``), plus recomputation (full: the
+  forward again, collectives included; selective: the attention core's forward).
 - ``p2p``: boundary sends to the next/previous stage (``planner.cost.pp.boundary_bytes``), FIFO,
   started when the producing operation ends; the receiver waits for the transfer's end. torch
   pipelining issues them on the pp process group, a stream of its own.
 - ``comm``: data-parallel collectives, FIFO (DDP/FSDP run them on their own NCCL stream):
   * ZeRO 0/1 (DDP; ``planner.cost.dp.ddp_buckets``): all-reduce buckets in reverse block order
     during the last micro-batch's backward of each chunk, each started when its last gradient is
-    ready and the stream is free (with tp > 1 the executor all-reduces after the backward pass,
-    DDP refusing DTensor parameters); ZeRO-1 then broadcasts updated parameters (the volume of
-    an all-gather) after the optimizer step.
+    ready and the stream is free (where DDP cannot run -- tp > 1, zbv -- the executor
+    all-reduces after the backward pass, ``ddp_runs``); ZeRO-1 then broadcasts updated
+    parameters (the volume of an all-gather) after the optimizer step.
   * ZeRO 2/3 (FSDP2): an all-gather of each block's parameters before its forward (ZeRO-2: only
     while resharded; ZeRO-3: also before its backward), prefetched one block ahead, and a
     reduce-scatter of each block's gradients -- per micro-batch without pipelining, once at the
     end of the step under torch pipelining (which accumulates FSDP gradients unsharded).
-  * parameter server (``planner.cost.dp.parameter_server_time``) after the backward pass:
+  * parameter server (``planner.cost.comm.parameter_server``) after the backward pass:
     push, the servers' optimizer step on their 1/k, pull.
   * compression: fp16/bf16 halve 4-byte gradients (a cast pass at memory bandwidth);
     PowerSGD sends P and Q (``planner.cost.dp.powersgd_split``) and computes its matmuls.
@@ -32,6 +34,9 @@ tensor-parallel communication (all exposed), time waiting for a pipeline transfe
 (pp_comm_exposed) or for a data-parallel collective (dp_comm_exposed), optimizer, and bubble
 (idle with nothing in flight); the keys are means over pipeline ranks and sum to the step time.
 ``*_hidden`` is a stream's busy time that did not stall compute.
+
+Collective times come from ``planner.topology.CommModel`` (``default_comm_time``) or any
+``comm(collective, n_bytes, dim, stage=None) -> seconds`` the caller passes.
 """
 from __future__ import annotations
 
@@ -69,7 +74,7 @@ class RunSpec:
     dtype: str
     optimizer: str
     compute_source: str = "analytic"      # "profile" | "analytic"
-    optimizer_step_s: float = 0.0         # measured full-model optimizer step, one device; 0: estimate
+    optimizer_step_s: float = 0.0         # measured whole-model optimizer step; 0: estimate
     flop_rate: float = 0.0                # achieved FLOP/s for estimated compute; 0: peak * eff
 
 
@@ -428,7 +433,7 @@ def _flop_rate(run: RunSpec) -> float:
 @dataclass
 class _DpPlan:
     """How one chunk's gradients reach the other replicas."""
-    buckets: list             # [(ready_block_index_rev, duration_s, bytes)] for the last micro-batch
+    buckets: list             # [(ready block (reverse index), duration_s, bytes)], last mb
     per_mb: bool              # FSDP without pipelining: per-block reduce-scatter every micro-batch
     rs_block_s: tuple         # per block (reverse order) reduce-scatter time, FSDP
     gather_block_s: tuple     # per block (forward order) all-gather time, FSDP
@@ -832,7 +837,7 @@ def _finish(run, layout, st, mine, chunks, plans, comm, counts, timeline) -> Non
 
 def _parameter_server(run, layout, st, mine, plans, params, total, timeline) -> None:
     """Push gradients to the k servers, the servers' optimizer step on their 1/k, pull the
-    parameters back; the push/pull time is ``planner.cost.dp.parameter_server_time``, split
+    parameters back; the push/pull time is ``planner.cost.comm.parameter_server``, split
     evenly between its two halves; the worker waits throughout."""
     half = sum(dur for c in mine for _, dur, _ in plans[c].buckets) / 2.0
     opt = optimizer_time(run, params / layout.ps_shards, total)

@@ -2,7 +2,7 @@
 import pytest
 
 from planner.clusters import dgx_a100
-from planner.cost import compute, dp as dp_cost, memory as mem, pp as pp_cost
+from planner.cost import compute, pp as pp_cost
 from planner.cost.compute import BlockCost
 from planner.models import PRESETS
 from planner.partition import ChunkMemory, balanced_partition

@@ -143,7 +143,8 @@ def print_text(plan: Plan, path: str, out=sys.stdout) -> None:
 
 
 def _print_search(res, elapsed_s: float, out=sys.stdout) -> None:
-    print(f"search      {res.enumerated} layouts enumerated, {res.simulated} simulated, "
+    print(f"search      {res.enumerated} layouts enumerated ({res.refused} more left out: the "
+          f"executor cannot run them), {res.simulated} simulated, "
           f"{res.memory_pruned} over memory by bound, {res.not_fitting} over memory exactly, "
           f"{res.dominated} dominated, {res.bounded_out} cut by the step-time bound "
           f"({elapsed_s:.2f} s)", file=out)
@@ -180,7 +181,8 @@ def run(args) -> int:
     if args.format == "json":
         out = summary(plan, path)
         out["explanation"] = text
-        out["search"] = {"enumerated": res.enumerated, "simulated": res.simulated,
+        out["search"] = {"enumerated": res.enumerated, "refused": res.refused,
+                         "simulated": res.simulated,
                          "memory_pruned": res.memory_pruned, "not_fitting": res.not_fitting,
                          "dominated": res.dominated, "bounded_out": res.bounded_out,
                          "wall_s": elapsed}

@@ -1,8 +1,9 @@
 """Golden plans: `planner plan` / `planner simulate` results on fixed inputs.
 
 Each case runs the command in-process with ``--format json`` and keeps its output minus what
-varies from run to run (the plan path, the search's wall time and pruning counters). ``test_search.py`` compares
-a fresh run with the stored file field by field (numbers within 1e-6 relative).
+varies from run to run (the plan path, the search's wall time and pruning counters).
+``test_search.py`` compares a fresh run with the stored file field by field (numbers within
+1e-6 relative).
 
 Regenerate after an intended change of the cost model, and say why in the commit:
 
