@@ -88,7 +88,7 @@ def balanced_partition(costs: Sequence[float], k: int, send_s: Sequence[float] |
     if k == 1:
         return (0,), prefix[-1]
     if memory is not None:
-        hi, best = _fastest(tuple(costs), k, send_s, rel_tol)
+        hi, best, _ = _fastest(tuple(costs), k, send_s, rel_tol)
         best = _least_memory(prefix, send_s, k, hi, memory, best)
     else:
         best = _even(tuple(costs), k, send_s, rel_tol)
@@ -100,7 +100,7 @@ def balanced_partition(costs: Sequence[float], k: int, send_s: Sequence[float] |
 @lru_cache(maxsize=4096)
 def _even(costs: tuple, k: int, send_s: tuple, rel_tol: float) -> list[int]:
     """The fastest partition with its slack spread evenly (``_spread``); cached."""
-    hi, best = _fastest(costs, k, send_s, rel_tol)
+    hi, best, _ = _fastest(costs, k, send_s, rel_tol)
     prefix = [0.0, *accumulate(costs)]
     return _spread_between(prefix, costs, send_s, k, hi, best) or \
         _spread(prefix, send_s, k, hi) or best
@@ -133,7 +133,17 @@ def _fastest(costs: tuple, k: int, send_s: tuple, rel_tol: float):
             lo = mid
         else:   # the partition found may be better than asked: jump to its bottleneck
             hi, best = _bottleneck(prefix, send_s, got), got
-    return hi, best
+    return hi, best, lo
+
+
+def least_bottleneck(costs: Sequence[float], k: int, send_s: Sequence[float],
+                     rel_tol: float = 1e-6) -> float:
+    """A value no partition of ``costs`` into ``k`` chunks can beat (the binary search's last
+    infeasible probe, or the mean/largest block): a lower bound on any chunk layout's slowest
+    chunk, from the same cache ``balanced_partition`` fills."""
+    if k <= 1:
+        return float(sum(costs))
+    return _fastest(tuple(costs), k, tuple(send_s), rel_tol)[2]
 
 
 def _bottleneck(prefix, send_s, starts) -> float:

@@ -186,9 +186,10 @@ def live_frontier(ops: Sequence[Op]) -> tuple[tuple[int, ...], tuple[tuple, ...]
     """The activation states of a rank worth checking for its peak, independent of sizes.
 
     Returns (chunks, states): each state gives, per chunk in ``chunks``, the micro-batches
-    whose forward ran and backward did not (full) and those between I and W (held for the
-    weight gradient), at the moments right after a forward (the only times the footprint
-    grows), keeping only states not dominated by another. ``peak_in_flight`` over any
+    whose forward ran and backward did not (full) and -- for split schedules only -- then
+    those between I and W (held for the weight gradient), at the moments right after a run of
+    forwards (the only times the footprint grows), keeping only states not dominated by
+    another. ``peak_in_flight`` over any
     non-negative sizes is the largest weighted sum over these states.
     """
     chunks = tuple(sorted({c for _, c, _ in ops}))
@@ -204,7 +205,7 @@ def live_frontier(ops: Sequence[Op]) -> tuple[tuple[int, ...], tuple[tuple, ...]
             full[j] += 1
             # only the last of a run of forwards can be a peak
             if n == last or ops[n + 1][0] != "F":
-                states.append(tuple(full) + tuple(held) if split else tuple(full) + (0,) * k)
+                states.append(tuple(full) + tuple(held) if split else tuple(full))
         elif kind == "B":
             full[j] -= 1
         elif kind == "I":

@@ -33,6 +33,7 @@ from planner.cost.compute import BlockCost
 from planner.cost import memory as mem
 from planner.cost.memory import bytes_per_param
 from planner.errors import PlannerError
+from planner.partition import least_bottleneck
 from planner.specs import SCHEDULES, Candidate, Layout, Prediction
 
 RECOMPUTE_ORDER = ("none", "selective", "full")
@@ -329,6 +330,7 @@ def _best_first(run, cache, comms, heap, res: Result, space: Space, top_k: int, 
     fitting: set = set()      # (dp, tp, pp, b, name, v, zero, sp, rc) that fit
     prepared: dict = {}       # partition and chunk costs shared by zero stages and schedules
     refined: set = set()
+    sized: set = set()
     seq = len(heap)
     while heap:
         bound, _, key = heapq.heappop(heap)
@@ -344,6 +346,15 @@ def _best_first(run, cache, comms, heap, res: Result, space: Space, top_k: int, 
         layout = _layout(key, space)
         comm = comms[(dp, tp, pp)]
         blocks = cache.blocks(b)
+        if key not in sized:
+            # cheap first refinement: the slowest chunk of any partition is no faster than the
+            # best bottleneck (cached per block costs and chunk count, shared by many layouts)
+            sized.add(key)
+            _, _, block_s, send_s, _, _ = sim._rows_bundle(run, blocks, layout, comm)
+            better = max(bound, m * least_bottleneck(block_s, pp * v, send_s))
+            if _defer(heap, better, seq, key, res, top_k):
+                seq += 1
+                continue
         # the partition depends on the schedule and ZeRO stage only through its memory
         # tie-break (one chunk per rank) and the zbv split
         pkey = (dp, tp, pp, b, sp, rc, v, name if v == 1 else name == "zbv",
@@ -356,12 +367,8 @@ def _best_first(run, cache, comms, heap, res: Result, space: Space, top_k: int, 
             refined.add(key)
             owner = [sched.chunk_rank(c, pp, name) for c in range(pp * v)]
             better = max(bound, chain_bound(run, layout, costs, owner, comm))
-            if heap and better > heap[0][0]:
-                heapq.heappush(heap, (better, seq, key))   # look again when its turn comes
+            if _defer(heap, better, seq, key, res, top_k):
                 seq += 1
-                continue
-            if len(res.ranked) >= top_k and better >= res.ranked[top_k - 1][1].step_time_s:
-                res.bounded_out += 1
                 continue
         memory = sim.rank_memory(run, layout, costs)
         peak = max(r.total_bytes for r in memory)
@@ -383,6 +390,18 @@ def _best_first(run, cache, comms, heap, res: Result, space: Space, top_k: int, 
     res.candidates = [Candidate(c.layout, c.step_time_s, c.peak_memory_bytes, c.fits,
                                 c.breakdown_s, ranked_layouts.get(c.layout, 0), c.note)
                       for c in res.candidates]
+
+
+def _defer(heap, better: float, seq: int, key, res: Result, top_k: int) -> bool:
+    """After a bound improved to ``better``: put the layout back if others now come first, or
+    drop it if it cannot reach the top K. True if the caller should move on."""
+    if len(res.ranked) >= top_k and better >= res.ranked[top_k - 1][1].step_time_s:
+        res.bounded_out += 1
+        return True
+    if heap and better > heap[0][0]:
+        heapq.heappush(heap, (better, seq, key))   # look again when its turn comes
+        return True
+    return False
 
 
 def _layout(key, space: Space) -> Layout:

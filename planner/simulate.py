@@ -690,7 +690,7 @@ def schedule_shape(schedule: str, p: int, m: int, v: int):
     owner = tuple(sched.chunk_rank(c, p, schedule) for c in range(p * v))
     mine = tuple(tuple(c for c in range(p * v) if owner[c] == r) for r in range(p))
     if schedule in ("gpipe", "1f1b") and v == 1:
-        frontiers = tuple(((r,), ((m if schedule == "gpipe" else min(p - r, m), 0),))
+        frontiers = tuple(((r,), ((m if schedule == "gpipe" else min(p - r, m),),))
                           for r in range(p))
     else:
         frontiers = tuple(sched.live_frontier(o) for o in sched.expand(schedule, p, m, v))
@@ -872,7 +872,8 @@ def rank_memory(run: RunSpec, layout: Layout, costs: _Costs) -> list[RankMemory]
         params = sum(chunks[c].params for c in mine)
         chunk_ids, states = frontiers[r]
         sizes = [chunks[c].act_bytes for c in chunk_ids]
-        sizes += [a * W_HELD_SHARE for a in sizes]
+        if states and len(states[0]) > len(sizes):     # split schedules: I-to-W held share
+            sizes += [a * W_HELD_SHARE for a in sizes]
         held = max((sum(n * a for n, a in zip(state, sizes)) for state in states), default=0.0)
         act = held + max(chunks[c].work_bytes for c in mine)
         buf = (sum(chunks[c].linear_bytes for c in mine)

@@ -56,6 +56,9 @@ def test_bounds_hold_and_search_matches_brute_force():
         bound = S._time_bound(run, dp, tp, pp, m, name, v, zero, total_s, slowest_s, params,
                               comm, space)
         assert bound <= pred.step_time_s * (1 + 1e-9), key
+        _, _, block_s, send_s, _, _ = sim._rows_bundle(run, blocks_for(b), layout, comm)
+        slowest = S.least_bottleneck(block_s, pp * v, send_s)
+        assert m * slowest <= pred.step_time_s * (1 + 1e-9), key
         _, costs, _ = sim.prepare(run, blocks_for(b), layout, comm)
         owner = sim.schedule_shape(name, pp, m, v)[0]
         assert S.chain_bound(run, filled, costs, owner, comm) <= pred.step_time_s * (1 + 1e-9), key

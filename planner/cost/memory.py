@@ -1,4 +1,5 @@
-"""Model-state memory per rank (parameters, gradients, optimizer state) under ZeRO sharding.
+"""Memory per rank: model state (parameters, gradients, optimizer state) under ZeRO sharding,
+and activations under tensor/sequence parallelism and recomputation (Korthikanti et al., below).
 
 Source: Rajbhandari et al., "ZeRO: Memory Optimizations Toward Training Trillion Parameter
 Models", SC'20 (arXiv 1910.02054), sec. 3.1 and 5: mixed-precision Adam keeps 2 bytes of 16-bit
@@ -8,6 +9,8 @@ state (4 + 12/N_d), stage 2 also the gradients (2 + 14/N_d), stage 3 also the pa
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 from planner.errors import PlannerError
 
 ELEMENT_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2,
@@ -16,6 +19,7 @@ ELEMENT_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2,
 OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "sgd": 0, "sgd-momentum": 1}
 
 
+@lru_cache(maxsize=64)
 def bytes_per_param(dtype: str, optimizer: str) -> tuple[float, float, float]:
     """(parameter, gradient, optimizer-state) bytes per parameter before sharding.
 
