@@ -34,10 +34,13 @@ class SyntheticData:
 
     def __init__(self, model, global_batch: int, seed: int):
         self.model, self.global_batch, self.seed = model, global_batch, seed
+        self.dtype = next(model.parameters()).dtype
 
     def rows(self, step: int, start: int, stop: int):
         gen = torch.Generator().manual_seed(batch_seed(self.seed, step))
         inputs, targets = self.model.synthetic_batch(self.global_batch, gen)
+        if inputs.is_floating_point():      # features (mlp) come in the model's dtype
+            inputs = inputs.to(self.dtype)
         return inputs[start:stop], None if targets is None else targets[start:stop]
 
 

@@ -57,6 +57,7 @@ def init(device: torch.device, timeout_s: float) -> Runtime:
 
 def shutdown() -> None:
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -39,6 +39,8 @@ class Parallelized:
 
 def parallelize(model, layout, mesh, device, where: str = "plan") -> Parallelized:
     dp_i, pp_i, tp_i = grid.coords_of(dist.get_rank(), layout.pp, layout.tp)
+    # 0. pipeline boundary shapes, measured on the unsplit model while it is still plain
+    metas = pp_mod.boundary_metas(model, layout, device) if layout.pp > 1 else None
     # 1. tensor parallel
     tp_mod.check_tp(model.spec, layout, where)
     if layout.tp > 1:
@@ -59,6 +61,7 @@ def parallelize(model, layout, mesh, device, where: str = "plan") -> Parallelize
     schedule = None
     if layout.pp > 1:
         schedule = pp_mod.build_schedule(strategy.parts, stage_ids, layout,
-                                         mesh["pp"].get_group(), device, model.loss)
+                                         mesh["pp"].get_group(), device, model.loss, metas,
+                                         len(model.blocks))
     return Parallelized(strategy.parts, parts, strategy, schedule, first, last,
                         counts_loss=last and tp_i == 0)

@@ -4,8 +4,10 @@
 and whether tensor parallelism made the parameters DTensors:
 
 - zero 0, all_reduce: DDP (bucketed all-reduce overlapped with backward; compression hooks).
-  With tp > 1 DDP's constructor rejects DTensor parameters, so gradients are all-reduced after
-  backward instead (``ManualAllReduce``: same sums, no overlap).
+  Where DDP cannot run, gradients are all-reduced after the last backward instead
+  (``ManualAllReduce``: same sums in DDP-sized buckets, no overlap): with tp > 1 (DDP's
+  constructor rejects DTensor parameters) and under the zbv schedule (its weight-gradient pass
+  computes gradients outside autograd's accumulation hooks, so DDP would never all-reduce them).
 - zero 1: DDP for gradients + ``ZeroRedundancyOptimizer`` (optimizer state sharded, updated
   parameters broadcast from their owner).
 - zero 2/3: FSDP2 ``fully_shard`` per block then per part; ``reshard_after_forward`` False for
@@ -81,14 +83,18 @@ class DDPDataParallel(NoDataParallel):
         return stack
 
 
+def _zero_one_optimizer(parts, group, optimizer: str, lr: float):
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    cls, kwargs = optimizer_spec(optimizer, lr)
+    return ZeroRedundancyOptimizer(params_of(parts), optimizer_class=cls, process_group=group,
+                                   **kwargs)
+
+
 class ZeroOneDataParallel(DDPDataParallel):
     name = "zero1"
 
     def build_optimizer(self, optimizer: str, lr: float):
-        from torch.distributed.optim import ZeroRedundancyOptimizer
-        cls, kwargs = optimizer_spec(optimizer, lr)
-        return ZeroRedundancyOptimizer(params_of(self.parts), optimizer_class=cls,
-                                       process_group=self.group, **kwargs)
+        return _zero_one_optimizer(self.parts, self.group, optimizer, lr)
 
 
 class FSDPDataParallel(NoDataParallel):
@@ -119,6 +125,18 @@ class ManualAllReduce(NoDataParallel):
             flat.div_(size)
             for g, synced in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
                 g.copy_(synced)
+
+
+class ManualZeroOne(ManualAllReduce):
+    name = "zero1-allreduce-after-backward"
+
+    def build_optimizer(self, optimizer: str, lr: float):
+        return _zero_one_optimizer(self.parts, self.group, optimizer, lr)
+
+
+def ddp_can_run(layout) -> bool:
+    """DDP needs plain parameters and gradients produced by autograd's accumulation."""
+    return layout.tp == 1 and not (layout.pp > 1 and layout.schedule == "zbv")
 
 
 def _blocks(part: nn.Module):
@@ -152,8 +170,8 @@ def apply_dp(parts, layout, mesh, device, where: str = "plan"):
         return ParameterServer(parts, group, layout.ps_shards)
     if layout.zero >= 2:
         return FSDPDataParallel(parts, mesh["dp"], layout.zero)
-    if layout.tp > 1:
-        return ManualAllReduce(parts, group)
+    if not ddp_can_run(layout):
+        return (ManualZeroOne if layout.zero == 1 else ManualAllReduce)(parts, group)
     if layout.zero == 1:
         return ZeroOneDataParallel(parts, group, layout, device)
     return DDPDataParallel(parts, group, layout, device)
@@ -172,6 +190,15 @@ def _check(layout, where):
     if layout.compression != "none" and layout.tp > 1 and layout.dp > 1:
         raise PlannerError(f"{field}: compression {layout.compression} needs DDP, which cannot "
                            f"wrap tensor-parallel (DTensor) parameters; use tp 1 or compression none")
+    if layout.zero >= 2 and layout.dp > 1 and layout.pp > 1 and layout.schedule == "zbv":
+        raise PlannerError(f"{field}: zero {layout.zero} (FSDP2) under schedule zbv trains wrong "
+                           f"parameters in torch {torch.__version__}: FSDP reduce-scatters before "
+                           f"the zero-bubble weight-gradient pass has run; use zero 0 or 1 with "
+                           f"zbv, or another schedule with zero {layout.zero}")
+    if layout.compression != "none" and layout.dp > 1 and not ddp_can_run(layout):
+        raise PlannerError(f"{field}: compression {layout.compression} needs DDP, whose hooks "
+                           f"never see the zbv schedule's weight gradients; use another "
+                           f"schedule or compression none")
     if layout.zero == 1 and layout.tp > 1 and layout.dp > 1:
         raise PlannerError(f"{field}: zero 1 (ZeroRedundancyOptimizer over DDP) cannot hold "
                            f"tensor-parallel (DTensor) parameters; use zero 2 or 3 with tp > 1")

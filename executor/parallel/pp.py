@@ -6,9 +6,16 @@ Placement follows the schedule: one chunk per rank for gpipe/1f1b; looped for in
 (rank r holds chunks r, r+pp, r+2pp, ...; Narayanan et al. SC'21, sec. 2.2); V-shaped for zbv
 (rank r holds chunks r and 2pp-1-r; Qi et al. 2024). The last chunk computes the loss; with
 ``scale_grads`` the schedule divides gradients by the number of micro-batches.
+
+Stages get their boundary shapes up front (``input_args``/``output_args``, PipelineStage's static
+mode) from one no-grad forward of a micro-batch through the unsplit model: the runtime shape
+inference would instead run the DDP-wrapped chunk forward once more with gradients enabled,
+which leaves DDP expecting a backward and breaks its bucket rebuild on the first stage
+("rebuilt parameter indices size is not same as original model parameters size").
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torch.distributed.pipelining import (PipelineStage, Schedule1F1B, ScheduleGPipe,
                                           ScheduleInterleaved1F1B, ScheduleZBVZeroBubble)
@@ -58,6 +65,26 @@ def local_chunk_ids(layout, pp_rank: int) -> list[int]:
     return [pp_rank + v * layout.pp for v in range(layout.virtual_stages)]
 
 
+def boundary_metas(model, layout, device) -> list[torch.Tensor]:
+    """Meta tensors shaped like each block's input for one micro-batch; entry i is block i's
+    input, the last entry the model's output. Under sequence parallelism the tensors between
+    transformer blocks hold the rank's 1/tp slice of the sequence."""
+    gen = torch.Generator().manual_seed(0)
+    x, _ = model.synthetic_batch(layout.microbatch_size, gen)
+    dtype = next(model.parameters()).dtype
+    x = (x.to(dtype) if x.is_floating_point() else x).to(device)
+    metas = [torch.empty(x.shape, dtype=x.dtype, device="meta")]
+    with torch.no_grad():
+        for block in model.blocks:
+            x = block(x)
+            shape = list(x.shape)
+            if layout.sequence_parallel and getattr(block, "kind", "") == "block":
+                shape[1] //= layout.tp
+            # Activations between stages carry gradients back: the stage must know.
+            metas.append(torch.empty(shape, dtype=x.dtype, device="meta", requires_grad=True))
+    return metas
+
+
 def apply_pp(model, layout, pp_rank: int, where: str = "plan") -> tuple[list[Chunk], list[int]]:
     """This rank's chunks of ``model.blocks`` and their stage indices."""
     num_blocks = len(model.blocks)
@@ -67,10 +94,14 @@ def apply_pp(model, layout, pp_rank: int, where: str = "plan") -> tuple[list[Chu
     return chunks, ids
 
 
-def build_schedule(stage_modules, stage_ids, layout, pp_group, device, loss_fn):
-    """The plan's schedule over this rank's stages (modules already wrapped for dp)."""
+def build_schedule(stage_modules, stage_ids, layout, pp_group, device, loss_fn, metas,
+                   num_blocks: int):
+    """The plan's schedule over this rank's stages (modules already wrapped for dp);
+    ``metas`` from ``boundary_metas``."""
     n = layout.pp * layout.virtual_stages
-    stages = [PipelineStage(m, i, n, device, group=pp_group)
+    starts = chunk_starts(layout, num_blocks) + [num_blocks]
+    stages = [PipelineStage(m, i, n, device, input_args=metas[starts[i]],
+                            output_args=metas[starts[i + 1]], group=pp_group)
               for m, i in zip(stage_modules, stage_ids)]
     cls = _SCHEDULES[layout.schedule]
     if cls in (ScheduleGPipe, Schedule1F1B):
