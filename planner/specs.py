@@ -573,6 +573,9 @@ class Metrics(_Serde):
     torch_version: str
     created_utc: str
     schema_version: int = SCHEMA_VERSION
+    first_step: int = 0                    # index of losses[0]: > 0 after --resume
+    # Collectives issued in one measured step (--count-collectives), "kind@group" -> count.
+    collectives: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
