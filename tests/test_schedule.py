@@ -129,3 +129,17 @@ def test_balanced_partition_is_optimal_against_brute_force():
         best = min(max(sum(costs[a:b]) for a, b in zip((0, *cuts), (*cuts, n)))
                    for cuts in itertools.combinations(range(1, n), k - 1))
         assert worst == pytest.approx(best, rel=1e-6)
+
+
+def test_pipeline_bounds_are_ordered():
+    import random
+    from planner.cost import pp as pp_cost
+    rng = random.Random(1)
+    for _ in range(500):
+        p, m = rng.randint(1, 8), rng.randint(1, 20)
+        xs = [rng.uniform(0.1, 2.0) for _ in range(p)]
+        assert pp_cost.balanced_lower_bound(sum(xs), p, m) <= \
+            pp_cost.flush_lower_bound(xs, m) * (1 + 1e-12)
+        assert pp_cost.balanced_lower_bound(sum(xs), p, m) >= m * sum(xs) / p * (1 - 1e-12)
+    # equal stages: the flush bound is the (m + p - 1)(t_f + t_b) of formulas.md
+    assert pp_cost.flush_lower_bound([3.0, 3.0], 4) == pytest.approx(15.0)

@@ -33,18 +33,18 @@ def flush_lower_bound(stage_s: Sequence[float], m: int) -> float:
 
     ``stage_s[r]`` is the forward+backward compute of one micro-batch on rank r. Rank r starts
     only when micro-batch 0 has passed ranks < r and finishes only after the last micro-batch's
-    backward has left them, so T >= max_r (sum_{j<r} x_j + m x_r); without knowing the split of
-    x_j into forward and backward it is still >= the weighted mean of those terms with weights
-    w_r proportional to (1-1/m)^(p-1-r), which gives T >= sum_r x_r / (1 - (1-1/m)^p).
+    backward has left them, so T >= max_r (sum_{j<r} x_j + m x_r).
     """
     p = len(stage_s)
-    best = max(sum(stage_s[:r]) + m * stage_s[r] for r in range(p))
-    return best
+    return max(sum(stage_s[:r]) + m * stage_s[r] for r in range(p))
 
 
 def balanced_lower_bound(total_per_microbatch_s: float, p: int, m: int) -> float:
-    """Lower bound on a step when only the total per-micro-batch compute is known: from
-    ``flush_lower_bound``'s weighted mean, sum x / (1 - (1 - 1/m)^p) (>= m * sum x / p)."""
+    """Lower bound on a step when only the total per-micro-batch compute is known.
+
+    ``flush_lower_bound``'s terms averaged with weights w_r proportional to (1 - 1/m)^(p-1-r)
+    give every x_j the same coefficient, 1 / (1 - (1 - 1/m)^p): T >= sum x / (1 - (1-1/m)^p),
+    which lies between m * sum x / p and the balanced stages' (m + p - 1)/p * sum x."""
     if p == 1:
         return m * total_per_microbatch_s
     return total_per_microbatch_s / (1.0 - (1.0 - 1.0 / m) ** p)
