@@ -49,7 +49,9 @@ class PlanInputs:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", help="preset name, architecture .json, or package.module:callable")
-    parser.add_argument("--profile", help="a ModelProfile JSON from `planner profile`")
+    parser.add_argument("--profile", nargs="+",
+                        help="ModelProfile JSON(s) from `planner profile`; several micro-batch "
+                             "sizes of one model let costs at other sizes be extrapolated")
     parser.add_argument("--cluster", default="localhost-cpu",
                         help="preset (localhost-cpu, dgx-a100-80gb, dgx-h100-80gb) or .json/.toml")
     parser.add_argument("--gpus", type=int, help="devices to plan for (default: the cluster's)")
@@ -99,9 +101,16 @@ def resolve(args) -> PlanInputs:
     dtype = args.dtype or ("float32" if cpu else "bf16-mixed")
     profile, path, others = None, "", ()
     if args.profile:
-        profile, path = ModelProfile.load(args.profile), args.profile
+        paths = [args.profile] if isinstance(args.profile, str) else list(args.profile)
+        loaded = [(p, ModelProfile.load(p)) for p in paths]
+        (path, profile), others = loaded[0], tuple(p for _, p in loaded[1:])
+        for other_path, other in loaded[1:]:
+            if not same_model(other.model, profile.model) or other.device != profile.device:
+                raise PlannerError(f"{other_path}: profiles {other.model.name} on "
+                                   f"{other.device}, not {profile.model.name} on "
+                                   f"{profile.device} like {path}")
         if args.model and not same_model(resolve_model(args.model), profile.model):
-            raise PlannerError(f"{args.profile}: profiles model {profile.model.name} "
+            raise PlannerError(f"{path}: profiles model {profile.model.name} "
                                f"({profile.model_fingerprint}), not --model {args.model}")
         model = profile.model
     else:

@@ -51,12 +51,17 @@ def run(args) -> int:
         if args.global_batch % n:
             raise PlannerError(f"--global-batch {args.global_batch} does not divide over world "
                                f"size {n}")
-    mb = args.global_batch // max(args.world_sizes)
-    profile_path = os.path.join(args.workdir, f"{args.model}-profile.json")
-    print(f"[1/4] profiling {args.model} at micro-batch {mb} on this CPU", file=sys.stderr)
-    _call([sys.executable, "-m", "planner.cli", "profile", "--model", args.model,
-           "--microbatch-size", str(mb), "--repeats", str(args.repeats), "--threads", "1",
-           "--out", profile_path], "profiling")
+    # Two micro-batch sizes: the largest per-rank batch and 1, so the planner can fit each
+    # block's fixed overhead and see that small micro-batches are not free.
+    sizes = sorted({args.global_batch // min(args.world_sizes), 1}, reverse=True)
+    profile_paths = []
+    for mb in sizes:
+        path = os.path.join(args.workdir, f"{args.model}-profile-b{mb}.json")
+        print(f"[1/4] profiling {args.model} at micro-batch {mb} on this CPU", file=sys.stderr)
+        _call([sys.executable, "-m", "planner.cli", "profile", "--model", args.model,
+               "--microbatch-size", str(mb), "--repeats", str(args.repeats), "--threads", "1",
+               "--out", path], "profiling")
+        profile_paths.append(path)
     cluster = "localhost-cpu"
     if not args.skip_network and max(args.world_sizes) > 1:
         cluster = os.path.join(args.workdir, "localhost-cluster.json")
@@ -69,7 +74,7 @@ def run(args) -> int:
         metrics_path = os.path.join(args.workdir, f"metrics-w{n}.json")
         print(f"[3/4] planning for {n} rank(s)", file=sys.stderr)
         plan_cmd.run(argparse.Namespace(
-            model=None, profile=profile_path, cluster=cluster, gpus=n,
+            model=None, profile=profile_paths, cluster=cluster, gpus=n,
             global_batch=args.global_batch, dtype="float32", optimizer="adam", lr=1e-3, seed=0,
             microbatch_size=None, out=plan_path, format="text",
             **_plan_defaults()))
