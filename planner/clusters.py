@@ -41,6 +41,10 @@ from planner.errors import PlannerError
 from planner.specs import Cluster, DeviceSpec, LinkLevel
 
 GIB = 2**30
+# Assumed, not measured (no GPU here): the CUDA context (~0.5 GiB), NCCL's channel buffers
+# (~1 GiB at scale) and caching-allocator fragmentation (~3% of 80 GiB) leave no room for our
+# tensors. A plan that fills the last 4 GiB of an 80 GiB card is an OOM waiting to happen.
+GPU_RESERVED_BYTES = 4 * GIB
 
 
 def _meminfo_bytes() -> int:
@@ -92,7 +96,7 @@ def _dgx(name, gpu, peaks, hbm_bw, nvlink: LinkLevel, ib_bw, profile: str) -> Cl
         compute_efficiency=model.matmul_efficiency_max.value,
         peak_source="datasheet (shared/reference/hardware.md)",
         efficiency_source=f"{profile}: {model.matmul_efficiency_max.source}",
-        model_profile=profile)
+        model_profile=profile, reserved_memory_bytes=GPU_RESERVED_BYTES)
     # A per-call cost is the software stack's (launch, synchronisation), not the wire's: the
     # inter-node level gets the intra-node fit's.
     ib = LinkLevel("inter_node", latency_s=10e-6, bandwidth_bytes_per_s=ib_bw,

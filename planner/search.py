@@ -166,7 +166,7 @@ def search(run: sim.RunSpec, blocks_for: Callable[[int], Sequence[BlockCost]],
     res = Result(ranked=[])
     heap: list = []
     seq = 0
-    cap = cluster.device.memory_bytes
+    cap = cluster.device.usable_memory_bytes
     for tp in tp_sizes(spec, num_devices, cluster.devices_per_node, space):
         for pp in divisors(num_devices // tp):
             if (space.pp is not None and pp != space.pp) or pp > nblocks:

@@ -989,7 +989,7 @@ def _prediction(run, layout, costs, blocks, step, ranks, ops, dp_counts, timelin
                                       - breakdown["dp_comm_exposed"])
     memory = rank_memory(run, layout, costs)
     peak = max(r.total_bytes for r in memory)
-    cap = run.cluster.device.memory_bytes
+    cap = run.cluster.device.usable_memory_bytes
     n = layout.world_size
     m = layout.num_microbatches
     model_flops = 3.0 * costs.model_flops_mb * m * layout.dp

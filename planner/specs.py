@@ -184,7 +184,14 @@ class DeviceSpec(_Serde):
     peak_source: str = "datasheet"
     efficiency_source: str = "assumed"
     model_profile: str = ""                      # path of a device-model profile (issue 7)
+    # Memory no tensor of ours can use: runtime context, communication buffers, allocator
+    # fragmentation. Plans must fit in memory_bytes - reserved_memory_bytes.
+    reserved_memory_bytes: int = 0
     schema_version: int = SCHEMA_VERSION
+
+    @property
+    def usable_memory_bytes(self) -> int:
+        return self.memory_bytes - self.reserved_memory_bytes
 
     def __post_init__(self):
         _positive("memory_bytes", self.memory_bytes)
