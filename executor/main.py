@@ -27,6 +27,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: cuda:LOCAL_RANK when CUDA is available, else cpu")
     p.add_argument("--timeout-s", type=float, default=60.0,
                    help="process-group timeout: a hung peer fails the job after this long")
+    p.add_argument("--trace-dir", default="", metavar="DIR",
+                   help="write a torch.profiler Chrome trace per rank (DIR/trace-rank{r}.json) "
+                   "of up to 3 steps after warm-up")
+    p.add_argument("--checkpoint-dir", default="", metavar="DIR",
+                   help="save model and optimizer state with torch.distributed.checkpoint to "
+                   "DIR/step-K at the end (and every --checkpoint-every steps)")
+    p.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
+                   help="also checkpoint every K steps (default: only at the end)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in --checkpoint-dir; --steps is "
+                   "the total, so the run does steps saved..steps-1")
     p.add_argument("--save-params", default="", metavar="DIR",
                    help="write each rank's full parameters to DIR/params-rank{r}.npz after "
                    "training (exactness tests)")
@@ -56,12 +67,13 @@ def main(argv=None) -> int:
             if args.metrics:
                 metrics.save(args.metrics)
             _summary(metrics, args.metrics)
-        return 0
     except PlannerError as err:
         _report_error(str(err))
-        return 2
-    finally:
-        runtime.shutdown()
+        return 2      # no barrier: peers may be elsewhere; exiting closes their connections
+    # Any other exception propagates with its traceback: the process exits, its peers' pending
+    # collectives fail at once ("Connection closed by peer") and torchrun stops the job.
+    runtime.shutdown()
+    return 0
 
 
 def _summary(m, path: str) -> None:

@@ -1,9 +1,9 @@
-"""The executor's run: build, parallelize, train ``steps`` steps, measure, report.
+"""The executor's run: build, parallelize, train, measure, report.
 
 Step time is the wall time of ``step.train_step`` (forward, backward, gradient combination,
-optimizer update; CUDA synchronised), not of producing the batch; each step's time is the
-maximum over ranks, since the slowest rank sets the pace. Losses and times are gathered once at
-the end so that measuring adds no collective to the steps themselves.
+optimizer update; CUDA synchronised), not of producing the batch or checkpointing; each step's
+time is the maximum over ranks, since the slowest rank sets the pace. Losses and times are
+gathered once at the end so that measuring adds no collective to the steps themselves.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from executor import runtime
+from executor import checkpoint, faults, runtime, trace
 from executor.data import dp_rows, make_data
 from executor.memory import PeakMemory
 from executor.parallel import parallelize
@@ -24,66 +24,96 @@ from planner.errors import PlannerError
 from planner.specs import Metrics
 
 
-def check_plan(plan, path: str, world_size: int) -> None:
-    """Refuse a plan this launch cannot run as planned (before any process group exists)."""
+def check_plan(plan, path: str, world_size: int, args) -> None:
+    """Refuse what this launch cannot run as planned (before any process group exists)."""
     try:
         plan.layout.check_world(world_size, "WORLD_SIZE")
     except PlannerError as err:
         raise PlannerError(f"{path}: field 'layout': {err} (launch with --nproc-per-node x "
                            f"--nnodes = {plan.layout.world_size})") from None
+    if args.resume and not args.checkpoint_dir:
+        raise PlannerError("--resume needs --checkpoint-dir (where to resume from)")
+    if args.checkpoint_dir:
+        checkpoint.check_supported(plan.layout, "--checkpoint-dir")
+
+
+class Job:
+    """Everything one rank holds for the run."""
+
+    def __init__(self, plan, path: str, args):
+        self.plan, self.args, self.layout = plan, args, plan.layout
+        self.device = runtime.pick_device(args.device)
+        dtype = runtime.param_dtype(plan.dtype, self.device, path)
+        self.rt = runtime.init(self.device, args.timeout_s)
+        mesh = runtime.build_mesh(self.layout, self.device)
+        self.memory = PeakMemory(self.device)
+        self.memory.start()
+        from planner.models.build import build_model
+        self.model = build_model(plan.model, seed=plan.seed, dtype=dtype).to(self.device)
+        self.data = make_data(self.model, plan, args.data)
+        self.par = parallelize(self.model, self.layout, mesh, self.device, path)
+        self.optimizer = self.par.dp.build_optimizer(plan.optimizer, plan.learning_rate)
+        dp_i = grid.coords_of(self.rt.rank, self.layout.pp, self.layout.tp)[0]
+        self.rows = dp_rows(dp_i, self.layout.dp, plan.global_batch_size)
+        self.amp = runtime.autocast_dtype(plan.dtype)
+
+    def batch(self, step: int):
+        inputs, targets = self.data.rows(step, *self.rows)
+        return (inputs.to(self.device),
+                targets.to(self.device) if targets is not None else None)
+
+    def step(self, step: int):
+        inputs, targets = self.batch(step)
+        faults.maybe_fail(self.rt.rank, step)
+        start = time.perf_counter()
+        with trace.step_range(step):
+            loss = train_step(self.par, self.optimizer, inputs, targets, self.layout,
+                              self.model.loss, self.device, self.amp)
+        trace.cuda_sync(self.device)
+        return loss, time.perf_counter() - start
 
 
 def run(plan, path: str, args) -> Metrics | None:
     """Train ``plan``; returns the Metrics on rank 0 (None elsewhere)."""
-    check_plan(plan, path, runtime.env_world_size())
-    if args.steps <= args.warmup:
-        raise PlannerError(f"--steps {args.steps} must exceed --warmup {args.warmup} "
-                           "(warm-up steps are not timed)")
-    device = runtime.pick_device(args.device)
-    dtype = runtime.param_dtype(plan.dtype, device, path)
-    rt = runtime.init(device, args.timeout_s)
-    mesh = runtime.build_mesh(plan.layout, device)
-    layout = plan.layout
-    memory = PeakMemory(device)
-    memory.start()
-
-    from planner.models.build import build_model
-    model = build_model(plan.model, seed=plan.seed, dtype=dtype).to(device)
-    data = make_data(model, plan, args.data)
-    par = parallelize(model, layout, mesh, device, path)
-    optimizer = par.dp.build_optimizer(plan.optimizer, plan.learning_rate)
-    dp_i = grid.coords_of(rt.rank, layout.pp, layout.tp)[0]
-    rows = dp_rows(dp_i, layout.dp, plan.global_batch_size)
-
+    check_plan(plan, path, runtime.env_world_size(), args)
+    job = Job(plan, path, args)
+    first = 0
+    if args.resume:
+        first = checkpoint.load(args.checkpoint_dir, job.par.named_parts, job.optimizer, plan)
+    if args.steps - first <= args.warmup:
+        raise PlannerError(f"--steps {args.steps} leaves {args.steps - first} step(s) after step "
+                           f"{first}, which must exceed --warmup {args.warmup}")
     loss_sums, times = [], []
-    for step in range(args.steps):
-        inputs, targets = data.rows(step, *rows)
-        inputs = inputs.to(device)
-        targets = targets.to(device) if targets is not None else None
-        start = time.perf_counter()
-        loss_sums.append(train_step(par, optimizer, inputs, targets, layout, model.loss,
-                                    device, runtime.autocast_dtype(plan.dtype)))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-        if rt.rank == 0 and args.verbose:
-            print(f"step {step + 1}/{args.steps} time {times[-1]:.4f} s", flush=True)
-
+    with trace.tracer(args.trace_dir, job.rt.rank, args.warmup, args.steps - first,
+                      job.device) as prof:
+        for step in range(first, args.steps):
+            loss, seconds = job.step(step)
+            loss_sums.append(loss)
+            times.append(seconds)
+            prof.step()
+            if job.rt.rank == 0 and args.verbose:
+                print(f"step {step + 1}/{args.steps} time {seconds:.4f} s", flush=True)
+            done = step + 1
+            if args.checkpoint_dir and (done == args.steps or (
+                    args.checkpoint_every and done % args.checkpoint_every == 0)):
+                checkpoint.save(args.checkpoint_dir, done, job.par.named_parts, job.optimizer,
+                                plan)
     if args.save_params:
         from executor.params import save_params
-        save_params(par.named_parts, args.save_params, rt.rank)
-    return _metrics(plan, args, rt, loss_sums, times, memory)
+        save_params(job.par.named_parts, args.save_params, job.rt.rank)
+    return _metrics(job, loss_sums, times, first)
 
 
-def _metrics(plan, args, rt, loss_sums, times, memory) -> Metrics | None:
-    layout, device = plan.layout, rt.device
+def _metrics(job, loss_sums, times, first) -> Metrics | None:
+    plan, args, rt, layout, device = job.plan, job.args, job.rt, job.layout, job.device
     losses = torch.stack(loss_sums)
     dist.all_reduce(losses)                       # each micro-batch counted on one rank
     losses = (losses / (layout.dp * layout.num_microbatches)).tolist()
     step_times = torch.tensor(times, dtype=torch.float64, device=device)
     dist.all_reduce(step_times, op=dist.ReduceOp.MAX)
     peaks = [torch.zeros((), dtype=torch.int64, device=device) for _ in range(rt.world_size)]
-    dist.all_gather(peaks, torch.tensor(memory.peak_bytes(), dtype=torch.int64, device=device))
+    dist.all_gather(peaks, torch.tensor(job.memory.peak_bytes(), dtype=torch.int64,
+                                        device=device))
     if rt.rank != 0:
         return None
     measured = step_times.tolist()[args.warmup:]
@@ -93,8 +123,9 @@ def _metrics(plan, args, rt, loss_sums, times, memory) -> Metrics | None:
         plan_fingerprint=plan.fingerprint(), model_fingerprint=plan.model_fingerprint,
         world_size=rt.world_size, layout=layout, backend=rt.backend,
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        steps=args.steps, warmup_steps=args.warmup, losses=tuple(losses),
+        steps=len(losses), warmup_steps=args.warmup, losses=tuple(losses),
         step_times_s=tuple(measured), step_time_s=step_time,
-        peak_memory_bytes=tuple(int(p) for p in peaks), memory_measure=memory.measure,
+        peak_memory_bytes=tuple(int(p) for p in peaks), memory_measure=job.memory.measure,
         tokens_per_s=tokens / step_time, torch_version=torch.__version__,
-        created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+        created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        first_step=first)

@@ -117,3 +117,10 @@ def test_pickled_token_file_is_refused(tmp_path):
     np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(PlannerError, match="not a NumPy"):
         TokenFileData(str(path), GPT, global_batch=2, seed=0)
+
+
+def test_checkpointing_zero1_is_refused():
+    from executor.checkpoint import check_supported
+    with pytest.raises(PlannerError, match="zero 1"):
+        check_supported(Layout(dp=2, zero=1), "--checkpoint-dir")
+    check_supported(Layout(dp=2, zero=3), "--checkpoint-dir")
