@@ -10,8 +10,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 from planner.errors import PlannerError
+
+QUIET_RANK_EXIT_DELAY_S = 2.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,8 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _report_error(message: str) -> None:
-    """One line per job: from local rank 0 of each node, prefixed by the rank when not 0."""
+    """One line per job: from local rank 0 of each node, prefixed by the rank when not 0.
+
+    The other ranks hit the same error (it comes from the plan and flags they share) and wait a
+    moment before exiting: torchrun stops all workers as soon as one exits, which could
+    otherwise kill the reporting rank before it has printed.
+    """
     if os.environ.get("LOCAL_RANK", "0") != "0":
+        time.sleep(QUIET_RANK_EXIT_DELAY_S)
         return
     rank = os.environ.get("RANK", "0")
     prefix = "" if rank == "0" else f"[rank {rank}] "
