@@ -35,6 +35,13 @@ tensor-parallel communication (all exposed), time waiting for a pipeline transfe
 (idle with nothing in flight); the keys are means over pipeline ranks and sum to the step time.
 ``*_hidden`` is a stream's busy time that did not stall compute.
 
+Co-located ranks (``planner.profile.interference``, measured by ``planner profile --network``;
+defaults leave GPU/NCCL clusters unchanged): profiled compute and the optimizer step are scaled
+by ``cluster.compute_slowdown`` when >= 2 ranks share a node (``compute_slowdown``); the share
+1 - ``cluster.comm_overlap`` of the data-parallel and pipeline transfer time the streams hid
+stalls compute instead (``_unoverlapped_comm``; gloo's communication thread needs a core);
+each FSDP2 all-gather and reduce-scatter costs ``cluster.fsdp_call_overhead_s`` on top.
+
 Collective times come from ``planner.topology.CommModel`` (``default_comm_time``) or any
 ``comm(collective, n_bytes, dim, stage=None) -> seconds`` the caller passes.
 """
@@ -217,6 +224,7 @@ def _block_rows(run: RunSpec, blocks: Sequence[BlockCost], layout: Layout, comm:
     """Per block, one micro-batch on one rank: (f, f_tp, b, rec, b_tp, w_share, params, act,
     work, out_bytes, tp names) after the TP split, recompute and sequence parallelism."""
     spec, t, sp, rc = run.model, layout.tp, layout.sequence_parallel, layout.recompute
+    slow = compute_slowdown(run.cluster, layout)
     e = mem.ELEMENT_BYTES[run.dtype]
     msg = tp_cost.activation_message_bytes(layout.microbatch_size, spec.seq_len,
                                            spec.hidden_size, e)
@@ -237,6 +245,8 @@ def _block_rows(run: RunSpec, blocks: Sequence[BlockCost], layout: Layout, comm:
         else:
             f = tp_cost.split_time(blk.forward_s, blk.kind, t)
             b = tp_cost.split_time(blk.backward_s, blk.kind, t)
+        f, b = f * slow, b * slow
+        core = core * slow if core is not None else None
         rec = 0.0
         if blk.kind == "block" and rc == "full":
             rec = f + f_tp   # the forward runs again, collectives included (Megatron)
@@ -252,6 +262,30 @@ def _block_rows(run: RunSpec, blocks: Sequence[BlockCost], layout: Layout, comm:
         memo[same] = row
         rows.append(row)
     return rows, msg
+
+
+def compute_slowdown(cluster: Cluster, layout: Layout) -> float:
+    """Factor on profiled (one process, alone) compute when other ranks of the node compute
+    at the same time: ``cluster.compute_slowdown``, measured with every device of a node busy
+    (``planner.profile.interference``), applied whenever a layout puts >= 2 ranks on a node."""
+    return cluster.compute_slowdown if min(layout.world_size, cluster.devices_per_node) > 1 \
+        else 1.0
+
+
+def _unoverlapped_comm(cluster: Cluster, layout: Layout, ranks: list) -> None:
+    """Where communication does not run beside compute (``cluster.comm_overlap`` < 1, e.g.
+    gloo, whose communication thread needs a core the compute uses), the share 1 - overlap of
+    each rank's hidden data-parallel and pipeline transfer time stalls its compute instead:
+    added to the rank's end and to the exposed terms (``planner.profile.interference``)."""
+    lost = 1.0 - cluster.comm_overlap
+    if lost <= 0 or layout.world_size == 1:
+        return
+    for st in ranks:
+        dp = lost * max(0.0, st.dp_busy - st.acc["dp_comm_exposed"])
+        pp = lost * max(0.0, st.sends - st.acc["pp_comm_exposed"])
+        st.acc["dp_comm_exposed"] += dp
+        st.acc["pp_comm_exposed"] += pp
+        st.comp += dp + pp
 
 
 def _core_share(blk: BlockCost, spec: ModelSpec, b: int) -> float:
@@ -271,7 +305,7 @@ def _rows_bundle(run: RunSpec, blocks: Sequence[BlockCost], layout: Layout, comm
     tp, sp, recompute): the search costs many layouts that share them. The cache holds the
     objects it was keyed on, so an id can never be reused for another."""
     key = (id(run), id(blocks), id(comm), layout.tp, layout.sequence_parallel, layout.recompute,
-           layout.microbatch_size)
+           layout.microbatch_size, compute_slowdown(run.cluster, layout))
     hit = _BUNDLES.get(key)
     if hit is not None and hit[0] is run and hit[1] is blocks and hit[2] is comm:
         return hit[3]
@@ -447,8 +481,10 @@ def _dp_plan(run: RunSpec, layout: Layout, chunk: _Chunk, comm: CommTime, counts
     if n == 1:
         return empty
     if layout.zero >= 2:
-        rs = tuple(comm("reduce_scatter", g, "dp") for g in chunk.grad_bytes_rev)
-        ag = tuple(comm("all_gather", pb, "dp") for pb in chunk.param_bytes_blocks)
+        # FSDP2's own per-call cost (hooks, DTensor, copy-in/out) on top of each collective
+        extra = run.cluster.fsdp_call_overhead_s
+        rs = tuple(comm("reduce_scatter", g, "dp") + extra for g in chunk.grad_bytes_rev)
+        ag = tuple(comm("all_gather", pb, "dp") + extra for pb in chunk.param_bytes_blocks)
         per_mb = layout.pp == 1
         # under pipelining: one reduce-scatter pass when the chunk's last backward op ends
         buckets = [] if per_mb else [(-1, sum(rs), sum(chunk.grad_bytes_rev))]
@@ -674,6 +710,7 @@ def simulate(run: RunSpec, layout: Layout, costs: _Costs, comm: CommTime,
         mine = [c for c in range(nch) if owner[c] == r]
         _account(ranks[r].acc, [chunks[c] for c in mine], m, layout.schedule == "zbv")
         _finish(run, layout, ranks[r], mine, chunks, plans, comm, dp_counts, timeline)
+    _unoverlapped_comm(run.cluster, layout, ranks)
     step = max(st.comp for st in ranks)
     for st in ranks:
         st.acc["bubble"] += step - st.comp
@@ -817,7 +854,7 @@ def _finish(run, layout, st, mine, chunks, plans, comm, counts, timeline) -> Non
         acc["dp_comm_exposed"] += st.dpc - st.comp
         st.comp = st.dpc
     shard = layout.dp if layout.zero >= 1 else 1
-    opt = optimizer_time(run, params / shard, total)
+    opt = optimizer_time(run, params / shard, total) * compute_slowdown(run.cluster, layout)
     if timeline:
         st.events.append(("compute", "optimizer", st.comp, st.comp + opt))
     st.comp += opt
@@ -840,7 +877,8 @@ def _parameter_server(run, layout, st, mine, plans, params, total, timeline) -> 
     parameters back; the push/pull time is ``planner.cost.comm.parameter_server``, split
     evenly between its two halves; the worker waits throughout."""
     half = sum(dur for c in mine for _, dur, _ in plans[c].buckets) / 2.0
-    opt = optimizer_time(run, params / layout.ps_shards, total)
+    opt = optimizer_time(run, params / layout.ps_shards, total) * compute_slowdown(run.cluster,
+                                                                                    layout)
     t0 = max(st.comp, st.dpc)
     if timeline:
         st.events += [("comm", "ps push", t0, t0 + half),

@@ -300,10 +300,26 @@ class Cluster(_Serde):
     notes: str = ""
     node_levels: tuple[NodeLevels, ...] = ()
     nics_per_node: int = 0          # network ports per node, shared evenly; 0: one per device
+    # Interference of co-located ranks (planner.profile.interference, measured by `planner
+    # profile --network`): factor on a rank's profiled compute while the other ranks of its
+    # node compute too, and the share of a data-parallel/pipeline transfer's time that runs
+    # concurrently with compute. Defaults: no slowdown, full overlap (one GPU per rank, NCCL).
+    compute_slowdown: float = 1.0
+    comm_overlap: float = 1.0
+    fsdp_call_overhead_s: float = 0.0    # FSDP2's own cost per all-gather/reduce-scatter call
+    interference_source: str = "assumed: one device per rank, communication on its own engines"
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self):
         _positive("num_nodes", self.num_nodes)
+        if self.compute_slowdown < 1.0:
+            raise PlannerError(f"compute_slowdown must be >= 1 (a factor on profiled compute), "
+                               f"got {self.compute_slowdown}")
+        if not 0.0 <= self.comm_overlap <= 1.0:
+            raise PlannerError(f"comm_overlap must be in [0, 1], got {self.comm_overlap}")
+        if self.fsdp_call_overhead_s < 0:
+            raise PlannerError(f"fsdp_call_overhead_s must be >= 0, got "
+                               f"{self.fsdp_call_overhead_s}")
         _positive("devices_per_node", self.devices_per_node)
         _choice("backend", self.backend, ("nccl", "gloo"))
         if not 0 <= self.nics_per_node <= self.devices_per_node:

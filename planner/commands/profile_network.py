@@ -127,7 +127,7 @@ def _run_rank(args) -> int:
     import torch
     import torch.distributed as dist
 
-    from planner.profile import network
+    from planner.profile import interference, network
 
     config = _config(args)
     backend = args.backend
@@ -142,11 +142,18 @@ def _run_rank(args) -> int:
             raise PlannerError("profile --network needs at least 2 ranks (torchrun "
                                "--nproc-per-node 2 or more)")
         points, info = network.sweep(config, int(os.environ.get("GROUP_RANK", "0")))
+        # in the same job: the ranks' effect on each other's compute, and comm/compute overlap
+        device = torch.device("cuda", local) if backend == "nccl" else torch.device("cpu")
+        inter = interference.measure(torch, dist, device)
         if dist.get_rank() != 0:
             return 0
         fits = network.fits_from_points(points)
         base = _base_cluster(args.cluster, info["backend"], info["device"])
-        cluster = network.build_cluster(base, fits, info, args.name)
+        cluster = network.build_cluster(base, fits, info, args.name, inter)
+        print(f"interference: compute x{inter.compute_slowdown:.2f} with all ranks busy, "
+              f"comm/compute overlap {inter.comm_overlap:.2f}, FSDP2 "
+              f"{inter.fsdp_call_overhead_s * 1e6:.0f} us per collective call "
+              f"({inter.source(backend, info['world'])})", file=sys.stderr)
         cluster.save(args.out)
         _summary(fits)
         print(args.out)

@@ -388,10 +388,18 @@ def fits_from_points(points: list[Point]) -> list[CollectiveFit]:
     return fits
 
 
-def build_cluster(base: Cluster, fits: list[CollectiveFit], info: dict, name: str = "") -> Cluster:
+def build_cluster(base: Cluster, fits: list[CollectiveFit], info: dict, name: str = "",
+                  interference=None) -> Cluster:
     """``base`` (device figures, and links of levels that were not measured) with the measured
     levels and collective fits of this job. A level's LinkLevel is its send/recv fit: alpha per
-    message and bandwidth per direction, what the formulas take for one message step."""
+    message and bandwidth per direction, what the formulas take for one message step.
+    ``interference`` (``planner.profile.interference.Interference``, measured in the same job)
+    sets ``compute_slowdown`` and ``comm_overlap``; None keeps ``base``'s."""
+    if interference is not None:
+        base = replace(base, compute_slowdown=interference.compute_slowdown,
+                       comm_overlap=interference.comm_overlap,
+                       fsdp_call_overhead_s=interference.fsdp_call_overhead_s,
+                       interference_source=interference.source(info["backend"], info["world"]))
     levels = {"intra_node": base.intra_node, "inter_node": base.inter_node}
     for fit in fits:
         if fit.collective == "send_recv":
