@@ -18,8 +18,9 @@ same torchrun job as the collectives, so under the concurrency the executor runs
   unsharded plus the K raw all-gathers and K raw reduce-scatters of the same sizes:
   (T_fsdp - T_plain - T_raw) / 2K, at least 0.
 
-Medians over interleaved repetitions (C, A, CA in turn), so that a burst of load elsewhere on
-the machine lands on all three alike. torch is imported by the caller and passed in.
+Repetitions interleave the variants (alone, together, A, CA in turn) and each figure is the
+median over repetitions of that repetition's ratio or difference, so that a burst of load
+elsewhere on the machine lands on all variants alike. torch is imported by the caller and passed in.
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def overlap_share(compute_s: float, comm_s: float, both_s: float) -> float:
     return min(1.0, max(0.0, (compute_s + comm_s - both_s) / shorter))
 
 
-def measure(torch, dist, device, repeats: int = 25) -> Interference:
+def measure(torch, dist, device, repeats: int = 41) -> Interference:
     """Run the probes in every rank of an initialised process group (all ranks call it);
     returns the same figures everywhere (times are the slowest rank's)."""
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -114,9 +115,12 @@ def measure(torch, dist, device, repeats: int = 25) -> Interference:
         ca.append(slowest([timed(both)])[0])
     med = statistics.median
     c_alone, c_all = med(alone), med(together)
+    # medians of per-repetition figures: each compares calls made moments apart, so a change
+    # of load elsewhere on the machine between repetitions cancels
+    slow = med(t / s for t, s in zip(together, alone))
+    overlap = med(overlap_share(c, x, y) for c, x, y in zip(together, a, ca))
     return Interference(fsdp_call_overhead_s=fsdp_overhead(torch, dist, device, repeats),
-                        compute_slowdown=max(1.0, c_all / c_alone),
-                        comm_overlap=overlap_share(c_all, med(a), med(ca)),
+                        compute_slowdown=max(1.0, slow), comm_overlap=overlap,
                         alone_s=c_alone, together_s=c_all, all_reduce_s=med(a),
                         overlapped_s=med(ca), repeats=repeats)
 
@@ -169,5 +173,5 @@ def fsdp_overhead(torch, dist, device, repeats: int) -> float:
         t_plain.append(timed(lambda: step(plain)))
         t_fsdp.append(timed(lambda: step(sharded)))
         t_raw.append(timed(raw))
-    med = statistics.median
-    return max(0.0, (med(t_fsdp) - med(t_plain) - med(t_raw)) / (2 * FSDP_BLOCKS))
+    extra = statistics.median(f - p - r for f, p, r in zip(t_fsdp, t_plain, t_raw))
+    return max(0.0, extra / (2 * FSDP_BLOCKS))
