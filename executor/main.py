@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in --checkpoint-dir; --steps is "
                    "the total, so the run does steps saved..steps-1")
+    p.add_argument("--count-collectives", action="store_true",
+                   help="count the collectives of the last step by kind and group into the "
+                   "metrics (that step is not timed)")
     p.add_argument("--save-params", default="", metavar="DIR",
                    help="write each rank's full parameters to DIR/params-rank{r}.npz after "
                    "training (exactness tests)")

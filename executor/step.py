@@ -12,6 +12,8 @@ import contextlib
 
 import torch
 
+from executor.parallel.tp import reduce_partial_grads
+
 
 def _autocast(device, dtype):
     return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
@@ -48,6 +50,8 @@ def train_step(par, optimizer, inputs, targets, layout, loss_fn, device,
     """A whole step; returns this rank's share of the global loss sum (0 if it does not count,
     so that a sum over all ranks counts each micro-batch once)."""
     total = forward_backward(par, inputs, targets, layout, loss_fn, device, amp_dtype)
+    if layout.sequence_parallel and layout.zero < 2:
+        reduce_partial_grads(par.parts)
     par.dp.after_backward()
     optimizer.step()
     par.dp.after_step()

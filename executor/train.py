@@ -7,6 +7,7 @@ gathered once at the end so that measuring adds no collective to the steps thems
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import statistics
 import time
@@ -15,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from executor import checkpoint, faults, runtime, trace
+from executor.collectives import CollectiveCounter, group_names
 from executor.data import dp_rows, make_data
 from executor.memory import PeakMemory
 from executor.parallel import parallelize
@@ -45,7 +47,7 @@ class Job:
         self.device = runtime.pick_device(args.device)
         dtype = runtime.param_dtype(plan.dtype, self.device, path)
         self.rt = runtime.init(self.device, args.timeout_s)
-        mesh = runtime.build_mesh(self.layout, self.device)
+        self.mesh = mesh = runtime.build_mesh(self.layout, self.device)
         self.memory = PeakMemory(self.device)
         self.memory.start()
         from planner.models.build import build_model
@@ -62,11 +64,11 @@ class Job:
         return (inputs.to(self.device),
                 targets.to(self.device) if targets is not None else None)
 
-    def step(self, step: int):
+    def step(self, step: int, counter=None):
         inputs, targets = self.batch(step)
         faults.maybe_fail(self.rt.rank, step)
         start = time.perf_counter()
-        with trace.step_range(step):
+        with trace.step_range(step), counter or contextlib.nullcontext():
             loss = train_step(self.par, self.optimizer, inputs, targets, self.layout,
                               self.model.loss, self.device, self.amp)
         trace.cuda_sync(self.device)
@@ -80,14 +82,18 @@ def run(plan, path: str, args) -> Metrics | None:
     first = 0
     if args.resume:
         first = checkpoint.load(args.checkpoint_dir, job.par.named_parts, job.optimizer, plan)
-    if args.steps - first <= args.warmup:
+    untimed = args.warmup + (1 if args.count_collectives else 0)
+    if args.steps - first <= untimed:
         raise PlannerError(f"--steps {args.steps} leaves {args.steps - first} step(s) after step "
-                           f"{first}, which must exceed --warmup {args.warmup}")
+                           f"{first}, which must exceed --warmup {args.warmup}"
+                           + (" + 1 counted step" if args.count_collectives else ""))
+    counter = (CollectiveCounter(group_names(job.mesh, job.layout))
+               if args.count_collectives else None)
     loss_sums, times = [], []
     with trace.tracer(args.trace_dir, job.rt.rank, args.warmup, args.steps - first,
                       job.device) as prof:
         for step in range(first, args.steps):
-            loss, seconds = job.step(step)
+            loss, seconds = job.step(step, counter if step == args.steps - 1 else None)
             loss_sums.append(loss)
             times.append(seconds)
             prof.step()
@@ -101,10 +107,10 @@ def run(plan, path: str, args) -> Metrics | None:
     if args.save_params:
         from executor.params import save_params
         save_params(job.par.named_parts, args.save_params, job.rt.rank)
-    return _metrics(job, loss_sums, times, first)
+    return _metrics(job, loss_sums, times, first, counter)
 
 
-def _metrics(job, loss_sums, times, first) -> Metrics | None:
+def _metrics(job, loss_sums, times, first, counter) -> Metrics | None:
     plan, args, rt, layout, device = job.plan, job.args, job.rt, job.layout, job.device
     losses = torch.stack(loss_sums)
     dist.all_reduce(losses)                       # each micro-batch counted on one rank
@@ -117,6 +123,8 @@ def _metrics(job, loss_sums, times, first) -> Metrics | None:
     if rt.rank != 0:
         return None
     measured = step_times.tolist()[args.warmup:]
+    if counter is not None:          # the counted last step ran under dispatch interception
+        measured = measured[:-1]
     step_time = statistics.median(measured)
     tokens = plan.global_batch_size * plan.model.seq_len
     return Metrics(
@@ -128,4 +136,4 @@ def _metrics(job, loss_sums, times, first) -> Metrics | None:
         peak_memory_bytes=tuple(int(p) for p in peaks), memory_measure=job.memory.measure,
         tokens_per_s=tokens / step_time, torch_version=torch.__version__,
         created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        first_step=first)
+        first_step=first, collectives=dict(counter.counts) if counter else {})

@@ -95,13 +95,18 @@ def assert_matches(losses, params, ref_losses, ref_state, rtol, atol) -> None:
                                    err_msg=name)
 
 
-def check_exact(plan: Plan, tmp_path, steps=5, rtol=None, atol=None, extra=()):
-    """Run ``plan`` and assert its losses and final parameters equal the reference's."""
+def check_exact(plan: Plan, tmp_path, steps=5, rtol=None, atol=None, extra=(),
+                collectives=None):
+    """Run ``plan`` and assert its losses and final parameters equal the reference's, and,
+    given ``collectives``, that rank 0's last step issued exactly those collectives."""
     from executor.reference import train_reference
-    proc, metrics, params_dir = run_plan(plan, tmp_path, steps=steps, extra=extra)
+    proc, metrics, params_dir = run_plan(plan, tmp_path, steps=steps,
+                                         extra=[*extra, "--count-collectives"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     ref_losses, ref_state = train_reference(plan, steps)
     assert_matches(metrics.losses, load_params(params_dir), ref_losses, ref_state,
                    rtol if rtol is not None else RTOL[plan.dtype],
                    atol if atol is not None else ATOL[plan.dtype])
+    if collectives is not None:
+        assert metrics.collectives == collectives, metrics.collectives
     return metrics

@@ -16,51 +16,84 @@ pytestmark = pytest.mark.slow
 
 MB = dict(microbatch_size=2, num_microbatches=2)
 
+# Expected collectives of rank 0 in one step (M = 2 micro-batches, L = 4 transformer blocks, 6
+# blocks in all, one DDP bucket: the test model's ~0.45 MB of gradients fit the first 1 MiB):
+# DDP 1 all-reduce; ZeRO-1 adds one broadcast per dp rank (bucket view); FSDP per block and
+# micro-batch 1 reduce-scatter and 1 all-gather (ZeRO-2) or 2 (ZeRO-3, regathered for backward),
+# under pipelining gathered once and reduce-scattered once per step; TP 4 all-reduces per block
+# and micro-batch (2 forward, 2 backward); SP 4 all-gathers + 4 reduce-scatters instead, plus the
+# head's input gather and the first block's gradient gather per micro-batch, and one all-reduce
+# of the layer norms' gradients (Partial over the sequence slices) per step; full recompute
+# reruns a block's forward collectives except the last reduce-scatter (the checkpoint stops once
+# every saved tensor is recomputed); PP on rank 0 sends M activations per outgoing boundary and
+# receives M gradients back (and the reverse for boundaries coming in).
 WORLD2 = {
-    "zero1": dict(dp=2, zero=1, **MB),
-    "zero2+selective": dict(dp=2, zero=2, recompute="selective", **MB),
-    "zero3+full": dict(dp=2, zero=3, recompute="full", **MB),
-    "tp+sp": dict(tp=2, sequence_parallel=True, **MB),
-    "pp-gpipe": dict(pp=2, schedule="gpipe", microbatch_size=2, num_microbatches=4),
-    "pp-interleaved": dict(pp=2, schedule="interleaved-1f1b", virtual_stages=2,
-                           stage_boundaries=(0, 1, 3, 5), **MB),
-    "pp-zbv": dict(pp=2, schedule="zbv", virtual_stages=2, **MB),
+    "zero1": (dict(dp=2, zero=1, **MB), {"all_reduce@dp": 1, "broadcast@dp": 2}),
+    "zero2+selective": (dict(dp=2, zero=2, recompute="selective", **MB),
+                        {"all_gather@dp": 12, "reduce_scatter@dp": 12}),
+    "zero3+full": (dict(dp=2, zero=3, recompute="full", **MB),
+                   {"all_gather@dp": 24, "reduce_scatter@dp": 12}),
+    "tp+sp": (dict(tp=2, sequence_parallel=True, **MB),
+              {"all_gather@tp": 36, "reduce_scatter@tp": 32, "all_reduce@tp": 1}),
+    "pp-gpipe": (dict(pp=2, schedule="gpipe", microbatch_size=2, num_microbatches=4),
+                 {"send@pp": 4, "recv@pp": 4}),
+    "pp-interleaved": (dict(pp=2, schedule="interleaved-1f1b", virtual_stages=2,
+                            stage_boundaries=(0, 1, 3, 5), **MB), {"send@pp": 6, "recv@pp": 6}),
+    "pp-zbv": (dict(pp=2, schedule="zbv", virtual_stages=2, **MB), {"send@pp": 4, "recv@pp": 4}),
 }
 
 WORLD4 = {
-    "fsdp x tp": dict(dp=2, tp=2, zero=3, **MB),
-    "dp(allreduce) x tp": dict(dp=2, tp=2, **MB),
-    "ps x tp": dict(dp=2, tp=2, dp_comm="parameter_server", ps_shards=2, **MB),
-    "ddp x pp": dict(dp=2, pp=2, schedule="1f1b", **MB),
-    "fsdp x pp": dict(dp=2, pp=2, zero=2, schedule="interleaved-1f1b", virtual_stages=2, **MB),
-    "zero1 x pp-zbv": dict(dp=2, pp=2, zero=1, schedule="zbv", virtual_stages=2, **MB),
-    "pp x tp+sp+full": dict(pp=2, tp=2, sequence_parallel=True, recompute="full",
-                            schedule="1f1b", **MB),
+    "fsdp x tp": (dict(dp=2, tp=2, zero=3, **MB),
+                  {"all_gather@dp": 24, "reduce_scatter@dp": 12, "all_reduce@tp": 32}),
+    "ddp x pp": (dict(dp=2, pp=2, schedule="1f1b", **MB),
+                 {"all_reduce@dp": 1, "send@pp": 2, "recv@pp": 2}),
+    "fsdp x pp": (dict(dp=2, pp=2, zero=2, schedule="interleaved-1f1b", virtual_stages=2, **MB),
+                  {"all_gather@dp": 3, "reduce_scatter@dp": 3, "send@pp": 6, "recv@pp": 6}),
+    "zero1 x pp-zbv": (dict(dp=2, pp=2, zero=1, schedule="zbv", virtual_stages=2, **MB),
+                       {"all_reduce@dp": 1, "broadcast@dp": 2, "send@pp": 4, "recv@pp": 4}),
+    "pp x tp+sp+full": (dict(pp=2, tp=2, sequence_parallel=True, recompute="full",
+                             schedule="1f1b", **MB),
+                        {"all_gather@tp": 26, "reduce_scatter@tp": 20, "all_reduce@tp": 1,
+                         "send@pp": 2, "recv@pp": 2}),
 }
 
 
 @pytest.mark.parametrize("name", WORLD2)
 def test_world2_layout_is_exact(name, tmp_path):
-    check_exact(make_plan(**WORLD2[name]), tmp_path)
+    layout, collectives = WORLD2[name]
+    check_exact(make_plan(**layout), tmp_path, collectives=collectives)
 
 
 @pytest.mark.parametrize("name", WORLD4)
 def test_world4_layout_is_exact(name, tmp_path):
-    check_exact(make_plan(**WORLD4[name]), tmp_path)
+    layout, collectives = WORLD4[name]
+    check_exact(make_plan(**layout), tmp_path, collectives=collectives)
 
 
 def test_world8_dp_pp_tp_is_exact(tmp_path):
+    """Rank 0 holds 3 FSDP units (embedding + 2 transformer blocks) of stage 0. Under the
+    pipeline, ZeRO-3 gathers each unit for every forward micro-batch and once for all backward
+    ones (kept until the last), and reduce-scatters once per step; FSDP resolves the layer
+    norms' Partial gradients over tp one parameter at a time (2 blocks x 2 norms x 2)."""
     check_exact(make_plan(dp=2, pp=2, tp=2, zero=3, sequence_parallel=True, schedule="1f1b",
-                          **MB), tmp_path)
+                          **MB), tmp_path,
+                collectives={"all_gather@dp": 9, "reduce_scatter@dp": 3, "all_gather@tp": 18,
+                             "reduce_scatter@tp": 16, "all_reduce@tp": 8, "send@pp": 2,
+                             "recv@pp": 2})
 
 
 def test_mlp_tensor_parallel_is_exact(tmp_path):
-    check_exact(make_plan(MLP, tp=2, microbatch_size=4), tmp_path)
+    """2 residual MLP blocks, 1 micro-batch: 1 all-reduce forward, 1 backward per block."""
+    check_exact(make_plan(MLP, tp=2, microbatch_size=4), tmp_path,
+                collectives={"all_reduce@tp": 4})
 
 
-def test_parameter_server_is_exact(tmp_path):
-    """One server (rank 0) and one pure worker; two servers are covered by "ps x tp"."""
-    check_exact(make_plan(MLP, dp=2, dp_comm="parameter_server", ps_shards=1, **MB), tmp_path)
+@pytest.mark.parametrize("shards", [1, 2])
+def test_parameter_server_is_exact(shards, tmp_path):
+    """One server (rank 0) and a pure worker, or both ranks serving half the parameters: one
+    reduce and one broadcast per server per step."""
+    check_exact(make_plan(MLP, dp=2, dp_comm="parameter_server", ps_shards=shards, **MB),
+                tmp_path, collectives={"reduce@dp": shards, "broadcast@dp": shards})
 
 
 # fp16 keeps 11 significant bits, bf16 8: with SGD (lr 0.5) the parameters drift from the

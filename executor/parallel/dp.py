@@ -30,7 +30,9 @@ from executor.optim import make_optimizer, optimizer_spec
 from executor.parallel import compress
 from planner.errors import PlannerError
 
-# DDP's default bucket cap; ManualAllReduce uses the same so that message counts match DDP's.
+# DDP's bucket caps (first bucket 1 MiB, ``dist._DEFAULT_FIRST_BUCKET_BYTES``; then 25 MiB):
+# ManualAllReduce uses the same so that its message sizes and counts are DDP's.
+FIRST_BUCKET_BYTES = 1024 * 1024
 BUCKET_BYTES = 25 * 1024 * 1024
 
 
@@ -86,8 +88,10 @@ class DDPDataParallel(NoDataParallel):
 def _zero_one_optimizer(parts, group, optimizer: str, lr: float):
     from torch.distributed.optim import ZeroRedundancyOptimizer
     cls, kwargs = optimizer_spec(optimizer, lr)
+    # Bucket view: each rank's updated shard goes out as one broadcast (dp per step), not one
+    # broadcast per parameter.
     return ZeroRedundancyOptimizer(params_of(parts), optimizer_class=cls, process_group=group,
-                                   **kwargs)
+                                   parameters_as_bucket_view=True, **kwargs)
 
 
 class ZeroOneDataParallel(DDPDataParallel):
@@ -119,7 +123,7 @@ class ManualAllReduce(NoDataParallel):
     def after_backward(self) -> None:
         grads = [local(p.grad) for p in params_of(self.parts) if p.grad is not None]
         size = dist.get_world_size(self.group)
-        for bucket in _buckets(grads, BUCKET_BYTES):
+        for bucket in _buckets(grads, FIRST_BUCKET_BYTES, BUCKET_BYTES):
             flat = _flatten_dense_tensors(bucket)
             dist.all_reduce(flat, group=self.group)
             flat.div_(size)
@@ -144,15 +148,15 @@ def _blocks(part: nn.Module):
     return list(blocks.values() if isinstance(blocks, nn.ModuleDict) else blocks or [])
 
 
-def _buckets(tensors, cap_bytes):
-    """Consecutive same-dtype runs of at most ``cap_bytes`` (reverse order, as DDP's buckets
-    follow gradients becoming ready from the last layer backwards)."""
-    bucket, size = [], 0
+def _buckets(tensors, first_cap_bytes, cap_bytes):
+    """Consecutive same-dtype runs of at most the cap (reverse order, as DDP's buckets follow
+    gradients becoming ready from the last layer backwards); the first bucket is smaller."""
+    bucket, size, cap = [], 0, first_cap_bytes
     for t in reversed(tensors):
         nbytes = t.numel() * t.element_size()
-        if bucket and (size + nbytes > cap_bytes or t.dtype != bucket[0].dtype):
+        if bucket and (size + nbytes > cap or t.dtype != bucket[0].dtype):
             yield bucket
-            bucket, size = [], 0
+            bucket, size, cap = [], 0, cap_bytes
         bucket.append(t)
         size += nbytes
     if bucket:

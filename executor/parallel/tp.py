@@ -14,7 +14,9 @@ slice. The first block slices the replicated embedding output; the head all-gath
 """
 from __future__ import annotations
 
-from torch.distributed.tensor import Replicate, Shard
+import torch.distributed as dist
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput,
                                                RowwiseParallel, SequenceParallel,
                                                parallelize_module)
@@ -23,17 +25,22 @@ from planner.errors import PlannerError
 
 
 def _block_plan(sequence_parallel: bool) -> dict:
-    if not sequence_parallel:
-        return {"attn.q": ColwiseParallel(), "attn.k": ColwiseParallel(),
-                "attn.v": ColwiseParallel(), "attn.proj": RowwiseParallel(),
-                "mlp.fc": ColwiseParallel(), "mlp.proj": RowwiseParallel()}
-    gather = dict(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),),
-                  use_local_output=True)
-    return {"ln1": SequenceParallel(), "attn": PrepareModuleInput(**gather),
+    # attn and mlp take their input as one DTensor, so the gradients of q, k and v sum as a
+    # Partial and are reduced once where the input entered (Megatron's "f" operator: one
+    # all-reduce, or under sp one reduce-scatter, per attention and per MLP in backward);
+    # plain-tensor inputs would give every column-parallel Linear its own all-reduce.
+    entry = (Shard(1),) if sequence_parallel else (Replicate(),)
+    gather = dict(input_layouts=entry, desired_input_layouts=(Replicate(),),
+                  use_local_output=False)
+    out = dict(output_layouts=Shard(1)) if sequence_parallel else {}
+    plan = {"attn": PrepareModuleInput(**gather),
             "attn.q": ColwiseParallel(), "attn.k": ColwiseParallel(),
-            "attn.v": ColwiseParallel(), "attn.proj": RowwiseParallel(output_layouts=Shard(1)),
-            "ln2": SequenceParallel(), "mlp": PrepareModuleInput(**gather),
-            "mlp.fc": ColwiseParallel(), "mlp.proj": RowwiseParallel(output_layouts=Shard(1))}
+            "attn.v": ColwiseParallel(), "attn.proj": RowwiseParallel(**out),
+            "mlp": PrepareModuleInput(**gather),
+            "mlp.fc": ColwiseParallel(), "mlp.proj": RowwiseParallel(**out)}
+    if sequence_parallel:
+        plan.update({"ln1": SequenceParallel(), "ln2": SequenceParallel()})
+    return plan
 
 
 def check_tp(spec, layout, where: str = "plan") -> None:
@@ -61,8 +68,9 @@ def apply_tp(model, layout, tp_mesh) -> None:
     sp = layout.sequence_parallel
     blocks = [b for b in model.blocks if getattr(b, "kind", "") == "block"]
     for block in blocks:
-        plan = _block_plan(sp) if hasattr(block, "attn") else {"mlp.fc": ColwiseParallel(),
-                                                               "mlp.proj": RowwiseParallel()}
+        plan = _block_plan(sp)
+        if not hasattr(block, "attn"):       # mlp family: the MLP half of a block
+            plan = {k: v for k, v in plan.items() if k.startswith("mlp")}
         parallelize_module(block, tp_mesh, plan)
     if sp:
         parallelize_module(blocks[0], tp_mesh, PrepareModuleInput(
@@ -72,3 +80,21 @@ def apply_tp(model, layout, tp_mesh) -> None:
         parallelize_module(head, tp_mesh, PrepareModuleInput(
             input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),),
             use_local_output=True))
+
+
+def reduce_partial_grads(parts) -> None:
+    """Sum, in one all-reduce over tp, the gradients DTensor leaves Partial: those of the
+    layer norms under sequence parallelism (each rank saw only its slice of the sequence).
+    Left alone, the optimizer would all-reduce each of them again in every operation that
+    reads the gradient (3 times per parameter for Adam). FSDP resolves them itself.
+    """
+    pending = [p for part in parts for p in part.parameters()
+               if isinstance(p.grad, DTensor) and any(x.is_partial() for x in p.grad.placements)]
+    if not pending:
+        return
+    mesh = pending[0].grad.device_mesh
+    locals_ = [p.grad.to_local() for p in pending]
+    flat = _flatten_dense_tensors(locals_)
+    dist.all_reduce(flat, group=mesh.get_group())
+    for p, summed in zip(pending, _unflatten_dense_tensors(flat, locals_)):
+        p.grad = DTensor.from_local(summed, mesh, p.placements, run_check=False)
