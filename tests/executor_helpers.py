@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import glob
+import multiprocessing
 import os
 import socket
 import subprocess
 import sys
+import tempfile
+import time
+import traceback
 
 import numpy as np
 
@@ -24,7 +28,7 @@ RTOL = {"float64": 1e-10, "float32": 1e-5}
 ATOL = {"float64": 1e-12, "float32": 1e-6}
 
 
-def test_prediction() -> Prediction:
+def zero_prediction() -> Prediction:
     """A zero prediction for plans made in tests (compute_source says so)."""
     return Prediction(step_time_s=0.0, breakdown_s={}, memory=(), peak_memory_bytes=0,
                       device_memory_bytes=0, fits=True, tflops_per_device=0.0, mfu=0.0,
@@ -37,7 +41,7 @@ def make_plan(model: ModelSpec = GPT, dtype="float64", optimizer="adam", lr=1e-2
     return Plan(model=model, model_fingerprint=model.fingerprint(), cluster=localhost_cpu(),
                 world_size=lay.world_size, global_batch_size=lay.global_batch_size, dtype=dtype,
                 optimizer=optimizer, learning_rate=lr, layout=lay,
-                prediction=test_prediction(), seed=seed)
+                prediction=zero_prediction(), seed=seed)
 
 
 def free_port() -> int:
@@ -57,16 +61,88 @@ def torchrun(nproc: int, args: list[str], timeout: float = 120, env=None,
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
-def run_plan(plan: Plan, tmp_path, steps=5, extra=(), timeout=120, env=None):
-    """Save ``plan``, run it for ``steps`` steps; returns (process, Metrics or None, params dir)."""
+_FORKSERVER = None
+
+
+def _rank_main(rank, world, port, argv, log_path, env):
+    """One rank of ``fast_launch``: the environment torchrun would give it, then the executor."""
+    os.environ.update(env, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="localhost", MASTER_PORT=str(port))
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    import torch
+    torch.set_num_threads(1)                 # what OMP_NUM_THREADS=1 does under torchrun
+    from executor.main import main
+    try:
+        rc = main(argv)
+    except BaseException:                    # noqa: BLE001 - reported like torchrun's workers
+        traceback.print_exc()
+        rc = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
+
+
+def _read(path: str) -> str:
+    if not os.path.exists(path):             # the rank died before it could open its log
+        return "(no log)\n"
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        return fh.read()
+
+
+def fast_launch(nproc: int, argv: list[str], timeout: float = 120, env=None,
+                log_dir=None) -> subprocess.CompletedProcess:
+    """Run the executor on ``nproc`` ranks forked from a server that imported torch once.
+
+    Same environment contract as torchrun (RANK, WORLD_SIZE, MASTER_ADDR/PORT, one thread) but
+    no torch import per rank and no agent, which is most of a torchrun launch's few seconds; like
+    torchrun it stops the other ranks once one fails. The spine, failure and multi-node tests
+    still go through torchrun itself."""
+    global _FORKSERVER
+    if _FORKSERVER is None:
+        _FORKSERVER = multiprocessing.get_context("forkserver")
+        _FORKSERVER.set_forkserver_preload(["torch", "executor.train", "executor_helpers"])
+    log_dir = log_dir or tempfile.mkdtemp(prefix="fast-launch-")
+    os.makedirs(log_dir, exist_ok=True)
+    port, logs = free_port(), [os.path.join(log_dir, f"rank{r}.log") for r in range(nproc)]
+    procs = [_FORKSERVER.Process(target=_rank_main, args=(r, nproc, port, argv, logs[r],
+                                                          dict(env or {})))
+             for r in range(nproc)]
+    for p in procs:
+        p.start()
+    deadline, failed_at = time.monotonic() + timeout, None
+    while any(p.exitcode is None for p in procs) and time.monotonic() < deadline:
+        if failed_at is None and any(p.exitcode not in (None, 0) for p in procs):
+            failed_at = time.monotonic()
+        if failed_at is not None and time.monotonic() - failed_at > 5:
+            break                            # torchrun's behaviour: stop the rest
+        time.sleep(0.05)
+    for p in procs:
+        if p.exitcode is None:
+            p.kill()
+        p.join()
+    output = "".join(f"[log rank{r}]\n" + _read(logs[r]) for r in range(nproc))
+    codes = [p.exitcode for p in procs]
+    rc = next((c for c in codes if c != 0), 0)
+    return subprocess.CompletedProcess(argv, rc, stdout=output, stderr=output)
+
+
+def run_plan(plan: Plan, tmp_path, steps=5, extra=(), timeout=120, env=None, fast=True):
+    """Save ``plan``, run it for ``steps`` steps; returns (process, Metrics or None, params dir).
+    ``fast`` launches with ``fast_launch``, else with torchrun."""
     from planner.specs import Metrics
+    os.makedirs(tmp_path, exist_ok=True)
     plan_path, metrics_path = tmp_path / "plan.json", tmp_path / "metrics.json"
     params_dir = tmp_path / "params"
     plan.save(str(plan_path))
-    proc = torchrun(plan.world_size, ["--plan", str(plan_path), "--steps", str(steps),
-                                      "--warmup", "1", "--metrics", str(metrics_path),
-                                      "--save-params", str(params_dir), "--quiet", *extra],
-                    timeout=timeout, env=env)
+    argv = ["--plan", str(plan_path), "--steps", str(steps), "--warmup", "1", "--metrics",
+            str(metrics_path), "--save-params", str(params_dir), "--quiet", *extra]
+    if fast:
+        proc = fast_launch(plan.world_size, argv, timeout=timeout, env=env,
+                           log_dir=str(tmp_path / "logs"))
+    else:
+        proc = torchrun(plan.world_size, argv, timeout=timeout, env=env)
     metrics = Metrics.load(str(metrics_path)) if metrics_path.exists() else None
     return proc, metrics, params_dir
 
@@ -96,12 +172,12 @@ def assert_matches(losses, params, ref_losses, ref_state, rtol, atol) -> None:
 
 
 def check_exact(plan: Plan, tmp_path, steps=5, rtol=None, atol=None, extra=(),
-                collectives=None):
+                collectives=None, fast=True):
     """Run ``plan`` and assert its losses and final parameters equal the reference's, and,
     given ``collectives``, that rank 0's last step issued exactly those collectives."""
     from executor.reference import train_reference
     proc, metrics, params_dir = run_plan(plan, tmp_path, steps=steps,
-                                         extra=[*extra, "--count-collectives"])
+                                         extra=[*extra, "--count-collectives"], fast=fast)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ref_losses, ref_state = train_reference(plan, steps)
     assert_matches(metrics.losses, load_params(params_dir), ref_losses, ref_state,

@@ -13,9 +13,10 @@ pytestmark = pytest.mark.slow
 
 
 def test_ddp_world2_equals_reference(tmp_path):
+    """Through torchrun itself (the other exactness tests use the quicker ``fast_launch``)."""
     plan = make_plan(dp=2, microbatch_size=2, num_microbatches=2)
     # one DDP bucket: the ~0.45 MB of gradients fit DDP's first 1 MiB bucket
-    metrics = check_exact(plan, tmp_path, collectives={"all_reduce@dp": 1})
+    metrics = check_exact(plan, tmp_path, collectives={"all_reduce@dp": 1}, fast=False)
     assert metrics.plan_fingerprint == plan.fingerprint()
     assert len(metrics.losses) == 5 and len(metrics.step_times_s) == 3   # - warm-up, counted
     assert metrics.world_size == 2 and len(metrics.peak_memory_bytes) == 2

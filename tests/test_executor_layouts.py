@@ -33,10 +33,14 @@ WORLD2 = {
                         {"all_gather@dp": 12, "reduce_scatter@dp": 12}),
     "zero3+full": (dict(dp=2, zero=3, recompute="full", **MB),
                    {"all_gather@dp": 24, "reduce_scatter@dp": 12}),
+    "ddp+full": (dict(dp=2, recompute="full", **MB), {"all_reduce@dp": 1}),
+    "tp": (dict(tp=2, **MB), {"all_reduce@tp": 32}),
     "tp+sp": (dict(tp=2, sequence_parallel=True, **MB),
               {"all_gather@tp": 36, "reduce_scatter@tp": 32, "all_reduce@tp": 1}),
     "pp-gpipe": (dict(pp=2, schedule="gpipe", microbatch_size=2, num_microbatches=4),
                  {"send@pp": 4, "recv@pp": 4}),
+    "pp-1f1b-cut": (dict(pp=2, schedule="1f1b", stage_boundaries=(0, 4), **MB),
+                    {"send@pp": 2, "recv@pp": 2}),
     "pp-interleaved": (dict(pp=2, schedule="interleaved-1f1b", virtual_stages=2,
                             stage_boundaries=(0, 1, 3, 5), **MB), {"send@pp": 6, "recv@pp": 6}),
     "pp-zbv": (dict(pp=2, schedule="zbv", virtual_stages=2, **MB), {"send@pp": 4, "recv@pp": 4}),
@@ -45,6 +49,11 @@ WORLD2 = {
 WORLD4 = {
     "fsdp x tp": (dict(dp=2, tp=2, zero=3, **MB),
                   {"all_gather@dp": 24, "reduce_scatter@dp": 12, "all_reduce@tp": 32}),
+    "dp(allreduce) x tp": (dict(dp=2, tp=2, **MB), {"all_reduce@dp": 1, "all_reduce@tp": 32}),
+    "ps x tp": (dict(dp=2, tp=2, dp_comm="parameter_server", ps_shards=2, **MB),
+                {"reduce@dp": 2, "broadcast@dp": 2, "all_reduce@tp": 32}),
+    "dp(allreduce) x pp-zbv": (dict(dp=2, pp=2, schedule="zbv", virtual_stages=2, **MB),
+                               {"all_reduce@dp": 1, "send@pp": 4, "recv@pp": 4}),
     "ddp x pp": (dict(dp=2, pp=2, schedule="1f1b", **MB),
                  {"all_reduce@dp": 1, "send@pp": 2, "recv@pp": 2}),
     "fsdp x pp": (dict(dp=2, pp=2, zero=2, schedule="interleaved-1f1b", virtual_stages=2, **MB),
@@ -90,7 +99,7 @@ def test_mlp_tensor_parallel_is_exact(tmp_path):
 
 @pytest.mark.parametrize("shards", [1, 2])
 def test_parameter_server_is_exact(shards, tmp_path):
-    """One server (rank 0) and a pure worker, or both ranks serving half the parameters: one
+    """One server (rank 0) and a pure worker, or both ranks serving part of the parameters: one
     reduce and one broadcast per server per step."""
     check_exact(make_plan(MLP, dp=2, dp_comm="parameter_server", ps_shards=shards, **MB),
                 tmp_path, collectives={"reduce@dp": shards, "broadcast@dp": shards})

@@ -73,14 +73,14 @@ def test_trace_dir_writes_one_trace_per_rank(tmp_path):
 
 
 def test_failing_rank_fails_the_job_with_its_error(tmp_path):
-    proc, metrics, _ = run_plan(make_plan(dp=2, **MB), tmp_path, timeout=60,
+    proc, metrics, _ = run_plan(make_plan(dp=2, **MB), tmp_path, timeout=60, fast=False,
                                 env={"EXECUTOR_FAULT": "raise:1:2"})
     assert proc.returncode != 0 and metrics is None
     assert "[rank1]: RuntimeError: injected failure (EXECUTOR_FAULT=raise:1:2)" in proc.stderr
 
 
 def test_hung_rank_fails_the_job_after_the_timeout(tmp_path):
-    proc, metrics, _ = run_plan(make_plan(dp=2, **MB), tmp_path, timeout=60,
+    proc, metrics, _ = run_plan(make_plan(dp=2, **MB), tmp_path, timeout=60, fast=False,
                                 extra=["--timeout-s", "3"], env={"EXECUTOR_FAULT": "hang:1:2"})
     assert proc.returncode != 0 and metrics is None
     assert "Timed out waiting 3000ms" in proc.stderr
