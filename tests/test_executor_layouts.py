@@ -79,6 +79,49 @@ def test_world4_layout_is_exact(name, tmp_path):
     check_exact(make_plan(**layout), tmp_path, collectives=collectives)
 
 
+# More combinations, other models, dtypes and optimizers: (model, dtype, optimizer, layout,
+# rank 0's collectives). float32 runs use SGD: Adam's first updates are ~lr * sign(grad), which
+# turns float32 rounding of near-zero gradients into lr-sized differences.
+MIXED = {
+    "ps x pp": (GPT, "float64", "adam",
+                dict(dp=2, pp=2, dp_comm="parameter_server", ps_shards=1, schedule="1f1b", **MB),
+                {"reduce@dp": 1, "broadcast@dp": 1, "send@pp": 2, "recv@pp": 2}),
+    "zero1 x pp adamw": (GPT, "float64", "adamw", dict(dp=2, pp=2, zero=1, schedule="gpipe", **MB),
+                         {"all_reduce@dp": 1, "broadcast@dp": 2, "send@pp": 2, "recv@pp": 2}),
+    # ZeRO-3 under pipelining: each of rank 0's 3 units gathered per forward micro-batch and
+    # once for all backward ones, reduce-scattered once per step
+    "zero3 x pp+full": (GPT, "float64", "adam",
+                        dict(dp=2, pp=2, zero=3, schedule="1f1b", recompute="full", **MB),
+                        {"all_gather@dp": 9, "reduce_scatter@dp": 3, "send@pp": 2,
+                         "recv@pp": 2}),
+    # one DDP module (so one bucket) per chunk
+    "ddp x pp-interleaved": (GPT, "float64", "adam",
+                             dict(dp=2, pp=2, schedule="interleaved-1f1b", virtual_stages=2,
+                                  **MB),
+                             {"all_reduce@dp": 2, "send@pp": 6, "recv@pp": 6}),
+    "pp-interleaved x tp+sp": (GPT, "float64", "adam",
+                               dict(pp=2, tp=2, schedule="interleaved-1f1b", virtual_stages=2,
+                                    sequence_parallel=True, **MB),
+                               {"all_gather@tp": 18, "reduce_scatter@tp": 16,
+                                "all_reduce@tp": 1, "send@pp": 6, "recv@pp": 6}),
+    "mlp pp-zbv": (MLP, "float64", "sgd", dict(pp=2, schedule="zbv", virtual_stages=2, **MB),
+                   {"send@pp": 4, "recv@pp": 4}),
+    # 4 units (input projection, 2 residual blocks, head); 2 tp all-reduces per block and mb
+    "mlp fsdp x tp": (MLP, "float64", "adam", dict(dp=2, tp=2, zero=2, **MB),
+                      {"all_gather@dp": 8, "reduce_scatter@dp": 8, "all_reduce@tp": 8}),
+    "float32 fsdp x tp": (GPT, "float32", "sgd-momentum", dict(dp=2, tp=2, zero=3, **MB),
+                          {"all_gather@dp": 24, "reduce_scatter@dp": 12, "all_reduce@tp": 32}),
+}
+
+
+@pytest.mark.parametrize("name", MIXED)
+def test_more_combinations_are_exact(name, tmp_path):
+    model, dtype, optimizer, layout, collectives = MIXED[name]
+    lr = 0.05 if optimizer.startswith("sgd") else 1e-2
+    check_exact(make_plan(model, dtype=dtype, optimizer=optimizer, lr=lr, **layout), tmp_path,
+                collectives=collectives)
+
+
 def test_world8_dp_pp_tp_is_exact(tmp_path):
     """Rank 0 holds 3 FSDP units (embedding + 2 transformer blocks) of stage 0. Under the
     pipeline, ZeRO-3 gathers each unit for every forward micro-batch and once for all backward
