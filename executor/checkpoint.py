@@ -17,7 +17,6 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict,
                                                      set_state_dict)
 
-from executor.parallel.dp import _blocks
 from executor.parallel.pp import Chunk
 from planner import serde
 from planner.errors import PlannerError

@@ -19,7 +19,7 @@ from executor import checkpoint, faults, runtime, trace
 from executor.collectives import CollectiveCounter, group_names
 from executor.data import dp_rows, make_data
 from executor.memory import PeakMemory
-from executor.parallel import parallelize
+from executor.parallel import check_layout, parallelize
 from executor.step import train_step
 from planner import grid
 from planner.errors import PlannerError
@@ -37,6 +37,8 @@ def check_plan(plan, path: str, world_size: int, args) -> None:
         raise PlannerError("--resume needs --checkpoint-dir (where to resume from)")
     if args.checkpoint_dir:
         checkpoint.check_supported(plan.layout, "--checkpoint-dir")
+    if plan.model.family != "custom":     # a custom model's blocks are known once it is built
+        check_layout(plan.model, plan.layout, path)
 
 
 class Job:

@@ -85,3 +85,12 @@ def test_single_process_run_writes_metrics(tmp_path):
     assert proc.returncode == 0, proc.stderr
     data = json.loads(out.read_text())
     assert data["world_size"] == 1 and len(data["losses"]) == 3
+
+
+def test_unsupported_combination_is_refused_before_training(tmp_path):
+    path = tmp_path / "plan.json"
+    make_plan(dp=2, zero=2, compression="fp16", microbatch_size=1).save(str(path))
+    proc = torchrun(2, ["--plan", str(path)], timeout=60)
+    assert proc.returncode != 0
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "compression fp16 is a DDP communication hook" in errors[0]

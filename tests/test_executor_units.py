@@ -49,7 +49,7 @@ def test_looped_and_v_placement():
 ])
 def test_unsupported_combinations_are_refused(layout, words):
     with pytest.raises(PlannerError, match=words) as err:
-        dp_mod._check(layout, "plan.json")
+        dp_mod.check_dp(layout, "plan.json")
     assert str(err.value).startswith("plan.json: field 'layout'")
 
 

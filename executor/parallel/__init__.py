@@ -37,12 +37,20 @@ class Parallelized:
     counts_loss: bool              # adds its losses to the reported global mean (tp rank 0 only)
 
 
+def check_layout(spec, layout, where: str = "plan") -> None:
+    """Refuse, before any work, a layout this executor cannot run as planned for ``spec``."""
+    tp_mod.check_tp(spec, layout, where)
+    if layout.pp > 1:
+        pp_mod.chunk_starts(layout, spec.num_blocks, where)
+    dp_mod.check_dp(layout, where)
+
+
 def parallelize(model, layout, mesh, device, where: str = "plan") -> Parallelized:
     dp_i, pp_i, tp_i = grid.coords_of(dist.get_rank(), layout.pp, layout.tp)
+    check_layout(model.spec, layout, where)
     # 0. pipeline boundary shapes, measured on the unsplit model while it is still plain
     metas = pp_mod.boundary_metas(model, layout, device) if layout.pp > 1 else None
     # 1. tensor parallel
-    tp_mod.check_tp(model.spec, layout, where)
     if layout.tp > 1:
         tp_mod.apply_tp(model, layout, mesh["tp"])
     # 2. pipeline split
@@ -54,9 +62,9 @@ def parallelize(model, layout, mesh, device, where: str = "plan") -> Parallelize
         parts, stage_ids, first, last = [model], [0], True, True
     # 3. recompute
     for part in parts:
-        apply_recompute(dp_mod._blocks(part), layout.recompute)
+        apply_recompute(dp_mod.blocks_of(part), layout.recompute)
     # 4. data parallel
-    strategy = dp_mod.apply_dp(parts, layout, mesh, device, where)
+    strategy = dp_mod.apply_dp(parts, layout, mesh, device)
     # 5. schedule
     schedule = None
     if layout.pp > 1:

@@ -109,7 +109,7 @@ class FSDPDataParallel(NoDataParallel):
         reshard = zero == 3
         for part in parts:
             # Blocks first, then the part: each block is one all-gather / reduce-scatter unit.
-            for block in _blocks(part):
+            for block in blocks_of(part):
                 fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard)
             fully_shard(part, mesh=dp_mesh, reshard_after_forward=reshard)
         super().__init__(parts, dp_mesh.get_group())
@@ -143,7 +143,8 @@ def ddp_can_run(layout) -> bool:
     return layout.tp == 1 and not (layout.pp > 1 and layout.schedule == "zbv")
 
 
-def _blocks(part: nn.Module):
+def blocks_of(part: nn.Module):
+    """The blocks of a model or pipeline chunk, in order."""
     blocks = getattr(part, "blocks", None)
     return list(blocks.values() if isinstance(blocks, nn.ModuleDict) else blocks or [])
 
@@ -163,9 +164,8 @@ def _buckets(tensors, first_cap_bytes, cap_bytes):
         yield bucket
 
 
-def apply_dp(parts, layout, mesh, device, where: str = "plan"):
+def apply_dp(parts, layout, mesh, device):
     """Wrap this rank's model parts for data parallelism; returns the strategy object."""
-    _check(layout, where)
     if layout.dp == 1:
         return NoDataParallel(parts)
     group = mesh["dp"].get_group()
@@ -181,7 +181,7 @@ def apply_dp(parts, layout, mesh, device, where: str = "plan"):
     return DDPDataParallel(parts, group, layout, device)
 
 
-def _check(layout, where):
+def check_dp(layout, where: str = "plan") -> None:
     """Combinations the executor cannot run, refused up front with what would work."""
     field = f"{where}: field 'layout'"
     if layout.dp_comm == "parameter_server" and (layout.zero or layout.compression != "none"):
