@@ -44,8 +44,10 @@ class Calibration:
     heldout_median_abs_pct_error: float
     heldout_max_abs_pct_error: float
     assumptions: dict[str, str]
+    predictor: dict[str, str]                  # SimulatorPredictor settings that reproduce it
     alternatives_heldout_median_abs_pct_error: dict[str, float] | None = None  # assumption ->
     alternatives_heldout_max_abs_pct_error: dict[str, float] | None = None
+    alternatives_train_loss: dict[str, float] | None = None   # mean squared log error
 
 
 @dataclass(frozen=True)
@@ -100,8 +102,10 @@ class DeviceModel:
                                    f"{fig.value}")
 
     def peak(self, dtype: str) -> float:
-        """Dense tensor-core peak for a training dtype (mixed precision runs its matmuls in the
-        16-bit type; fp32 matmuls run as tf32 on tensor cores, PyTorch's default on Ampere+)."""
+        """Dense tensor-core peak for a training dtype. Mixed precision runs its matmuls in the
+        16-bit type; float32 is costed at the tf32 peak as ``planner.simulate.peak_flops`` does,
+        which assumes TF32 matmuls are enabled (``torch.set_float32_matmul_precision("high")``;
+        PyTorch's default since 1.12 is full fp32, 19.5 TFLOP/s on an A100)."""
         key = {"bf16-mixed": "bfloat16", "fp16-mixed": "float16",
                "float32": "tf32"}.get(dtype, dtype)
         if key not in self.peak_flops_per_s:
