@@ -67,9 +67,22 @@ def _report_error(message: str) -> None:
     print(f"error: {prefix}{message}", file=sys.stderr, flush=True)
 
 
+def _cpu_threads() -> None:
+    """One intra-op thread per rank unless the user chose (OMP_NUM_THREADS).
+
+    torchrun sets OMP_NUM_THREADS=1 only for more than one process per node; a world-1 run
+    would otherwise take every core while the profile it was planned from used one
+    (`planner profile --threads`, default 1), and the two could not be compared.
+    """
+    if "OMP_NUM_THREADS" not in os.environ:
+        import torch
+        torch.set_num_threads(1)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from executor import runtime
+    _cpu_threads()
     try:
         from executor.train import run
         from planner.specs import Plan
