@@ -10,7 +10,7 @@ LABELS = {"compute": "compute", "recompute": "recomputation",
           "bubble": "pipeline bubble", "optimizer": "optimizer step"}
 
 
-def _ms(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     """A duration at a readable scale: s, ms or us."""
     size = abs(seconds)
     if size >= 10:
@@ -40,7 +40,7 @@ def explain(ranked: list[tuple[Layout, Prediction]], top: int = 3) -> str:
         return "No layout fits in device memory."
     (wl, wp) = ranked[0]
     if len(ranked) == 1:
-        return f"{wl.describe()} is the only layout that fits ({_ms(wp.step_time_s)} per step)."
+        return f"{wl.describe()} is the only layout that fits ({format_duration(wp.step_time_s)} per step)."
     (rl, rp) = ranked[1]
     gap = rp.step_time_s - wp.step_time_s
     diffs = sorted(((rp.breakdown_s.get(k, 0.0) - wp.breakdown_s.get(k, 0.0), k)
@@ -50,10 +50,10 @@ def explain(ranked: list[tuple[Layout, Prediction]], top: int = 3) -> str:
         if abs(delta) < 1e-9:
             continue
         word = "less" if delta > 0 else "more"
-        terms.append(f"{_ms(abs(delta))} {word} {LABELS[key]}")
+        terms.append(f"{format_duration(abs(delta))} {word} {LABELS[key]}")
     pct = 100.0 * gap / rp.step_time_s if rp.step_time_s else 0.0
-    text = (f"{wl.describe()} ({_ms(wp.step_time_s)} per step) beats {rl.describe()} "
-            f"({_ms(rp.step_time_s)}) by {_ms(gap)} ({pct:.1f}%); they differ in "
+    text = (f"{wl.describe()} ({format_duration(wp.step_time_s)} per step) beats {rl.describe()} "
+            f"({format_duration(rp.step_time_s)}) by {format_duration(gap)} ({pct:.1f}%); they differ in "
             f"{layout_diff(wl, rl)}.")
     if terms:
         text += " Per pipeline rank the winner spends " + "; ".join(terms) + "."

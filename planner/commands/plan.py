@@ -15,6 +15,7 @@ import os
 import sys
 
 from planner import inputs as plan_inputs
+from planner.explain import format_duration
 from planner.errors import PlannerError
 from planner.specs import COMPRESSION, DP_COMM, RECOMPUTE, SCHEDULES, Plan
 
@@ -113,16 +114,6 @@ def summary(plan: Plan, path: str) -> dict:
             "collectives": [c.to_dict() for c in p.collectives]}
 
 
-def _ms(seconds: float) -> str:
-    """A duration at a readable scale: s, ms or us."""
-    size = abs(seconds)
-    if size >= 10:
-        return f"{seconds:.2f} s"
-    if size >= 1e-3:
-        return f"{seconds * 1e3:.1f} ms"
-    return f"{seconds * 1e6:.0f} us"
-
-
 def print_text(plan: Plan, path: str, out=sys.stdout) -> None:
     p = plan.prediction
     gib = 2**30
@@ -130,8 +121,8 @@ def print_text(plan: Plan, path: str, out=sys.stdout) -> None:
           f"{plan.global_batch_size}, {plan.dtype}, {plan.optimizer} "
           f"(compute from {p.compute_source})", file=out)
     print(f"layout      {plan.layout.describe()}", file=out)
-    print(f"step time   {_ms(p.step_time_s)}   ("
-          + ", ".join(f"{k} {_ms(v)}" for k, v in p.breakdown_s.items() if v >= 5e-5) + ")",
+    print(f"step time   {format_duration(p.step_time_s)}   ("
+          + ", ".join(f"{k} {format_duration(v)}" for k, v in p.breakdown_s.items() if v >= 5e-5) + ")",
           file=out)
     print(f"memory      {p.peak_memory_bytes / gib:.2f} GiB peak per rank of "
           f"{p.device_memory_bytes / gib:.1f} GiB: {'fits' if p.fits else 'DOES NOT FIT'}",
@@ -150,7 +141,7 @@ def _print_search(res, elapsed_s: float, out=sys.stdout) -> None:
           f"({elapsed_s:.2f} s)", file=out)
     for i, (layout, pred) in enumerate(res.ranked, 1):
         mfu = f"MFU {pred.mfu:6.1%}" if pred.mfu else "MFU      -"
-        print(f"  #{i} {_ms(pred.step_time_s):>10}  {mfu}  "
+        print(f"  #{i} {format_duration(pred.step_time_s):>10}  {mfu}  "
               f"{pred.peak_memory_bytes / 2**20:9.0f} MiB  {layout.describe()}", file=out)
 
 

@@ -8,7 +8,7 @@ order, on one communication stream, while the backward pass goes on.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 FIRST_BUCKET_BYTES = 1 * 2**20
 BUCKET_CAP_BYTES = 25 * 2**20
@@ -38,32 +38,6 @@ def ddp_buckets(grad_bytes_reverse: Sequence[float], first_cap: float = FIRST_BU
     return buckets
 
 
-def overlapped_reduction(backward_s_reverse: Sequence[float], grad_bytes_reverse: Sequence[float],
-                         reduce_time: Callable[[float], float],
-                         first_cap: float = FIRST_BUCKET_BYTES, cap: float = BUCKET_CAP_BYTES
-                         ) -> tuple[float, float, int]:
-    """Backward pass with bucketed gradient reduction overlapped, one comm stream.
-
-    Each bucket's reduction starts at max(its last gradient ready, previous reduction done) and
-    takes ``reduce_time(bytes)``. Returns (backward_end_s, reduction_end_s, num_buckets), times
-    from the start of the backward pass; the exposed communication is
-    max(0, reduction_end_s - backward_end_s).
-    """
-    ends, t = [], 0.0
-    for dt in backward_s_reverse:
-        t += dt
-        ends.append(t)
-    comm_free = 0.0
-    buckets = ddp_buckets(grad_bytes_reverse, first_cap, cap)
-    for nbytes, ready_block in buckets:
-        start = max(ends[ready_block], comm_free)
-        comm_free = start + reduce_time(nbytes)
-    return t, comm_free, len(buckets)
-
-
-# --------------------------------------------------------------------------------------------
-# Gradient compression and parameter servers (layout.compression, layout.dp_comm)
-# --------------------------------------------------------------------------------------------
 def block_matrices(kind: str, spec, tp: int) -> list[tuple[int, int]]:
     """(rows, cols) of the weight matrices of one block on one tensor-parallel rank.
 
