@@ -925,7 +925,7 @@ def rank_memory(run: RunSpec, layout: Layout, costs: _Costs) -> list[RankMemory]
     return out
 
 
-def _collectives(layout: Layout, costs: _Costs, dp_counts: dict, owner) -> tuple:
+def _collectives(layout: Layout, costs: _Costs, dp_counts: dict, owner, ln_bytes: int) -> tuple:
     out = []
     for (phase, name, nbytes), k in sorted(costs.tp_counts.items()):
         out.append(CollectiveCount(phase, name, "tp", layout.tp, k, int(nbytes)))
@@ -938,6 +938,10 @@ def _collectives(layout: Layout, costs: _Costs, dp_counts: dict, owner) -> tuple
                                            layout.num_microbatches, int(nb)))
     for (phase, name, group, size, nbytes), k in sorted(dp_counts.items()):
         out.append(CollectiveCount(phase, name, group, size, k, int(nbytes)))
+    if layout.sequence_parallel:
+        # One per pipeline stage and step; a few KiB per layer, so its time is not simulated.
+        out.append(CollectiveCount("backward", "all_reduce", "tp", layout.tp, layout.pp,
+                                   ln_bytes))
     merged: dict = {}
     for cc in out:
         key = (cc.phase, cc.collective, cc.group, cc.group_size, cc.bytes_each)
@@ -1044,5 +1048,7 @@ def _prediction(run, layout, costs, blocks, step, ranks, ops, dp_counts, timelin
         tflops_per_device=hw_flops / (step * n) / 1e12 if step > 0 else 0.0,
         mfu=model_flops / (step * n * peak_rate) if step > 0 and peak_rate else 0.0,
         bubble_fraction=breakdown["bubble"] / step if step > 0 else 0.0,
-        collectives=_collectives(layout, costs, dp_counts, owner),
+        collectives=_collectives(layout, costs, dp_counts, owner, tp_cost.layer_norm_grad_bytes(
+            -(-run.model.num_layers // layout.pp), run.model.hidden_size,
+            mem.ELEMENT_BYTES[run.dtype])),
         compute_source=run.compute_source, timeline=events)

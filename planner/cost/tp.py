@@ -8,7 +8,9 @@ block). With sequence parallelism (Korthikanti et al. 2022, arXiv 2205.05198, se
 all-reduce becomes an all-gather before and a reduce-scatter after the split region, the same
 volume. This is what ``executor/parallel/tp.py`` runs; the embedding, layer norms and the LM
 head stay replicated there (no split, no collective), except that under sequence parallelism the
-head all-gathers its sequence-sharded input (and reduce-scatters the gradient back).
+head all-gathers its sequence-sharded input, the gradient entering the first block is
+all-gathered in backward, and the layer norms' gradients (partial sums over sequence shards) are
+all-reduced once per step (``layer_norm_grad_bytes``).
 
 All times are for one micro-batch on one rank. TP collectives sit on the compute stream's
 critical path (each matmul waits for the collective before it), so the simulator counts them as
@@ -35,8 +37,14 @@ def block_collectives(kind: str, family: str, sequence_parallel: bool, tp: int
         if family == "gpt":
             return _GPT_BLOCK_SP if sequence_parallel else _GPT_BLOCK
         return _MLP_BLOCK
-    if kind == "head" and sequence_parallel:
-        return (("all_gather",), ("reduce_scatter",))
+    if sequence_parallel and kind == "head":
+        # The head all-gathers its sequence-sharded input; the backward of that gather is a
+        # local slice (no collective), as counted on the executor.
+        return (("all_gather",), ())
+    if sequence_parallel and kind == "embedding":
+        # The replicated embedding output is sliced into the first block's sequence shard; the
+        # backward of the slice all-gathers the gradient (counted here, at the boundary).
+        return ((), ("all_gather",))
     return _NONE
 
 
@@ -62,3 +70,10 @@ def activation_message_bytes(microbatch_size: int, seq_len: int, hidden: int,
                              element_bytes: int) -> int:
     """Bytes of one TP collective: the b*s*h activations (formulas.md, Megatron)."""
     return microbatch_size * seq_len * hidden * element_bytes
+
+
+def layer_norm_grad_bytes(num_layers: int, hidden: int, element_bytes: int) -> int:
+    """Bytes of the once-per-step all-reduce of the replicated layer norms' gradients under
+    sequence parallelism (Korthikanti et al. 2022, sec. 4.2.2: each rank holds a partial sum over
+    its sequence shard): two LayerNorms of 2h parameters per block."""
+    return num_layers * 4 * hidden * element_bytes
