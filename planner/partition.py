@@ -41,26 +41,39 @@ def chunk_cost(prefix: Sequence[float], send_s: Sequence[float], i: int, j: int)
     return cost if cost >= sends else sends
 
 
-def _pack(prefix, send_s, k: int, limit: float) -> list[int] | None:
-    """Greedy: each chunk takes as many blocks as fit under ``limit``, leaving at least one
-    block for every chunk still to come. Returns the first block of each chunk, or None."""
+def _pack(prefix, send_s, k: int, limit: float, mem: "ChunkMemory | None" = None,
+          cap: float = float("inf")) -> list[int] | None:
+    """Greedy: each chunk takes as many blocks as fit under ``limit`` (and, given ``mem``,
+    within ``cap`` bytes), leaving at least one block for every chunk still to come. Both
+    constraints grow with the chunk, so the greedy cut is never left of any feasible one.
+    Returns the first block of each chunk, or None."""
     n = len(prefix) - 1
     starts, i = [], 0
-    for chunk in range(k):
+    for c in range(k):
         starts.append(i)
-        left = k - chunk - 1
+        left = k - c - 1
         if left == 0:
-            return starts if chunk_cost(prefix, send_s, i, n - 1) <= limit else None
-        j_max = n - 1 - left
+            ok = chunk_cost(prefix, send_s, i, n - 1) <= limit
+            return starts if ok and (mem is None or mem.of(c, i, n - 1) <= cap) else None
         # largest j with the pure block sum under the limit (sums are monotone in j)
-        j = min(bisect_right(prefix, prefix[i] + limit) - 2, j_max)
+        j = min(bisect_right(prefix, prefix[i] + limit) - 2, n - 1 - left)
         while j >= i and chunk_cost(prefix, send_s, i, j) > limit:
             j -= 1
         if j < i:
             return None
+        if mem is not None:
+            if mem.of(c, i, i) > cap:
+                return None
+            lo = i                   # the memory of i..x grows with x: largest x under cap
+            while lo < j:
+                mid = (lo + j + 1) // 2
+                if mem.of(c, i, mid) <= cap:
+                    lo = mid
+                else:
+                    j = mid - 1
+            j = lo
         i = j + 1
     return None
-
 
 def balanced_partition(costs: Sequence[float], k: int, send_s: Sequence[float] | None = None,
                        rel_tol: float = 1e-6, memory: "ChunkMemory | None" = None
@@ -73,7 +86,7 @@ def balanced_partition(costs: Sequence[float], k: int, send_s: Sequence[float] |
 
     Several partitions usually share the optimal bottleneck. With ``memory`` (one chunk per
     rank) the one with the smallest peak memory among them is chosen, by a second binary search
-    (``_pack_memory``): under 1F1B stage r keeps min(p - r, m) micro-batches of activations, so
+    (``_pack`` with ``mem``): under 1F1B stage r keeps min(p - r, m) micro-batches of activations, so
     the early stages should hold fewer blocks. Otherwise cuts go near equal shares
     (``_spread``), which keeps the sums of a rank's several chunks even.
     """
@@ -198,40 +211,12 @@ def _least_memory(prefix, send_s, k: int, limit: float, mem: ChunkMemory, fallba
     best = fallback
     while hi - lo > rel_tol * hi:
         mid = 0.5 * (lo + hi)
-        got = _pack_memory(prefix, send_s, k, limit, mem, mid)
+        got = _pack(prefix, send_s, k, limit, mem, mid)
         if got is None:
             lo = mid
         else:
             hi, best = mid, got
     return best
-
-
-def _pack_memory(prefix, send_s, k: int, limit: float, mem: ChunkMemory, cap: float):
-    """Greedy: each chunk takes the most blocks within both the time limit and ``cap`` bytes
-    (both grow with the chunk, so the greedy cut is never left of any feasible one); the
-    furthest cut is found by bisection on each constraint."""
-    n = len(prefix) - 1
-    starts, i = [], 0
-    for c in range(k):
-        starts.append(i)
-        left = k - c - 1
-        if left == 0:
-            ok = (chunk_cost(prefix, send_s, i, n - 1) <= limit and mem.of(c, i, n - 1) <= cap)
-            return starts if ok else None
-        j = min(bisect_right(prefix, prefix[i] + limit) - 2, n - 1 - left)
-        while j >= i and chunk_cost(prefix, send_s, i, j) > limit:
-            j -= 1
-        if j < i or mem.of(c, i, i) > cap:
-            return None
-        lo = i                       # the memory of i..x grows with x: largest x under cap
-        while lo < j:
-            mid = (lo + j + 1) // 2
-            if mem.of(c, i, mid) <= cap:
-                lo = mid
-            else:
-                j = mid - 1
-        i = lo + 1
-    return None
 
 
 def _spread_between(prefix, costs, send_s, k: int, limit: float, right) -> list[int] | None:
