@@ -483,25 +483,3 @@ def comm_model(cluster: Cluster) -> CommModel:
             _MODELS.clear()
         hit = _MODELS[id(cluster)] = (cluster, CommModel(cluster))
     return hit[1]
-
-
-# --------------------------------------------------------------------------------------------
-# Kept for callers written before CommModel
-# --------------------------------------------------------------------------------------------
-def group_nodes(cluster: Cluster, dim: str, dp: int, pp: int, tp: int) -> int:
-    """Largest number of nodes any ``dim`` group spans (1 = stays inside a node)."""
-    return comm_model(cluster).placement(dim, dp, pp, tp).nodes
-
-
-def group_link(cluster: Cluster, dim: str, dp: int, pp: int, tp: int) -> LinkLevel:
-    """The bottleneck link of the ``dim`` groups of layout (dp, pp, tp), as a LinkLevel.
-
-    On uniform clusters this is the cluster's own intra- or inter-node level.
-    """
-    pl = comm_model(cluster).placement(dim, dp, pp, tp)
-    if cluster.uniform:
-        return cluster.inter_node if pl.nodes > 1 else cluster.intra_node
-    return LinkLevel("inter_node" if pl.nodes > 1 else "intra_node", pl.flat.latency_s,
-                     pl.flat.bandwidth_bytes_per_s,
-                     source=f"bottleneck over {', '.join(pl.links) or 'no link'}",
-                     call_latency_s=pl.call_latency_s)

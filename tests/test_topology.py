@@ -56,10 +56,6 @@ def test_worked_example_which_groups_cross_nodes():
     assert dp.hierarchical and dp.links == ("inter_node", "intra_node")
     assert dp.flat.bandwidth_bytes_per_s == two_dgx().inter_node.bandwidth_bytes_per_s
     assert model.boundary(4, 2, 2, 0)[0] == "intra_node"
-    c = two_dgx()
-    assert topology.group_link(c, "dp", 4, 2, 2) is c.inter_node
-    assert topology.group_link(c, "tp", 4, 2, 2) is c.intra_node
-    assert topology.group_nodes(c, "dp", 4, 2, 2) == 2
 
 
 def test_pipeline_across_nodes():
@@ -120,8 +116,6 @@ def test_one_slow_link_between_two_nodes_is_shared():
     fast = topology.CommModel(two_dgx())
     assert model.time("all_reduce", 64 * MB, "dp", 4, 2, 2) > fast.time(
         "all_reduce", 64 * MB, "dp", 4, 2, 2)
-    link = topology.group_link(c, "dp", 4, 2, 2)
-    assert link.bandwidth_bytes_per_s == pytest.approx(12.5e9 / 4)
 
 
 def test_a_node_with_slower_nics_bounds_groups_that_touch_it():
