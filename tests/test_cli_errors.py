@@ -3,8 +3,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 
 def planner(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "planner.cli", *args], capture_output=True,

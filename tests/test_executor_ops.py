@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from executor_helpers import (ATOL, GPT, RTOL, assert_matches, free_port, load_params,
-                              make_plan, run_plan, torchrun)
+                              make_plan, run_plan)
 from executor.reference import train_reference
 
 pytestmark = pytest.mark.slow
