@@ -73,11 +73,12 @@ def run(args) -> int:
         plan_path = os.path.join(args.workdir, f"plan-w{n}.json")
         metrics_path = os.path.join(args.workdir, f"metrics-w{n}.json")
         print(f"[3/4] planning for {n} rank(s)", file=sys.stderr)
-        plan_cmd.run(argparse.Namespace(
-            model=None, profile=profile_paths, cluster=cluster, gpus=n,
-            global_batch=args.global_batch, dtype="float32", optimizer="adam", lr=1e-3, seed=0,
-            microbatch_size=None, out=plan_path, format="text",
-            **_plan_defaults()))
+        # The same flags a user would type, parsed by `planner plan`'s own parser.
+        parser = argparse.ArgumentParser(prog="planner plan")
+        plan_cmd.add_arguments(parser)
+        plan_cmd.run(parser.parse_args(
+            ["--profile", *profile_paths, "--cluster", cluster, "--gpus", str(n),
+             "--global-batch", str(args.global_batch), "--dtype", "float32", "--out", plan_path]))
         print(f"[4/4] running the plan on {n} rank(s)", file=sys.stderr)
         _call(_torchrun(n, ["executor", "--plan", plan_path, "--steps", str(args.steps),
                             "--warmup", str(args.warmup), "--metrics", metrics_path]),
@@ -89,13 +90,3 @@ def run(args) -> int:
         compare.print_text(row)
     return 0
 
-
-def _plan_defaults() -> dict:
-    """Defaults of any `planner plan` flags beyond the spine's (the search adds some)."""
-    from planner.commands import plan as plan_cmd
-    parser = argparse.ArgumentParser()
-    plan_cmd.add_arguments(parser)
-    known = {"model", "profile", "cluster", "gpus", "global_batch", "dtype", "optimizer", "lr",
-             "seed", "microbatch_size", "out", "format"}
-    defaults = vars(parser.parse_args(["--global-batch", "1"]))
-    return {k: v for k, v in defaults.items() if k not in known}
