@@ -7,7 +7,7 @@ optimizer and recomputation are not recorded, so each recompute assumption is fi
 one with the lowest training error is kept (the held-out errors of all are reported).
 
 Each row is predicted by the project's simulator (planner.calibrate.SimulatorPredictor:
-planner.simulate on dgx-a100-80gb with the row's layout, 1F1B, Megatron-DeepSpeed's even layer
+planner.sim on dgx-a100-80gb with the row's layout, 1F1B, Megatron-DeepSpeed's even layer
 split, and block costs from planner.cost.roofline), fitted on a random half (--seed) and scored
 on the other half. With --write the fitted figures and the calibration record go into
 profiles/a100-sxm4-80gb.json, and the H100 profile gets the same efficiency figures marked as

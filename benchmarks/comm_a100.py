@@ -31,11 +31,17 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from planner.clusters import dgx_a100  # noqa: E402
 from planner.profile.network import fit_relative  # noqa: E402
-from planner.topology import CommModel  # noqa: E402
+from planner.cost.collectives import CommModel
+from planner.dims import ParallelDims  # noqa: E402
 
 MIB = 2**20
 DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                             "a100-single-node", "allreduce")
+
+
+def D(dp, pp, tp):
+    """Degrees in the grid order (dp, pp, tp) as a ParallelDims."""
+    return ParallelDims(dp=dp, pp=pp, tp=tp)
 
 
 def load(data_dir: str) -> dict[int, list[tuple[int, float]]]:
@@ -121,7 +127,7 @@ def main(argv=None) -> int:
     print(f"\npreset dgx-a100-80gb intra_node: call_latency_s={lv.call_latency_s:.4g} "
           f"latency_s={lv.latency_s:.4g} bandwidth_bytes_per_s={lv.bandwidth_bytes_per_s:.4g}")
     models = {p: CommModel(preset.with_size(p)) for p in data}
-    report(data, train_p, lambda n, p: models[p].time("all_reduce", n, "dp", p, 1, 1),
+    report(data, train_p, lambda n, p: models[p].time("all_reduce", n, "dp", D(p, 1, 1)),
            "through the shipped preset (CommModel, dp group of p GPUs on one node)")
     return 0
 

@@ -3,7 +3,7 @@
 Runs ``planner profile --network`` on 2 gloo ranks of this machine with two message sizes per
 octave (1 KiB * 2^(k/2)), then splits every collective's points: whole octaves (1, 2, 4 KiB ...)
 are the training set, half octaves (1.4, 2.8, 5.7 KiB ...) are held out. A cluster holding only
-the training fits goes into ``planner.topology.CommModel`` -- the code path planning uses -- and
+the training fits goes into ``planner.collectives.CommModel`` -- the code path planning uses -- and
 its predictions for the held-out sizes are compared with their measured medians. Also shown:
 the held-out error of the two-band fitted lines alone (no interpolation), and of one straight
 line, to show why the model interpolates.
@@ -29,7 +29,13 @@ sys.path.insert(0, ROOT)
 
 from planner.profile.network import fit_alpha_beta, fit_bands, make_fit  # noqa: E402
 from planner.specs import Cluster  # noqa: E402
-from planner.topology import CommModel  # noqa: E402
+from planner.cost.collectives import CommModel
+from planner.dims import ParallelDims  # noqa: E402
+
+
+def D(dp, pp, tp):
+    """Degrees in the grid order (dp, pp, tp) as a ParallelDims."""
+    return ParallelDims(dp=dp, pp=pp, tp=tp)
 
 
 def sweep(path: str, max_bytes: str, budget: float) -> None:
@@ -55,7 +61,7 @@ def analyse(cluster: Cluster) -> float:
     all_errs = []
     for (coll, level, p), (train, test) in held.items():
         assert level == "intra_node" and p == 2, "this benchmark runs one node, 2 ranks"
-        model_errs = [abs(model.time(coll, n, "dp", 2, 1, 1) / t - 1) * 100 for n, t in test]
+        model_errs = [abs(model.time(coll, n, "dp", D(2, 1, 1)) / t - 1) * 100 for n, t in test]
         bands = fit_bands([float(n) for n, _ in train], [t for _, t in train])
 
         def band_line(n):

@@ -30,7 +30,7 @@ from planner.clusters import resolve_cluster
 from planner.cost import compute
 from planner.models import PRESETS
 from planner.search import Space, search
-from planner.simulate import RunSpec
+from planner.sim import RunSpec
 from planner.specs import ModelSpec
 from dataclasses import replace
 name, layers, gpus, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])

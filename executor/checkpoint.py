@@ -29,7 +29,7 @@ _OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
 def check_supported(layout, flag: str) -> None:
-    if layout.zero == 1 and layout.dp > 1:
+    if layout.data.zero == 1 and layout.dp > 1:
         raise PlannerError(f"{flag}: zero 1 (ZeroRedundancyOptimizer) keeps optimizer shards that "
                            "DCP's get_state_dict cannot read; checkpoint zero 0, 2 or 3 layouts")
 

@@ -12,6 +12,7 @@ import os
 import numpy as np
 import torch
 
+from planner import families
 from planner.errors import PlannerError
 
 # A large prime keeps (seed, step) pairs from colliding for any realistic number of steps.
@@ -54,9 +55,10 @@ class TokenFileData:
     """
 
     def __init__(self, path: str, spec, global_batch: int, seed: int):
-        if spec.family != "gpt":
-            raise PlannerError(f"--data {path}: a token file needs a gpt-family model, the plan's "
-                               f"model {spec.name!r} is family {spec.family!r}")
+        if not families.of(spec).has_sequence:
+            raise PlannerError(f"--data {path}: a token file needs a model that reads token "
+                               f"sequences; the plan's model {spec.name!r} is family "
+                               f"{spec.family!r}")
         self.tokens = load_tokens(path, spec.vocab_size)
         self.seq, self.global_batch, self.seed = spec.seq_len, global_batch, seed
         self.num_samples = (len(self.tokens) - 1) // self.seq

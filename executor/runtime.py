@@ -78,10 +78,9 @@ def autocast_dtype(name: str):
 
 
 def build_mesh(layout, device: torch.device):
-    """A DeviceMesh ("dp", "pp", "tp") whose entry [d, p, t] is ``planner.grid.rank_of(d, p, t)``:
-    the planner's rank grid decides which ranks form each group, nothing here does."""
+    """A DeviceMesh over the planner's named grid axes whose entry at a coordinate is
+    ``planner.grid.RankGrid.rank_of`` of it: the planner's rank grid decides which ranks form
+    each group, nothing here does."""
     from torch.distributed.device_mesh import DeviceMesh
-    ranks = torch.tensor([[[grid.rank_of(d, p, t, layout.pp, layout.tp)
-                            for t in range(layout.tp)] for p in range(layout.pp)]
-                          for d in range(layout.dp)], dtype=torch.int64)
+    ranks = torch.tensor(grid.RankGrid(layout.dims).mesh_ranks(), dtype=torch.int64)
     return DeviceMesh(device.type, ranks, mesh_dim_names=grid.DIMS)

@@ -21,7 +21,7 @@ from executor.data import dp_rows, make_data
 from executor.memory import PeakMemory
 from executor.parallel import check_layout, parallelize
 from executor.step import train_step
-from planner import grid
+from planner import families, grid
 from planner.errors import PlannerError
 from planner.specs import Metrics
 
@@ -37,7 +37,7 @@ def check_plan(plan, path: str, world_size: int, args) -> None:
         raise PlannerError("--resume needs --checkpoint-dir (where to resume from)")
     if args.checkpoint_dir:
         checkpoint.check_supported(plan.layout, "--checkpoint-dir")
-    if plan.model.family != "custom":     # a custom model's blocks are known once it is built
+    if families.of(plan.model).builtin:   # a custom model's blocks are known once it is built
         check_layout(plan.model, plan.layout, path)
 
 
@@ -57,7 +57,7 @@ class Job:
         self.data = make_data(self.model, plan, args.data)
         self.par = parallelize(self.model, self.layout, mesh, self.device, path)
         self.optimizer = self.par.dp.build_optimizer(plan.optimizer, plan.learning_rate)
-        dp_i = grid.coords_of(self.rt.rank, self.layout.pp, self.layout.tp)[0]
+        dp_i = grid.RankGrid(self.layout.dims).coord(self.rt.rank, "dp")
         self.rows = dp_rows(dp_i, self.layout.dp, plan.global_batch_size)
         self.amp = runtime.autocast_dtype(plan.dtype)
 

@@ -227,7 +227,7 @@ def megatron_boundaries(num_layers: int, pp: int) -> tuple[int, ...]:
 
 
 class SimulatorPredictor:
-    """``predict(row, device_model) -> seconds`` through ``planner.simulate`` on a DGX A100 node.
+    """``predict(row, device_model) -> seconds`` through ``planner.sim`` on a DGX A100 node.
 
     ``recompute`` is the assumption about the runs ("none", "selective", "full"); the step is
     the simulator's 1F1B schedule (DeepSpeed's pipeline engine runs 1F1B; without pipelining the
@@ -246,7 +246,7 @@ class SimulatorPredictor:
 
     def layout(self, row: Row):
         from planner.specs import Layout
-        return Layout(dp=row.dp, tp=row.tp, pp=row.pp, microbatch_size=row.microbatch_size,
+        return Layout.make(dp=row.dp, tp=row.tp, pp=row.pp, microbatch_size=row.microbatch_size,
                       num_microbatches=row.num_microbatches, schedule="1f1b",
                       recompute=self.recompute,
                       stage_boundaries=megatron_boundaries(row.num_layers, row.pp))
@@ -259,7 +259,7 @@ class SimulatorPredictor:
                          vocab_size=megatron_vocab(row.tp))
 
     def __call__(self, row: Row, dm: DeviceModel) -> float:
-        from planner import simulate as sim
+        from planner import sim
         from planner.cost.compute import analytic_costs
         from planner.cost.memory import ELEMENT_BYTES
         cluster = self.cluster.with_size(row.gpus)
@@ -295,7 +295,7 @@ def fitted_profile(result: Result, data: str, date: str, seed: int, assumptions:
     cal = Calibration(
         data=data, date=date,
         method="Nelder-Mead on the mean squared log(predicted/measured) of a random half of the "
-               "rows; errors on the other half; predictions by planner.simulate (1F1B, "
+               "rows; errors on the other half; predictions by planner.sim (1F1B, "
                "dgx-a100-80gb links) from planner.cost.roofline block costs (impl megatron)",
         split_seed=seed, train_rows=result.train_rows, heldout_rows=result.heldout_rows,
         train_median_abs_pct_error=round(float(np.median(result.train_errors)), 3),

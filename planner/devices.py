@@ -102,12 +102,9 @@ class DeviceModel:
                                    f"{fig.value}")
 
     def peak(self, dtype: str) -> float:
-        """Dense tensor-core peak for a training dtype. Mixed precision runs its matmuls in the
-        16-bit type; float32 is costed at the tf32 peak as ``planner.simulate.peak_flops`` does,
-        which assumes TF32 matmuls are enabled (``torch.set_float32_matmul_precision("high")``;
-        PyTorch's default since 1.12 is full fp32, 19.5 TFLOP/s on an A100)."""
-        key = {"bf16-mixed": "bfloat16", "fp16-mixed": "float16",
-               "float32": "tf32"}.get(dtype, dtype)
+        """Dense tensor-core peak for a training dtype (``planner.cost.precision.peak_key``)."""
+        from planner.cost.precision import peak_key
+        key = peak_key(dtype)
         if key not in self.peak_flops_per_s:
             raise PlannerError(f"device model {self.name} has no peak_flops_per_s[{key!r}] for "
                                f"dtype {dtype}; it has: {', '.join(self.peak_flops_per_s)}")

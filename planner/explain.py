@@ -28,8 +28,8 @@ def layout_diff(a: Layout, b: Layout) -> str:
     """The dimensions in which two layouts differ, as "dp 16 vs 8, zero 1 vs 0"."""
     keys = ("dp", "tp", "pp", "microbatch_size", "num_microbatches", "schedule",
             "virtual_stages", "zero", "recompute", "sequence_parallel")
-    parts = [f"{k} {getattr(a, k)} vs {getattr(b, k)}" for k in keys
-             if getattr(a, k) != getattr(b, k)]
+    fa, fb = a.flat(), b.flat()
+    parts = [f"{k} {fa[k]} vs {fb[k]}" for k in keys if fa[k] != fb[k]]
     return ", ".join(parts) or "only the stage boundaries"
 
 

@@ -1,48 +1,88 @@
-"""The one rank grid: which global ranks form each data, pipeline and tensor parallel group.
+"""The one rank grid: which global ranks form each parallel group.
 
 Both the planner (to know which links a group crosses) and the executor (to build its device
-mesh) call ``rank_of`` / ``groups``; nothing else decides rank placement.
+mesh) use ``RankGrid``; nothing else decides rank placement.
 
-Ranks are laid out row-major over ``(dp, pp, tp)``, tensor parallel fastest:
-``rank = (dp_i * pp + pp_i) * tp + tp_i``. Tensor-parallel peers are therefore adjacent ranks (on
-one node whenever tp <= devices per node), as Megatron-LM places them (Narayanan et al. SC'21,
-sec. 3.3: "tensor model parallelism ... within a multi-GPU server"); this is also the dimension
-order of the executor's ``DeviceMesh(("dp", "pp", "tp"))``. Rank r runs on node
-``r // devices_per_node``, local device ``r % devices_per_node``.
+Ranks are laid out row-major over the named axes of ``planner.dims.GRID_ORDER`` (today
+``dp, pp, tp``), the last axis fastest: ``rank = (dp_i * pp + pp_i) * tp + tp_i``.
+Tensor-parallel peers are therefore adjacent ranks (on one node whenever tp <= devices per
+node), as Megatron-LM places them (Narayanan et al. SC'21, sec. 3.3: "tensor model parallelism
+... within a multi-GPU server"); this is also the dimension order of the executor's
+``DeviceMesh``. Rank r runs on node ``r // devices_per_node``, local device
+``r % devices_per_node``.
 """
 from __future__ import annotations
 
-DIMS = ("dp", "pp", "tp")
+from functools import lru_cache
+
+from planner.dims import GRID_ORDER, ParallelDims
+from planner.errors import PlannerError
+
+DIMS = GRID_ORDER
 
 
-def rank_of(dp_i: int, pp_i: int, tp_i: int, pp: int, tp: int) -> int:
-    """Global rank of grid coordinate (dp_i, pp_i, tp_i)."""
-    return (dp_i * pp + pp_i) * tp + tp_i
+class RankGrid:
+    """Named axes over ``dims``; coordinates are dicts ``{"dp": i, "pp": j, "tp": k}``."""
+
+    def __init__(self, dims: ParallelDims):
+        self.dims = dims
+        self.sizes = dims.degrees()
+        stride, self.strides = 1, {}
+        for name in reversed(GRID_ORDER):
+            self.strides[name] = stride
+            stride *= self.sizes[name]
+        self.world_size = stride
+
+    def rank_of(self, **coords: int) -> int:
+        """Global rank of a grid coordinate; axes not given are 0."""
+        unknown = set(coords) - set(GRID_ORDER)
+        if unknown:
+            raise PlannerError(f"unknown grid axis {sorted(unknown)[0]!r}; valid: "
+                               f"{', '.join(GRID_ORDER)}")
+        return sum(coords.get(n, 0) * self.strides[n] for n in GRID_ORDER)
+
+    def coords_of(self, rank: int) -> dict[str, int]:
+        """Inverse of ``rank_of``."""
+        return {n: (rank // self.strides[n]) % self.sizes[n] for n in GRID_ORDER}
+
+    def coord(self, rank: int, name: str) -> int:
+        return (rank // self.strides[name]) % self.sizes[name]
+
+    def stride(self, name: str) -> int:
+        """Rank distance between neighbours along ``name``."""
+        return self.strides[name]
+
+    def groups(self, dim: str) -> list[list[int]]:
+        """All groups along ``dim``, each a sorted list of global ranks: a ``dim`` group holds
+        the ranks that share every other coordinate."""
+        if dim not in GRID_ORDER:
+            raise PlannerError(f"dim must be one of {GRID_ORDER}, got {dim!r}")
+        return [list(g) for g in _groups(tuple(self.sizes[n] for n in GRID_ORDER), dim)]
+
+    def mesh_ranks(self) -> list:
+        """Nested lists, one level per axis in grid order, holding the rank at each coordinate
+        (the shape ``torch.distributed.DeviceMesh`` takes)."""
+        def nest(level: int, base: int):
+            name = GRID_ORDER[level]
+            if level == len(GRID_ORDER) - 1:
+                return [base + i * self.strides[name] for i in range(self.sizes[name])]
+            return [nest(level + 1, base + i * self.strides[name])
+                    for i in range(self.sizes[name])]
+        return nest(0, 0)
 
 
-def coords_of(rank: int, pp: int, tp: int) -> tuple[int, int, int]:
-    """Inverse of ``rank_of``: (dp_i, pp_i, tp_i)."""
-    return rank // (pp * tp), (rank // tp) % pp, rank % tp
-
-
-def groups(dim: str, dp: int, pp: int, tp: int) -> list[list[int]]:
-    """All groups along ``dim`` ("dp", "pp" or "tp"), each a sorted list of global ranks.
-
-    A ``dim`` group holds the ranks that share the other two coordinates.
-    """
-    sizes = {"dp": dp, "pp": pp, "tp": tp}
-    if dim not in sizes:
-        raise ValueError(f"dim must be one of {DIMS}, got {dim!r}")
-    others = [d for d in DIMS if d != dim]
-    out = []
-    for a in range(sizes[others[0]]):
-        for b in range(sizes[others[1]]):
-            members = []
-            for k in range(sizes[dim]):
-                c = {dim: k, others[0]: a, others[1]: b}
-                members.append(rank_of(c["dp"], c["pp"], c["tp"], pp, tp))
+@lru_cache(maxsize=256)
+def _groups(sizes: tuple[int, ...], dim: str) -> tuple[tuple[int, ...], ...]:
+    grid = RankGrid(ParallelDims(**dict(zip(GRID_ORDER, sizes))))
+    seen, out = set(), []
+    for rank in range(grid.world_size):
+        if grid.coord(rank, dim) != 0:
+            continue
+        members = tuple(rank + k * grid.strides[dim] for k in range(grid.sizes[dim]))
+        if members[0] not in seen:
+            seen.update(members)
             out.append(members)
-    return out
+    return tuple(out)
 
 
 def node_of(rank: int, devices_per_node: int) -> int:

@@ -9,6 +9,7 @@ import glob
 import os
 from dataclasses import dataclass
 
+from planner import families
 from planner.clusters import resolve_cluster
 from planner.cost import compute
 from planner.cost.memory import ELEMENT_BYTES
@@ -65,7 +66,7 @@ def add_arguments(parser) -> None:
 
 def same_model(a: ModelSpec, b: ModelSpec) -> bool:
     """Same architecture; a custom model is known by its import path until it is built."""
-    if a.family == "custom" or b.family == "custom":
+    if not families.of(a).builtin or not families.of(b).builtin:
         return a.callable_path == b.callable_path
     return a.fingerprint() == b.fingerprint()
 
@@ -119,7 +120,7 @@ def resolve(args) -> PlanInputs:
         if found:
             (path, profile), others = found[0], tuple(p for _, p in found[1:])
             model = profile.model  # a custom model's sizes are known once it was built
-        if profile is None and (cpu or model.family == "custom"):
+        if profile is None and (cpu or not families.of(model).builtin):
             raise PlannerError(
                 f"no profile of {model.name} ({dtype}) in {PROFILES_DIR}/: run `planner profile "
                 f"--model {args.model} --dtype {dtype}` first, or pass --profile")

@@ -91,6 +91,7 @@ def from_dict(cls, data, ctx: str = "", path: str = ""):
     label = cls.__name__
     if not isinstance(data, dict):
         _fail(ctx, path or label, f"an object ({label})", data)
+    data = _current_version(cls, data, ctx, path)
     hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
@@ -114,6 +115,26 @@ def from_dict(cls, data, ctx: str = "", path: str = ""):
         if ctx and not str(err).startswith(ctx):
             raise PlannerError(f"{ctx}: {err}") from None
         raise
+
+
+def _current_version(cls, data: dict, ctx: str, path: str) -> dict:
+    """The record in this planner's schema: older versions go through the class's
+    ``upgrade_dict(data) -> data`` (which may raise); newer or unknown ones are refused."""
+    default = getattr(cls, "__dataclass_fields__", {}).get("schema_version")
+    if default is None:
+        return data
+    current = default.default
+    version = data.get("schema_version", current)
+    if version == current:
+        return data
+    upgrade = getattr(cls, "upgrade_dict", None)
+    if (isinstance(version, int) and not isinstance(version, bool) and 1 <= version < current
+            and upgrade is not None):
+        return upgrade(data)
+    loc = f"{ctx}: " if ctx else ""
+    where = f"field '{path}.schema_version'" if path else "schema_version"
+    raise PlannerError(f"{loc}{where} {json.dumps(version)} is not supported (this planner reads "
+                       f"{cls.__name__} versions 1..{current})")
 
 
 def read_json(path: str):

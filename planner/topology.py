@@ -1,4 +1,4 @@
-"""Which links a communication group crosses, and what its collectives cost there.
+"""Which links a communication group crosses: placement of the parallel groups on a cluster.
 
 Placement comes from the one rank grid (``planner.grid``): rank r sits on node
 ``r // devices_per_node``. The network is a graph (``build_graph``, networkx):
@@ -18,31 +18,22 @@ on the route (level figures are end-to-end per message). A group's bottleneck is
 flow. Uniform clusters (``Cluster.uniform``) never share a link between two flows of one
 collective, so their placement is computed arithmetically without building the graph.
 
-``CommModel(cluster).time(collective, n_bytes, dim, dp, pp, tp)`` is what cost code calls. It
-uses, in order: measured collective fits of the cluster (``planner profile --network``) for the
-group's level and size (carried to other group sizes by the formula's step and volume factors);
-the hierarchical (two-level) form when a group spans nodes with several ranks on each; else the
-alpha-beta formula (``planner.cost.comm``) over the group's bottleneck link, plus the level's
-per-call latency. Pure python; results per (dim, dp, pp, tp) are cached.
+``Placement(cluster).groups(dim, dims)`` and ``.boundary(dims, stage)`` are what the cost of a
+collective needs (``planner.cost.collectives.CommModel``); nothing here prices anything.
 """
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass
 from functools import lru_cache
 
-from planner import grid
-from planner.cost import comm
+from planner.dims import ParallelDims
 from planner.errors import PlannerError
+from planner.grid import RankGrid
 from planner.specs import Cluster, LinkLevel
 
 LEVELS = ("intra_node", "inter_node")
 INF = float("inf")
-DEFAULT_ALGORITHM = {c: next(iter(a)) for c, a in comm.FLAT.items()}
-# Algorithms whose measured curve may be carried to another group size (broadcast: MPICH's two).
-_SCALE_ALGORITHMS = {"broadcast": ("tree", "scatter_allgather")}
-_TWO_LEVEL = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "all_to_all")
 
 
 @dataclass(frozen=True)
@@ -80,31 +71,28 @@ class GroupPlacement:
 # --------------------------------------------------------------------------------------------
 # Uniform clusters: arithmetic placement
 # --------------------------------------------------------------------------------------------
-def _stride(dim: str, pp: int, tp: int) -> int:
-    return {"tp": 1, "pp": tp, "dp": pp * tp}[dim]
-
-
-def _residues(dim: str, dp: int, pp: int, tp: int, per: int) -> set[int]:
+def _residues(dim: str, dims: ParallelDims, per: int) -> set[int]:
     """Offsets inside a node (base rank % per) that the first ranks of ``dim`` groups take.
 
-    Group bases are o*block + i (o < world/block, i < stride); only residues mod ``per`` decide
-    which nodes a group touches, and both terms repeat with a period <= per.
+    Group bases are o*block + i (o < world/block, i < stride): the axes slower than ``dim``
+    move in multiples of its block, the faster ones stay below its stride; only residues mod
+    ``per`` decide which nodes a group touches, and both terms repeat with a period <= per.
     """
-    size = {"dp": dp, "pp": pp, "tp": tp}[dim]
-    stride = _stride(dim, pp, tp)
+    grid = RankGrid(dims)
+    size, stride = grid.sizes[dim], grid.stride(dim)
     block = size * stride
-    outer = dp * pp * tp // block
+    outer = grid.world_size // block
     o_count = min(outer, per // math.gcd(block, per))
     return {(o * block + i) % per for o in range(o_count) for i in range(min(stride, per))}
 
 
 @lru_cache(maxsize=4096)
-def uniform_shape(per: int, dim: str, dp: int, pp: int, tp: int) -> tuple[int, int, bool]:
+def uniform_shape(per: int, dim: str, dims: ParallelDims) -> tuple[int, int, bool]:
     """(most nodes a group spans, most ranks of a group on one node, evenly spread)."""
-    size = {"dp": dp, "pp": pp, "tp": tp}[dim]
-    stride = _stride(dim, pp, tp)
+    grid = RankGrid(dims)
+    size, stride = grid.sizes[dim], grid.stride(dim)
     nodes, rpn, seen = 1, 1, set()
-    for r in _residues(dim, dp, pp, tp, per):
+    for r in _residues(dim, dims, per):
         counts: dict[int, int] = {}
         for k in range(size):
             node = (r + stride * k) // per
@@ -116,11 +104,12 @@ def uniform_shape(per: int, dim: str, dp: int, pp: int, tp: int) -> tuple[int, i
 
 
 @lru_cache(maxsize=4096)
-def uniform_boundary_crosses(per: int, dp: int, pp: int, tp: int, stage: int) -> bool:
+def uniform_boundary_crosses(per: int, dims: ParallelDims, stage: int) -> bool:
     """Whether any pipeline send from stage ``stage`` to stage (stage+1) % pp leaves a node."""
+    pp, stride = dims.pp, RankGrid(dims).stride("pp")
     nxt = (stage + 1) % pp
-    return any((r + stage * tp) // per != (r + nxt * tp) // per
-               for r in _residues("pp", dp, pp, tp, per))
+    return any((r + stage * stride) // per != (r + nxt * stride) // per
+               for r in _residues("pp", dims, per))
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,60 +195,16 @@ def _ring(members: list[int]) -> list[tuple[int, int]]:
 
 
 # --------------------------------------------------------------------------------------------
-# Measured curves
+# Placement of a layout's groups
 # --------------------------------------------------------------------------------------------
-def monotone(times: list[float]) -> list[float]:
-    """The non-decreasing sequence nearest to ``times`` in log space (pool adjacent violators,
-    Ayer et al. 1955): medians still wobble -- gloo's jump 3-4x at 256 KiB-1 MiB
-    (../shared/notes/torch-on-cpu.md) -- and a bigger message must not cost less. A lone spike
-    is averaged with the points after it instead of lifting all of them to its height."""
-    blocks: list[list[float]] = []  # [mean of log t, count]
-    for t in times:
-        blocks.append([math.log(t), 1])
-        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
-            m2, c2 = blocks.pop()
-            m1, c1 = blocks[-1]
-            blocks[-1] = [(m1 * c1 + m2 * c2) / (c1 + c2), c1 + c2]
-    out = []
-    for m, c in blocks:
-        out += [math.exp(m)] * int(c)
-    return out
+class Placement:
+    """The groups of each dimension on one cluster, and the links they cross (cached)."""
 
-
-class _Curve:
-    """A CollectiveFit made ready to evaluate: sorted, de-duplicated, non-decreasing."""
-    __slots__ = ("sizes", "times", "bandwidth")
-
-    def __init__(self, fit):
-        pts: dict[float, list[float]] = {}
-        for n, t in zip(fit.message_bytes, fit.time_s):
-            pts.setdefault(float(n), []).append(t)
-        self.sizes = sorted(pts)
-        self.times = monotone([statistics.median(pts[n]) for n in self.sizes])
-        self.bandwidth = fit.bandwidth_bytes_per_s
-
-    def __call__(self, n: float) -> float:
-        return comm.measured_time(self.sizes, self.times, self.bandwidth, n)
-
-
-# --------------------------------------------------------------------------------------------
-# The model
-# --------------------------------------------------------------------------------------------
-class CommModel:
-    """Collective times over one cluster's links; see the module docstring for the choice."""
-
-    def __init__(self, cluster: Cluster, gamma_s_per_byte: float = 0.0):
-        # gamma defaults to 0: NCCL and gloo fuse the reduction into the copy, and measured
-        # curves and fitted bandwidths already include it.
+    def __init__(self, cluster: Cluster):
         self.cluster = cluster
-        self.gamma = gamma_s_per_byte
         self._graph = None
         self._placements: dict[tuple, GroupPlacement] = {}
         self._boundaries: dict[tuple, tuple[str, Bottleneck, float]] = {}
-        self._fits: dict[tuple[str, str], list[tuple[int, _Curve]]] = {}
-        for fit in cluster.collective_fits:
-            self._fits.setdefault((fit.collective, fit.level), []).append(
-                (fit.group_size, _Curve(fit)))
 
     @property
     def graph(self):
@@ -267,36 +212,33 @@ class CommModel:
             self._graph = build_graph(self.cluster)
         return self._graph
 
-    def _check_world(self, dp: int, pp: int, tp: int) -> None:
-        if min(dp, pp, tp) < 1:
-            raise PlannerError(f"dp, pp, tp must be >= 1, got {dp}, {pp}, {tp}")
-        if dp * pp * tp > self.cluster.num_devices:
-            raise PlannerError(f"dp({dp}) * pp({pp}) * tp({tp}) = {dp * pp * tp} ranks do not "
-                               f"fit on cluster {self.cluster.name} of "
-                               f"{self.cluster.num_devices} devices")
+    def _check_world(self, dims: ParallelDims) -> None:
+        if dims.world_size > self.cluster.num_devices:
+            raise PlannerError(f"{dims.arithmetic()} ranks do not fit on cluster "
+                               f"{self.cluster.name} of {self.cluster.num_devices} devices")
 
     # -- placement ---------------------------------------------------------------------------
-    def placement(self, dim: str, dp: int, pp: int, tp: int) -> GroupPlacement:
-        key = (dim, dp, pp, tp)
+    def groups(self, dim: str, dims: ParallelDims) -> GroupPlacement:
+        """Where the ``dim`` groups of ``dims`` sit and the links they cross."""
+        key = (dim, dims)
         pl = self._placements.get(key)
         if pl is None:
-            if dim not in grid.DIMS:
-                raise ValueError(f"dim must be one of {grid.DIMS}, got {dim!r}")
-            self._check_world(dp, pp, tp)
+            dims.degree(dim)         # one-line error for an unknown dimension
+            self._check_world(dims)
             pl = (self._uniform_placement if self.cluster.uniform
-                  else self._graph_placement)(dim, dp, pp, tp)
+                  else self._graph_placement)(dim, dims)
             self._placements[key] = pl
         return pl
 
-    def _uniform_placement(self, dim, dp, pp, tp) -> GroupPlacement:
+    def _uniform_placement(self, dim, dims: ParallelDims) -> GroupPlacement:
         c = self.cluster
-        size = {"dp": dp, "pp": pp, "tp": tp}[dim]
-        groups = dp * pp * tp // size
+        size = dims.degree(dim)
+        groups = dims.world_size // size
         intra, inter = c.intra_node, c.inter_node
         if size == 1:
             return GroupPlacement(dim, 1, groups, 1, 1, True, "none", (), _bn(intra), None,
                                   None, 0.0)
-        nodes, rpn, even = uniform_shape(c.devices_per_node, dim, dp, pp, tp)
+        nodes, rpn, even = uniform_shape(c.devices_per_node, dim, dims)
         if nodes == 1:
             return GroupPlacement(dim, size, groups, 1, rpn, True, "intra_node",
                                   ("intra_node",), _bn(intra), None, None, intra.call_latency_s)
@@ -310,9 +252,9 @@ class CommModel:
                               _bn(inter) if even else None,
                               max(intra.call_latency_s, inter.call_latency_s))
 
-    def _graph_placement(self, dim, dp, pp, tp) -> GroupPlacement:
+    def _graph_placement(self, dim, dims: ParallelDims) -> GroupPlacement:
         c, per = self.cluster, self.cluster.devices_per_node
-        groups = grid.groups(dim, dp, pp, tp)
+        groups = RankGrid(dims).groups(dim)
         size = len(groups[0])
         nodes, rpn, seen, by_node = 1, 1, set(), []
         for g in groups:
@@ -338,148 +280,27 @@ class CommModel:
         return GroupPlacement(dim, size, len(groups), nodes, rpn, even, level, kinds, flat,
                               intra, inter, call)
 
-    def boundary(self, dp: int, pp: int, tp: int, stage: int) -> tuple[str, Bottleneck, float]:
+    def boundary(self, dims: ParallelDims, stage: int) -> tuple[str, Bottleneck, float]:
         """(level, bottleneck, call latency) of the pipeline sends stage -> (stage+1) % pp."""
-        key = (dp, pp, tp, stage % pp)
+        pp = dims.pp
+        key = (dims, stage % pp)
         found = self._boundaries.get(key)
         if found is None:
-            self._check_world(dp, pp, tp)
+            self._check_world(dims)
             c, s = self.cluster, stage % pp
             if pp == 1:
                 found = ("none", Bottleneck(0.0, INF), 0.0)
             elif c.uniform:
-                cross = uniform_boundary_crosses(c.devices_per_node, dp, pp, tp, s)
+                cross = uniform_boundary_crosses(c.devices_per_node, dims, s)
                 lv = c.inter_node if cross else c.intra_node
                 found = ("inter_node" if cross else "intra_node", _bn(lv), lv.call_latency_s)
             else:
-                flows = [(g[s], g[(s + 1) % pp]) for g in grid.groups("pp", dp, pp, tp)]
+                flows = [(g[s], g[(s + 1) % pp]) for g in RankGrid(dims).groups("pp")]
                 bn, kinds, call = bottleneck(c, self.graph, flows)
                 found = ("intra_node" if kinds == ("intra_node",) else "inter_node", bn, call)
             self._boundaries[key] = found
         return found
 
-    # -- times -------------------------------------------------------------------------------
-    def time(self, collective: str, n_bytes: float, dim: str, dp: int, pp: int, tp: int,
-             algorithm: str | None = None, shards: int = 1) -> float:
-        """Seconds for one ``collective`` of ``n_bytes`` run by every ``dim`` group at once.
-
-        ``n_bytes`` follows planner.cost.comm: all-gather the full output, reduce-scatter the
-        full input, all-to-all each rank's total. ``algorithm`` forces a formula (skipping
-        measured fits); ``shards`` is k for "parameter_server". send_recv on "pp" is the
-        slowest stage-to-stage send (``p2p``).
-        """
-        if n_bytes <= 0:
-            return 0.0
-        if collective == "send_recv" and dim == "pp":
-            return self.p2p(n_bytes, dp, pp, tp)
-        pl = self.placement(dim, dp, pp, tp)
-        if pl.size <= 1:
-            return 0.0
-        if collective == "parameter_server":
-            f = pl.flat
-            return pl.call_latency_s + comm.parameter_server(
-                n_bytes, pl.size, shards, f.latency_s, 1 / f.bandwidth_bytes_per_s, self.gamma)
-        if collective not in comm.FLAT:
-            raise ValueError(f"collective must be one of {comm.COLLECTIVES}, got {collective!r}")
-        if algorithm is None:
-            if pl.level in LEVELS:
-                t = self._fitted(collective, pl.level, pl.size, n_bytes, pl.flat.latency_s)
-                if t is not None:
-                    return t
-            elif pl.hierarchical and collective in _TWO_LEVEL:
-                return self._two_level(collective, n_bytes, pl)
-        return pl.call_latency_s + self._formula(collective, algorithm, n_bytes, pl.size, pl.flat)
-
-    def p2p(self, n_bytes: float, dp: int, pp: int, tp: int, stage: int | None = None) -> float:
-        """One activation (or gradient) send between adjacent pipeline stages: the slowest
-        boundary, or the one after ``stage`` (stage pp-1 is the wrap to 0 that interleaved
-        schedules use)."""
-        if pp <= 1 or n_bytes <= 0:
-            return 0.0
-        stages = range(pp - 1) if stage is None else (stage,)
-        worst = 0.0
-        for s in stages:
-            level, bn, call = self.boundary(dp, pp, tp, s)
-            t = self._fitted("send_recv", level, 2, n_bytes, bn.latency_s)
-            if t is None:
-                t = call + comm.send_recv(n_bytes, bn.latency_s, 1 / bn.bandwidth_bytes_per_s)
-            worst = max(worst, t)
-        return worst
-
-    def _formula(self, collective, algorithm, n, p, bn: Bottleneck) -> float:
-        algs = comm.FLAT[collective]
-        fn = algs.get(algorithm or DEFAULT_ALGORITHM[collective])
-        if fn is None:
-            raise ValueError(f"{collective} algorithm must be one of {tuple(algs)}, "
-                             f"got {algorithm!r}")
-        return fn(n, p, bn.latency_s, 1 / bn.bandwidth_bytes_per_s, self.gamma)
-
-    def _fitted(self, collective, level, p, n, alpha) -> float | None:
-        """A measured curve for (collective, level): at its own group size as measured, at
-        another carried by the formula's factors -- the volume term by reading the curve at
-        n * volume(p)/volume(p_fit), the extra steps at ``alpha`` each (floored so that fewer
-        steps never cost less than the scaled curve times steps(p)/steps(p_fit))."""
-        curves = self._fits.get((collective, level))
-        if not curves:
-            return None
-        pf, curve = min(curves, key=lambda c: (abs(math.log(c[0] / p)), -c[0]))
-        if pf == p:
-            return curve(n)
-        best = INF
-        for alg in _SCALE_ALGORITHMS.get(collective, (DEFAULT_ALGORITHM[collective],)):
-            steps, vol, _ = comm.factors(collective, alg, p)
-            steps_f, vol_f, _ = comm.factors(collective, alg, pf)
-            base = curve(n * vol / vol_f)
-            best = min(best, max(base + (steps - steps_f) * alpha,
-                                 base * min(1.0, steps / steps_f)))
-        return best
-
-    def _phase(self, collective, level, p, n, bn: Bottleneck) -> tuple[float, bool]:
-        t = self._fitted(collective, level, p, n, bn.latency_s) if p > 1 else None
-        if t is not None:
-            return t, True
-        return self._formula(collective, None, n, p, bn), False
-
-    def _two_level(self, collective, n, pl: GroupPlacement) -> float:
-        """Hierarchical forms (planner.cost.comm), each phase from a fit where one exists;
-        formula phases share one call latency, fitted phases carry their measured own."""
-        pn, pln = pl.nodes, pl.ranks_per_node
-        li, gi = pl.intra, pl.inter
-        if collective == "all_to_all":
-            return pl.call_latency_s + comm.all_to_all_two_level(
-                n, pn, pln, li.latency_s, 1 / li.bandwidth_bytes_per_s, gi.latency_s,
-                1 / gi.bandwidth_bytes_per_s)
-        plan = {
-            "all_reduce": [("reduce_scatter", "intra_node", pln, n, li),
-                           ("all_reduce", "inter_node", pn, n / pln, gi),
-                           ("all_gather", "intra_node", pln, n, li)],
-            "reduce_scatter": [("reduce_scatter", "intra_node", pln, n, li),
-                               ("reduce_scatter", "inter_node", pn, n / pln, gi)],
-            "all_gather": [("all_gather", "inter_node", pn, n / pln, gi),
-                           ("all_gather", "intra_node", pln, n, li)],
-            "broadcast": [("broadcast", "inter_node", pn, n, gi),
-                          ("broadcast", "intra_node", pln, n, li)],
-        }[collective]
-        total, formula_used = 0.0, False
-        for coll, level, p, nb, bn in plan:
-            t, fitted = self._phase(coll, level, p, nb, bn)
-            total += t
-            formula_used = formula_used or not fitted
-        return total + (pl.call_latency_s if formula_used else 0.0)
-
 
 def _bn(level: LinkLevel) -> Bottleneck:
     return Bottleneck(level.latency_s, level.bandwidth_bytes_per_s)
-
-
-_MODELS: dict[int, tuple[Cluster, CommModel]] = {}
-
-
-def comm_model(cluster: Cluster) -> CommModel:
-    """The CommModel of ``cluster``, kept while the same cluster object is in use."""
-    hit = _MODELS.get(id(cluster))
-    if hit is None or hit[0] is not cluster:
-        if len(_MODELS) > 32:
-            _MODELS.clear()
-        hit = _MODELS[id(cluster)] = (cluster, CommModel(cluster))
-    return hit[1]

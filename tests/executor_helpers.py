@@ -37,7 +37,7 @@ def zero_prediction() -> Prediction:
 
 def make_plan(model: ModelSpec = GPT, dtype="float64", optimizer="adam", lr=1e-2, seed=0,
               **layout) -> Plan:
-    lay = Layout(**layout)
+    lay = Layout.make(**layout)
     return Plan(model=model, model_fingerprint=model.fingerprint(), cluster=localhost_cpu(),
                 world_size=lay.world_size, global_batch_size=lay.global_batch_size, dtype=dtype,
                 optimizer=optimizer, learning_rate=lr, layout=lay,

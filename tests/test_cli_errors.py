@@ -56,5 +56,6 @@ def test_plan_json_output_on_a_preset(tmp_path):
     out = json.loads(proc.stdout)
     for key in ("step_time_s", "peak_memory_bytes", "fits", "layout"):
         assert key in out
-    assert out["layout"]["dp"] * out["layout"]["tp"] * out["layout"]["pp"] == 8
+    dims = out["layout"]["dims"]
+    assert dims["dp"] * dims["tp"] * dims["pp"] == 8
     assert out["fits"] is True and out["step_time_s"] > 0

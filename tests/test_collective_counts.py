@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 
 from executor_helpers import GPT, make_plan
-from planner import simulate as sim
+from planner import sim
 from planner.cost.compute import BlockCost
 import test_executor_layouts as layouts
 

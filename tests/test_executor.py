@@ -93,4 +93,4 @@ def test_unsupported_combination_is_refused_before_training(tmp_path):
     proc = torchrun(2, ["--plan", str(path)], timeout=60)
     assert proc.returncode != 0
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
-    assert len(errors) == 1 and "compression fp16 is a DDP communication hook" in errors[0]
+    assert len(errors) == 1 and "compression fp16 is a DDP hook" in errors[0]

@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from executor.data import SyntheticData, TokenFileData, dp_rows
-from executor.parallel import dp as dp_mod
-from executor.parallel.pp import chunk_starts, local_chunk_ids
+from executor.parallel import check_layout
+from executor.parallel.pp import local_chunk_ids
 from executor.parallel.ps import assign_owners
 from executor.parallel.recompute import apply_recompute
 from executor_helpers import GPT
 from planner.errors import PlannerError
 from planner.models.build import build_model
+from planner.rules import chunk_starts
 from planner.specs import Layout
 
 
@@ -23,33 +24,33 @@ def test_ps_owners_balance_bytes():
 
 
 def test_chunk_starts_even_and_explicit():
-    assert chunk_starts(Layout(pp=2), 6) == [0, 3]
-    assert chunk_starts(Layout(pp=2, schedule="zbv", virtual_stages=2), 6) == [0, 2, 4, 5]
-    assert chunk_starts(Layout(pp=2, stage_boundaries=(0, 1)), 6) == [0, 1]
+    assert chunk_starts(Layout.make(pp=2), 6) == [0, 3]
+    assert chunk_starts(Layout.make(pp=2, schedule="zbv", virtual_stages=2), 6) == [0, 2, 4, 5]
+    assert chunk_starts(Layout.make(pp=2, stage_boundaries=(0, 1)), 6) == [0, 1]
     with pytest.raises(PlannerError, match="block 6"):
-        chunk_starts(Layout(pp=2, stage_boundaries=(0, 6)), 6)
+        chunk_starts(Layout.make(pp=2, stage_boundaries=(0, 6)), 6)
     with pytest.raises(PlannerError, match="8 chunks > 6 blocks"):
-        chunk_starts(Layout(pp=4, schedule="zbv", virtual_stages=2, num_microbatches=4), 6)
+        chunk_starts(Layout.make(pp=4, schedule="zbv", virtual_stages=2, num_microbatches=4), 6)
 
 
 def test_looped_and_v_placement():
-    inter = Layout(pp=2, schedule="interleaved-1f1b", virtual_stages=2, num_microbatches=2)
+    inter = Layout.make(pp=2, schedule="interleaved-1f1b", virtual_stages=2, num_microbatches=2)
     assert [local_chunk_ids(inter, r) for r in range(2)] == [[0, 2], [1, 3]]
-    zbv = Layout(pp=2, schedule="zbv", virtual_stages=2)
+    zbv = Layout.make(pp=2, schedule="zbv", virtual_stages=2)
     assert [local_chunk_ids(zbv, r) for r in range(2)] == [[0, 3], [1, 2]]
 
 
 @pytest.mark.parametrize("layout,words", [
-    (Layout(dp=2, zero=2, compression="fp16"), "FSDP"),
-    (Layout(dp=2, tp=2, compression="bf16"), "DTensor"),
-    (Layout(dp=2, tp=2, zero=1), "zero 2 or 3"),
-    (Layout(dp=2, dp_comm="parameter_server", ps_shards=1, zero=1), "zero 0"),
-    (Layout(dp=2, pp=2, zero=3, schedule="zbv", virtual_stages=2), "zbv"),
-    (Layout(dp=2, pp=2, schedule="zbv", virtual_stages=2, compression="fp16"), "zbv"),
+    (Layout.make(dp=2, zero=2, compression="fp16"), "FSDP"),
+    (Layout.make(dp=2, tp=2, compression="bf16"), "DTensor"),
+    (Layout.make(dp=2, tp=2, zero=1), "zero 2 or 3"),
+    (Layout.make(dp=2, dp_comm="parameter_server", ps_shards=1, zero=1), "zero 0"),
+    (Layout.make(dp=2, pp=2, zero=3, schedule="zbv", virtual_stages=2), "zbv"),
+    (Layout.make(dp=2, pp=2, schedule="zbv", virtual_stages=2, compression="fp16"), "zbv"),
 ])
 def test_unsupported_combinations_are_refused(layout, words):
     with pytest.raises(PlannerError, match=words) as err:
-        dp_mod.check_dp(layout, "plan.json")
+        check_layout(GPT, layout, "plan.json")
     assert str(err.value).startswith("plan.json: field 'layout'")
 
 
@@ -122,5 +123,5 @@ def test_pickled_token_file_is_refused(tmp_path):
 def test_checkpointing_zero1_is_refused():
     from executor.checkpoint import check_supported
     with pytest.raises(PlannerError, match="zero 1"):
-        check_supported(Layout(dp=2, zero=1), "--checkpoint-dir")
-    check_supported(Layout(dp=2, zero=3), "--checkpoint-dir")
+        check_supported(Layout.make(dp=2, zero=1), "--checkpoint-dir")
+    check_supported(Layout.make(dp=2, zero=3), "--checkpoint-dir")

@@ -8,7 +8,7 @@ from planner.clusters import dgx_a100
 from planner.cost.compute import BlockCost
 from planner.errors import PlannerError
 from planner.profile.interference import overlap_share
-from planner.simulate import RunSpec, evaluate
+from planner.sim import RunSpec, evaluate
 from planner.specs import Cluster, Layout, ModelSpec
 
 
@@ -51,8 +51,8 @@ def test_cluster_rejects_bad_interference():
 def test_compute_slowdown_applies_only_with_colocated_ranks():
     slow = replace(dgx_a100(), compute_slowdown=1.5)
     run, blocks = toy(slow)
-    _, one = evaluate(run, blocks, Layout(dp=1), comm=comm_of(0.0))
-    _, two = evaluate(run, blocks, Layout(dp=2), comm=comm_of(0.0))
+    _, one = evaluate(run, blocks, Layout.make(dp=1), comm=comm_of(0.0))
+    _, two = evaluate(run, blocks, Layout.make(dp=2), comm=comm_of(0.0))
     # 4 blocks x (1 + 2) s = 12 s alone; x1.5 when the other rank computes too
     assert one.breakdown_s["compute"] == pytest.approx(12.0)
     assert two.breakdown_s["compute"] == pytest.approx(18.0)
@@ -63,7 +63,7 @@ def test_no_overlap_serialises_hidden_dp_comm():
     run_ov, blocks = toy(dgx_a100(), params=big)
     run_no, _ = toy(replace(dgx_a100(), comm_overlap=0.0), params=big)
     run_half, _ = toy(replace(dgx_a100(), comm_overlap=0.5), params=big)
-    layout = Layout(dp=2)
+    layout = Layout.make(dp=2)
     _, ov = evaluate(run_ov, blocks, layout, comm=comm_of(0.5))
     _, no = evaluate(run_no, blocks, layout, comm=comm_of(0.5))
     _, half = evaluate(run_half, blocks, layout, comm=comm_of(0.5))
@@ -82,7 +82,7 @@ def test_fsdp_call_overhead_per_collective():
     base = replace(dgx_a100(), comm_overlap=0.0)   # serial: every collective adds its time
     run0, blocks = toy(base)
     run1, _ = toy(replace(base, fsdp_call_overhead_s=0.25))
-    layout = Layout(dp=2, zero=2)
+    layout = Layout.make(dp=2, zero=2)
     _, p0 = evaluate(run0, blocks, layout, comm=comm_of(0.0))
     _, p1 = evaluate(run1, blocks, layout, comm=comm_of(0.0))
     # ZeRO-2, one micro-batch: 4 all-gathers + 4 reduce-scatters per step

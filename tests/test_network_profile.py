@@ -6,7 +6,9 @@ import sys
 
 import pytest
 
-from planner import serde, topology
+from planner import serde
+from planner.cost import collectives
+from planner.dims import ParallelDims
 from planner.clusters import resolve_cluster
 from planner.commands.profile_network import parse_bytes
 from planner.errors import PlannerError
@@ -15,6 +17,11 @@ from planner.profile import network
 from planner.specs import BlockProfile, Cluster, ModelProfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def D(dp, pp, tp):
+    """Degrees in the grid order (dp, pp, tp) as a ParallelDims."""
+    return ParallelDims(dp=dp, pp=pp, tp=tp)
 
 
 def run(*args, timeout=120):
@@ -114,10 +121,10 @@ def test_profile_network_writes_a_cluster_that_planner_accepts(tmp_path):
         assert f.message_bytes == (1024, 2048, 4096, 8192, 16384)
         assert all(t > 0 for t in f.time_s) and f.fit_median_abs_pct_error >= 0
     # the model answers from the measured points
-    model = topology.CommModel(cluster)
+    model = collectives.CommModel(cluster)
     ar = fits[("all_reduce", "intra_node", 2)]
-    assert model.time("all_reduce", 4096, "dp", 2, 1, 1) == pytest.approx(
-        topology.monotone(list(ar.time_s))[2])
+    assert model.time("all_reduce", 4096, "dp", D(2, 1, 1)) == pytest.approx(
+        collectives.monotone(list(ar.time_s))[2])
 
     model_spec = resolve_model("mlp-tiny")
     prof = tmp_path / "prof.json"

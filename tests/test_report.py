@@ -15,7 +15,8 @@ import struct
 import pytest
 
 from planner.cli import main
-from planner.grid import coords_of
+from planner.dims import ParallelDims
+from planner.grid import RankGrid
 from planner.models import resolve_model
 from planner.specs import (Candidate, CollectiveCount, Cluster, DeviceSpec, Layout, LinkLevel,
                            Metrics, Plan, Prediction, RankMemory, TimelineEvent, Validation,
@@ -26,6 +27,10 @@ F, B, SEND, REDUCE, OPT = 1e-3, 2e-3, 0.1e-3, 0.5e-3, 0.3e-3
 M, PP, DP = 4, 2, 2
 
 
+def stage_of(rank: int) -> int:
+    return RankGrid(ParallelDims(dp=DP, pp=PP)).coord(rank, "pp")
+
+
 def gpipe_timeline() -> tuple[tuple[TimelineEvent, ...], float]:
     """GPipe by hand: stage s runs forward i at (i + s) * F; backwards in reverse after all
     forwards; a send after each forward/backward that crosses the stage boundary; the DP
@@ -34,7 +39,7 @@ def gpipe_timeline() -> tuple[tuple[TimelineEvent, ...], float]:
     fwd_end = (M + PP - 1) * F
     ends = {}
     for rank in range(DP * PP):
-        _, s, _ = coords_of(rank, PP, 1)
+        s = stage_of(rank)
         for i in range(M):
             t = (i + s) * F
             events.append(TimelineEvent(rank, "compute", f"F{i} stage{s}", t, t + F))
@@ -62,11 +67,11 @@ def make_plan(with_candidates: bool = True) -> Plan:
                         memory_bandwidth_bytes_per_s=10e9, compute_efficiency=1.0)
     link = LinkLevel("intra_node", 1e-4, 2.7e9)
     cluster = Cluster("test-cpu", 1, DP * PP, device, link, link, backend="gloo")
-    layout = Layout(dp=DP, pp=PP, microbatch_size=1, num_microbatches=M, schedule="gpipe",
+    layout = Layout.make(dp=DP, pp=PP, microbatch_size=1, num_microbatches=M, schedule="gpipe",
                     stage_boundaries=(0, 3))
     timeline, step = gpipe_timeline()
-    memory = tuple(RankMemory(r, coords_of(r, PP, 1)[1], 4 * MIB, 4 * MIB, 8 * MIB,
-                              (M - coords_of(r, PP, 1)[1]) * 3 * MIB, 1 * MIB)
+    memory = tuple(RankMemory(r, stage_of(r), 4 * MIB, 4 * MIB, 8 * MIB,
+                              (M - stage_of(r)) * 3 * MIB, 1 * MIB)
                    for r in range(DP * PP))
     breakdown = {"compute": M * (F + B), "pp_comm_exposed": 2 * SEND,
                  "dp_comm_exposed": REDUCE, "dp_comm_hidden": 0.0, "optimizer": OPT,
@@ -80,17 +85,17 @@ def make_plan(with_candidates: bool = True) -> Plan:
         compute_source="profile", timeline=timeline)
     candidates = ()
     if with_candidates:
-        runner = Layout(dp=4, microbatch_size=1, num_microbatches=2)
+        runner = Layout.make(dp=4, microbatch_size=1, num_microbatches=2)
         candidates = (
             Candidate(layout, step, prediction.peak_memory_bytes, True, breakdown, rank=1),
             Candidate(runner, step * 1.3, 40 * MIB, True,
                       {"compute": 2 * (F + B) * 2, "dp_comm_exposed": 8 * REDUCE,
                        "optimizer": 2 * OPT}, rank=2),
-            Candidate(Layout(dp=1, pp=4, microbatch_size=2, num_microbatches=4,
+            Candidate(Layout.make(dp=1, pp=4, microbatch_size=2, num_microbatches=4,
                              schedule="gpipe"), step * 1.8, 30 * MIB, True, {}, rank=3),
-            Candidate(Layout(dp=4, microbatch_size=2, num_microbatches=1), step * 0.9, 90 * MIB,
+            Candidate(Layout.make(dp=4, microbatch_size=2, num_microbatches=1), step * 0.9, 90 * MIB,
                       False, {}, note="activations exceed memory"),
-            Candidate(Layout(tp=4, microbatch_size=1, num_microbatches=8), 0.0, 0, False, {},
+            Candidate(Layout.make(tp=4, microbatch_size=1, num_microbatches=8), 0.0, 0, False, {},
                       note="tp(4) does not divide heads(4)? pruned before simulation"),
         )
     return Plan(model=model, model_fingerprint=model.fingerprint(), cluster=cluster,
@@ -237,7 +242,7 @@ def test_report_cli_writes_files_and_refuses_foreign_metrics(tmp_path, capsys):
     page = out.read_text()
     assert "../traces/rank0.json" in page
     capsys.readouterr()
-    foreign = make_metrics(plan, 0.02, MIB, Layout(dp=2, tp=2, microbatch_size=4))
+    foreign = make_metrics(plan, 0.02, MIB, Layout.make(dp=2, tp=2, microbatch_size=4))
     mpath = tmp_path / "foreign.json"
     foreign.save(str(mpath))
     assert main(["report", "--plan", str(plan_path), "--metrics", str(mpath),

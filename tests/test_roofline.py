@@ -7,6 +7,8 @@ import pytest
 from planner import devices
 from planner.clusters import resolve_cluster
 from planner.cost import compute, roofline as rl
+from planner.cost.precision import optimizer_bytes_touched
+from planner.families.gpt import costs as gpt_costs
 from planner.errors import PlannerError
 from planner.models import resolve_model
 
@@ -52,7 +54,7 @@ def test_layer_matmul_flops_match_the_megatron_formula(impl):
     # Forward matmuls: 24bsh^2 + 4bs^2h (Narayanan et al. SC'21 eq. 2 / 3 per layer); the
     # backward of every matmul is two GEMMs of the same FLOPs (flash attention excepted).
     b, s, h, a = 2, 1024, 2048, 16
-    fwd, bwd = rl.layer_ops(rl.Shape(b, s, h, a, 4 * h, 50304), impl)
+    fwd, bwd = gpt_costs.layer_ops(rl.Shape(b, s, h, a, 4 * h, 50304), impl)
     gemm_f = sum(o.flops for o in fwd if o.matmul and not o.name.startswith("flash"))
     gemm_b = sum(o.flops for o in bwd if o.matmul and not o.name.startswith("flash"))
     if impl == "megatron":
@@ -72,7 +74,7 @@ def test_tensor_parallel_divides_matmuls_and_sequence_parallel_the_norms():
     def total(ops, matmul):
         return sum(o.flops for o in ops if o.matmul == matmul)
 
-    f1, f4, fsp = (rl.layer_ops(x, "megatron")[0] for x in (full, shard, sp))
+    f1, f4, fsp = (gpt_costs.layer_ops(x, "megatron")[0] for x in (full, shard, sp))
     assert total(f4, True) == pytest.approx(total(f1, True) / 4)
     ln = {o.name: o.bytes for o in f4}["ln1"]
     assert ln == {o.name: o.bytes for o in f1}["ln1"]             # replicated without SP
@@ -81,7 +83,7 @@ def test_tensor_parallel_divides_matmuls_and_sequence_parallel_the_norms():
 
 def test_launch_bound_pass_takes_kernels_times_host_overhead():
     dm = model(host_overhead_s=1e-3)
-    ops = rl.layer_ops(rl.Shape(1, 128, 256, 4, 1024, 512), "megatron")[0]
+    ops = gpt_costs.layer_ops(rl.Shape(1, 128, 256, 4, 1024, 512), "megatron")[0]
     gpu, host = rl.pass_times_s(ops, dm, "bf16-mixed", extra_kernels=2)
     assert host == pytest.approx((len(ops) + 2) * 1e-3) and host > gpu
     assert rl.pass_time_s(ops, dm, "bf16-mixed", 2) == host
@@ -89,8 +91,9 @@ def test_launch_bound_pass_takes_kernels_times_host_overhead():
 
 def test_optimizer_bytes_mixed_adam_by_hand():
     # 2 (16-bit grad) + 2*4*3 (fp32 master, m, v read and written) + 2 (16-bit weight written)
-    assert rl.optimizer_bytes_per_param("bf16-mixed", "adam") == 28
-    assert rl.optimizer_bytes_per_param("float32", "sgd") == 4 + 8
+    assert optimizer_bytes_touched("bf16-mixed", "adam") == 28
+    assert optimizer_bytes_touched("float32", "adam") == 28
+    assert optimizer_bytes_touched("float32", "sgd") == 4 + 8
 
 
 def test_profiles_mark_every_figure_and_use_datasheet_peaks():
@@ -131,7 +134,7 @@ def test_tp_split_per_rank_costs():
     assert f1 / 8 < f8 < f1 and b1 / 8 < b8 < b1
     assert 0 < core8 < f8
     # A collective on the stream hides behind a launch-bound pass, never below the GPU time.
-    g = rl.gpt_block_times(1, rl.Shape(1, 2048, 4096, 32, 16384, 51200, 8), dm, "bf16-mixed",
+    g = gpt_costs.block_times(1, rl.Shape(1, 2048, 4096, 32, 16384, 51200, 8), dm, "bf16-mixed",
                            "zoo", 2)[1]
     assert layer.tp_split(8, False, 1.0, 1.0)[:2] == (g.forward_gpu_s, g.backward_gpu_s)
 

@@ -1,7 +1,7 @@
 """Pipeline schedules: hand-checked orders, in-flight counts, and torch.distributed.pipelining's."""
 import pytest
 
-from planner import schedule
+from planner import schedules as schedule
 from planner.partition import balanced_partition, chunk_blocks
 
 
@@ -43,9 +43,9 @@ def test_every_op_once_and_dependencies_respected(name, p, m, v):
 
 
 def test_placements_looped_and_v():
-    assert schedule.rank_chunks(1, 4, 2, "interleaved-1f1b") == [1, 5]
-    assert schedule.rank_chunks(1, 4, 2, "zbv") == [1, 6]
-    assert schedule.rank_chunks(3, 4, 2, "zbv") == [3, 4]
+    assert schedule.get("interleaved-1f1b").rank_chunks(1, 4, 2) == [1, 5]
+    assert schedule.get("zbv").rank_chunks(1, 4, 2) == [1, 6]
+    assert schedule.get("zbv").rank_chunks(3, 4, 2) == [3, 4]
 
 
 def test_in_flight_microbatches_match_formulas():

@@ -8,8 +8,9 @@ from dataclasses import replace
 
 import pytest
 
+from planner import schedules, sim
 from planner import search as S
-from planner import simulate as sim
+from planner.search import space as SP
 from planner.clusters import dgx_a100
 from planner.cost import compute
 from planner.explain import explain
@@ -29,15 +30,15 @@ def small_run(memory_gib=6):
 
 def all_layouts(run, blocks_for, n, batch, space):
     spec = run.model
-    for tp in S.tp_sizes(spec, n, run.cluster.devices_per_node, space):
-        for pp in S.divisors(n // tp):
+    for tp in SP.tp_sizes(spec, n, run.cluster.devices_per_node, space):
+        for pp in SP.divisors(n // tp):
             dp = n // (tp * pp)
             if pp > spec.num_blocks or batch % dp:
                 continue
-            for b in S.divisors(batch // dp):
+            for b in SP.divisors(batch // dp):
                 m = batch // (dp * b)
-                for name, v in S.schedule_options(pp, m, spec.num_blocks, space):
-                    for zero, rc, sp in S._leaves(dp, tp, pp, b, m, name, v, space, spec):
+                for name, v in SP.schedule_options(pp, m, spec.num_blocks, space):
+                    for zero, rc, sp in SP.leaves(spec, dp, tp, pp, b, m, name, v, space):
                         yield (dp, tp, pp, b, m, name, v, zero, rc, sp)
 
 
@@ -45,24 +46,25 @@ def test_bounds_hold_and_search_matches_brute_force():
     run, blocks_for = small_run()
     n, batch = 8, 16
     space = S.Space(max_virtual_stages=3)
-    cache = S._Blocks(run, blocks_for)
+    blocks = {}
     truth = []
     for key in all_layouts(run, blocks_for, n, batch, space):
         dp, tp, pp, b, m, name, v, zero, rc, sp = key
-        layout = S._layout(key, space)
+        layout = SP.make_layout(key, space)
+        blk = blocks.setdefault(b, tuple(blocks_for(b)))
         comm = sim.default_comm_time(run.cluster, layout)
-        filled, pred = sim.evaluate(run, blocks_for(b), layout, comm, timeline=False)
-        total_s, slowest_s, params, acts = cache.sums(b, tp, sp, rc, comm)
-        bound = S._time_bound(run, dp, tp, pp, m, name, v, zero, total_s, slowest_s, params,
-                              comm, space)
+        filled, pred = sim.evaluate(run, blk, layout, comm, timeline=False)
+        bundle = sim.rows_bundle(run, blk, layout, comm)
+        kind = schedules.get(name)
+        bound = sim.step_floor(run, layout.dims, layout.data, kind, m, bundle.total_s,
+                               bundle.slowest_s, bundle.params, comm)
         assert bound <= pred.step_time_s * (1 + 1e-9), key
-        _, _, block_s, send_s, _, _ = sim._rows_bundle(run, blocks_for(b), layout, comm)
-        slowest = S.least_bottleneck(block_s, pp * v, send_s)
+        slowest = S.least_bottleneck(bundle.block_s, pp * v, bundle.send_s)
         assert m * slowest <= pred.step_time_s * (1 + 1e-9), key
-        _, costs, _ = sim.prepare(run, blocks_for(b), layout, comm)
-        owner = sim.schedule_shape(name, pp, m, v)[0]
-        assert S.chain_bound(run, filled, costs, owner, comm) <= pred.step_time_s * (1 + 1e-9), key
-        assert S._memory_bound(run, params, acts, zero, dp, pp, m, name, v, space) <= \
+        _, costs, _ = sim.prepare(run, blk, layout, comm)
+        assert sim.chain_bound(run, filled, costs, comm) <= pred.step_time_s * (1 + 1e-9), key
+        assert sim.memory_floor(run, layout.dims, layout.data, kind, m, v, bundle.params,
+                                bundle.activation_bytes) <= \
             pred.peak_memory_bytes * (1 + 1e-9), key
         if pred.fits:
             truth.append((pred.step_time_s, key))
@@ -71,7 +73,7 @@ def test_bounds_hold_and_search_matches_brute_force():
     # The search lists a layout with more recomputation only if none with less fits (it
     # cannot be faster): so does the reference.
     fits = {key for _, key in truth}
-    order = S.RECOMPUTE_ORDER
+    order = SP.RECOMPUTE_ORDER
 
     def dominated(key):
         lighter = order[:order.index(key[8])]
@@ -90,9 +92,9 @@ def test_fixed_dimensions_are_respected():
     res = S.search(run, blocks_for, 8, 16, space, top_k=3)
     assert res.ranked
     for layout, _ in res.ranked:
-        assert (layout.tp, layout.pp, layout.schedule, layout.zero, layout.recompute) == \
+        assert (layout.tp, layout.pp, layout.pipeline.schedule, layout.data.zero, layout.recompute) == \
             (2, 2, "interleaved-1f1b", 2, "selective")
-        assert layout.virtual_stages >= 2 and layout.dp == 2
+        assert layout.pipeline.virtual_stages >= 2 and layout.dp == 2
 
 
 def test_explanation_names_the_differing_terms():
@@ -125,7 +127,7 @@ def test_nothing_fits_is_a_clear_error():
 
 def test_planning_imports_no_torch():
     code = ("import sys; import planner.cli, planner.commands.plan, planner.commands.simulate, "
-            "planner.search, planner.simulate, planner.explain; "
+            "planner.search, planner.sim, planner.explain; "
             "bad = [m for m in ('torch', 'pandas', 'matplotlib') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
@@ -143,13 +145,14 @@ def test_simulate_json_has_the_promised_fields(tmp_path):
     for key in ("step_time_s", "tflops_per_device", "mfu", "peak_memory_bytes", "memory", "fits",
                 "layout", "breakdown_s", "collectives"):
         assert key in data, key
-    assert data["layout"]["schedule"] == "zbv" and data["layout"]["virtual_stages"] == 2
+    assert data["layout"]["pipeline"]["schedule"] == "zbv"
+    assert data["layout"]["pipeline"]["virtual_stages"] == 2
     assert data["peak_memory_bytes"] == max(r["parameters_bytes"] + r["gradients_bytes"]
                                             + r["optimizer_bytes"] + r["activations_bytes"]
                                             + r["buffers_bytes"] for r in data["memory"])
     from planner.specs import Plan
     plan = Plan.load(str(out))
-    assert plan.layout.stage_boundaries and plan.prediction.timeline
+    assert plan.layout.pipeline.stage_boundaries and plan.prediction.timeline
 
 
 def _close(a, b, path=""):

@@ -6,8 +6,8 @@ from planner.cost import compute, pp as pp_cost
 from planner.cost.compute import BlockCost
 from planner.models import PRESETS
 from planner.partition import ChunkMemory, balanced_partition
-from planner.simulate import (BREAKDOWN_KEYS, RunSpec, evaluate, executor_refuses,
-                              layout_costs, rank_memory)
+from planner.rules import executor_refuses
+from planner.sim import BREAKDOWN_KEYS, RunSpec, evaluate, layout_costs, rank_memory
 from planner.specs import Layout, ModelSpec
 
 GIB = 2**30
@@ -40,7 +40,7 @@ def compute_events(pred, rank):
 def test_two_stages_four_microbatches_equal_costs(schedule):
     # Each stage: 2 blocks of F = 0.5, B = 1 -> t_f = 1, t_b = 2 per micro-batch and stage.
     run, blocks = toy(4, fwd=0.5, bwd=1.0)
-    _, pred = evaluate(run, blocks, Layout(pp=2, num_microbatches=4, schedule=schedule),
+    _, pred = evaluate(run, blocks, Layout.make(pp=2, num_microbatches=4, schedule=schedule),
                        comm=no_comm)
     opt = pred.breakdown_s["optimizer"]
     # (m + p - 1)(t_f + t_b) = 5 * 3 = 15, plus a tiny optimizer step
@@ -65,7 +65,7 @@ def test_interleaved_bubble_matches_formula_and_zbv_is_smaller():
     run, blocks = toy(16)
     res = {}
     for name, v in (("1f1b", 1), ("interleaved-1f1b", 2), ("zbv", 2)):
-        _, pred = evaluate(run, blocks, Layout(pp=p, num_microbatches=m, schedule=name,
+        _, pred = evaluate(run, blocks, Layout.make(pp=p, num_microbatches=m, schedule=name,
                                                virtual_stages=v), comm=no_comm)
         res[name] = pred.bubble_fraction
     assert res["1f1b"] == pytest.approx(pp_cost.bubble_fraction(p, m, 1), rel=1e-6)
@@ -75,12 +75,12 @@ def test_interleaved_bubble_matches_formula_and_zbv_is_smaller():
 
 def test_breakdown_sums_to_step_time():
     run, blocks = gpt()
-    for layout in (Layout(dp=4, tp=2, pp=4, microbatch_size=2, num_microbatches=8),
-                   Layout(dp=8, tp=2, pp=2, microbatch_size=2, num_microbatches=4, zero=3),
-                   Layout(dp=4, tp=4, pp=2, microbatch_size=2, num_microbatches=8,
+    for layout in (Layout.make(dp=4, tp=2, pp=4, microbatch_size=2, num_microbatches=8),
+                   Layout.make(dp=8, tp=2, pp=2, microbatch_size=2, num_microbatches=4, zero=3),
+                   Layout.make(dp=4, tp=4, pp=2, microbatch_size=2, num_microbatches=8,
                           schedule="zbv", virtual_stages=2, zero=0, recompute="full",
                           sequence_parallel=True),
-                   Layout(dp=8, tp=1, pp=4, microbatch_size=2, num_microbatches=8,
+                   Layout.make(dp=8, tp=1, pp=4, microbatch_size=2, num_microbatches=8,
                           schedule="interleaved-1f1b", virtual_stages=2, zero=1)):
         _, pred = evaluate(run, blocks, layout, timeline=False)
         assert set(pred.breakdown_s) == set(BREAKDOWN_KEYS)
@@ -95,7 +95,7 @@ def test_zero_bytes_per_parameter_match_the_zero_paper():
     n = 8
     expected = {0: 16, 1: 4 + 12 / n, 2: 2 + 14 / n, 3: 16 / n}
     for zero, per_param in expected.items():
-        layout = Layout(dp=n, zero=zero, microbatch_size=1, num_microbatches=1)
+        layout = Layout.make(dp=n, zero=zero, microbatch_size=1, num_microbatches=1)
         _, pred = evaluate(run, blocks, layout, comm=no_comm)
         r = pred.memory[0]
         states = r.parameters_bytes + r.gradients_bytes + r.optimizer_bytes
@@ -105,7 +105,7 @@ def test_zero_bytes_per_parameter_match_the_zero_paper():
 def test_megatron_tp_two_all_reduces_per_block_each_way():
     run, blocks = gpt("gpt3-1.3b", gpus=16)
     layers, m = run.model.num_layers, 4
-    layout = Layout(dp=2, tp=8, microbatch_size=2, num_microbatches=m)
+    layout = Layout.make(dp=2, tp=8, microbatch_size=2, num_microbatches=m)
     _, pred = evaluate(run, blocks, layout, timeline=False)
     tp = {(c.phase, c.collective): c for c in pred.collectives if c.group == "tp"}
     b, s, h = 2, run.model.seq_len, run.model.hidden_size
@@ -114,13 +114,13 @@ def test_megatron_tp_two_all_reduces_per_block_each_way():
         assert c.count == 2 * layers * m and c.group_size == 8
         assert c.bytes_each == b * s * h * 2
     # sequence parallel: the same volume as reduce-scatter + all-gather pairs
-    _, pred = evaluate(run, blocks, Layout(dp=2, tp=8, microbatch_size=2, num_microbatches=m,
+    _, pred = evaluate(run, blocks, Layout.make(dp=2, tp=8, microbatch_size=2, num_microbatches=m,
                                            sequence_parallel=True), timeline=False)
     tp = {(c.phase, c.collective): c.count for c in pred.collectives if c.group == "tp"}
     assert tp[("forward", "reduce_scatter")] == 2 * layers * m
     assert tp[("forward", "all_gather")] == 2 * layers * m + m   # + the head's input gather
     # full recompute repeats the forward collectives in the backward pass
-    _, pred = evaluate(run, blocks, Layout(dp=2, tp=8, microbatch_size=2, num_microbatches=m,
+    _, pred = evaluate(run, blocks, Layout.make(dp=2, tp=8, microbatch_size=2, num_microbatches=m,
                                            recompute="full"), timeline=False)
     tp = {(c.phase, c.collective): c.count for c in pred.collectives if c.group == "tp"}
     assert tp[("backward", "all_reduce")] == 4 * layers * m
@@ -128,8 +128,8 @@ def test_megatron_tp_two_all_reduces_per_block_each_way():
 
 def test_full_recompute_adds_one_forward_per_block():
     run, blocks = toy(4, fwd=1.0, bwd=2.0)
-    _, none = evaluate(run, blocks, Layout(pp=2, num_microbatches=4), comm=no_comm)
-    _, full = evaluate(run, blocks, Layout(pp=2, num_microbatches=4, recompute="full"),
+    _, none = evaluate(run, blocks, Layout.make(pp=2, num_microbatches=4), comm=no_comm)
+    _, full = evaluate(run, blocks, Layout.make(pp=2, num_microbatches=4, recompute="full"),
                        comm=no_comm)
     # per rank: 2 blocks x 4 micro-batches of one extra forward each
     assert full.breakdown_s["recompute"] == pytest.approx(8.0)
@@ -154,7 +154,7 @@ def test_memory_never_grows_with_tp_or_pp():
                         for pp in (1, 2, 4, 8):
                             if (sp and tp == 1) or (v > 1 and pp == 1):
                                 continue
-                            layout = Layout(dp=2, tp=tp, pp=pp, microbatch_size=2,
+                            layout = Layout.make(dp=2, tp=tp, pp=pp, microbatch_size=2,
                                             num_microbatches=8, schedule=schedule,
                                             virtual_stages=v, recompute=rc, zero=zero,
                                             sequence_parallel=sp)
@@ -174,17 +174,18 @@ def test_memory_never_grows_with_tp_or_pp():
 def test_partition_memory_model_is_rank_memory():
     """The partition's memory objective and the reported per-rank memory are one formula."""
     run, blocks = gpt()
-    for layout in (Layout(dp=2, tp=2, pp=4, microbatch_size=2, num_microbatches=8),
-                   Layout(dp=2, tp=1, pp=4, microbatch_size=2, num_microbatches=8, zero=1),
-                   Layout(dp=4, tp=2, pp=4, microbatch_size=2, num_microbatches=8, zero=3,
+    for layout in (Layout.make(dp=2, tp=2, pp=4, microbatch_size=2, num_microbatches=8),
+                   Layout.make(dp=2, tp=1, pp=4, microbatch_size=2, num_microbatches=8, zero=1),
+                   Layout.make(dp=4, tp=2, pp=4, microbatch_size=2, num_microbatches=8, zero=3,
                           recompute="full"),
-                   Layout(dp=2, tp=1, pp=4, microbatch_size=2, num_microbatches=8,
+                   Layout.make(dp=2, tp=1, pp=4, microbatch_size=2, num_microbatches=8,
                           schedule="gpipe", compression="powersgd", powersgd_rank=4)):
-        from planner.simulate import default_comm_time, _chunk_memory
+        from planner.sim import default_comm_time
+        from planner.sim.memory import chunk_memory
         comm = default_comm_time(run.cluster, layout)
         filled, costs = layout_costs(run, blocks, layout, comm)
-        cm = _chunk_memory(filled, costs.memory)
-        starts = list(filled.stage_boundaries) + [len(blocks)]
+        cm = chunk_memory(filled, costs.memory)
+        starts = list(filled.pipeline.stage_boundaries) + [len(blocks)]
         for r, rm in enumerate(rank_memory(run, filled, costs)):
             assert cm.of(r, starts[r], starts[r + 1] - 1) == pytest.approx(rm.total_bytes,
                                                                            rel=1e-6, abs=8)
@@ -192,7 +193,7 @@ def test_partition_memory_model_is_rank_memory():
 
 def test_ddp_overlap_hides_reduction_on_fast_links():
     run, blocks = gpt("gpt2-medium", gpus=8)
-    layout = Layout(dp=8, microbatch_size=2, num_microbatches=2)
+    layout = Layout.make(dp=8, microbatch_size=2, num_microbatches=2)
     _, fast = evaluate(run, blocks, layout, comm=lambda name, n, dim, stage=None: 1e-12 * n,
                        timeline=False)
     _, slow = evaluate(run, blocks, layout, comm=lambda name, n, dim, stage=None: 1e-9 * n,
@@ -211,7 +212,7 @@ def test_ddp_overlap_hides_reduction_on_fast_links():
 def test_powersgd_sends_rank_r_factors():
     run, blocks = gpt("gpt2-medium", gpus=8)
     r = 4
-    layout = Layout(dp=8, microbatch_size=2, num_microbatches=1, compression="powersgd",
+    layout = Layout.make(dp=8, microbatch_size=2, num_microbatches=1, compression="powersgd",
                     powersgd_rank=r)
     _, pred = evaluate(run, blocks, layout, timeline=False)
     sent = sum(c.count * c.bytes_each for c in pred.collectives if c.group == "dp")
@@ -234,7 +235,7 @@ def test_parameter_server_time_is_the_formula():
         from planner.cost.comm import parameter_server
         return parameter_server(n, 4, 2, alpha, beta) if name == "parameter_server" else 0.0
 
-    layout = Layout(dp=4, dp_comm="parameter_server", ps_shards=2)
+    layout = Layout.make(dp=4, dp_comm="parameter_server", ps_shards=2)
     _, pred = evaluate(run, blocks, layout, comm=comm)
     n = 2e6 * 2   # two blocks of 1e6 bf16 gradients
     t = 2 * (alpha + 4 * n * beta / 2)
@@ -244,7 +245,7 @@ def test_parameter_server_time_is_the_formula():
 
 def test_mfu_is_model_flops_over_peak():
     run, blocks = gpt("gpt3-1.3b", gpus=8)
-    layout = Layout(dp=8, microbatch_size=2, num_microbatches=2, recompute="full")
+    layout = Layout.make(dp=8, microbatch_size=2, num_microbatches=2, recompute="full")
     _, pred = evaluate(run, blocks, layout, timeline=False)
     model_flops = 3 * sum(b.forward_flops for b in blocks) * 2 * 8
     assert pred.mfu == pytest.approx(model_flops / (pred.step_time_s * 8 * 312e12), rel=1e-9)
@@ -254,12 +255,12 @@ def test_mfu_is_model_flops_over_peak():
 
 def test_explicit_stage_boundaries_are_used_and_checked():
     run, blocks = toy(8)
-    layout, _ = evaluate(run, blocks, Layout(pp=2, num_microbatches=2, stage_boundaries=(0, 3)),
+    layout, _ = evaluate(run, blocks, Layout.make(pp=2, num_microbatches=2, stage_boundaries=(0, 3)),
                          comm=no_comm)
-    assert layout.stage_boundaries == (0, 3)
+    assert layout.pipeline.stage_boundaries == (0, 3)
     from planner.errors import PlannerError
     with pytest.raises(PlannerError, match="stage_boundaries"):
-        evaluate(run, blocks, Layout(pp=2, num_microbatches=2, stage_boundaries=(0, 9)),
+        evaluate(run, blocks, Layout.make(pp=2, num_microbatches=2, stage_boundaries=(0, 9)),
                  comm=no_comm)
 
 
@@ -276,11 +277,11 @@ def test_chunk_memory_partition_prefers_light_first_stage():
 def test_layouts_the_executor_refuses_are_refused_here():
     run, blocks = gpt("gpt3-1.3b", gpus=16)
     from planner.errors import PlannerError
-    for bad in (Layout(dp=4, tp=2, pp=2, num_microbatches=4, schedule="zbv", virtual_stages=2,
+    for bad in (Layout.make(dp=4, tp=2, pp=2, num_microbatches=4, schedule="zbv", virtual_stages=2,
                        zero=2),
-                Layout(dp=8, tp=2, zero=1),
-                Layout(dp=8, tp=2, compression="fp16"),
-                Layout(dp=16, zero=2, compression="powersgd", powersgd_rank=2),
-                Layout(dp=16, zero=1, dp_comm="parameter_server", ps_shards=2)):
+                Layout.make(dp=8, tp=2, zero=1),
+                Layout.make(dp=8, tp=2, compression="fp16"),
+                Layout.make(dp=16, zero=2, compression="powersgd", powersgd_rank=2),
+                Layout.make(dp=16, zero=1, dp_comm="parameter_server", ps_shards=2)):
         with pytest.raises(PlannerError):
             evaluate(run, blocks, bad, timeline=False)

@@ -10,7 +10,7 @@ from planner.clusters import PRESETS as CLUSTERS
 
 
 def test_layout_round_trip_and_world_arithmetic():
-    layout = Layout(dp=2, tp=4, pp=2, microbatch_size=2, num_microbatches=4, zero=1)
+    layout = Layout.make(dp=2, tp=4, pp=2, microbatch_size=2, num_microbatches=4, zero=1)
     assert Layout.from_dict(layout.to_dict()) == layout
     with pytest.raises(PlannerError, match=r"dp\(2\) \* tp\(4\) \* pp\(2\) = 16 != world_size\(8\)"):
         layout.check_world(8)
@@ -19,16 +19,41 @@ def test_layout_round_trip_and_world_arithmetic():
 
 
 @pytest.mark.parametrize("bad, message", [
-    ({"dp": "two"}, "field 'dp': expected an integer, got \"two\""),
-    ({"dp": 0}, "dp must be >= 1, got 0"),
-    ({"schedule": "zigzag"}, "schedule 'zigzag' is not one of"),
+    ({"dims": {"dp": "two"}}, "field 'dims.dp': expected an integer, got \"two\""),
+    ({"dims": {"dp": 0}}, "dp must be an integer >= 1, got 0"),
+    ({"pipeline": {"schedule": "zigzag"}}, "schedule 'zigzag' is not one of"),
     ({"dpp": 2}, "unknown field 'dpp'"),
-    ({"zero": 4}, "zero must be 0, 1, 2 or 3"),
-    ({"tp": 1, "sequence_parallel": True}, "sequence_parallel needs tp > 1"),
+    ({"data": {"zero": 4}}, "zero must be 0, 1, 2 or 3"),
+    ({"tensor": {"sequence_parallel": True}}, "sequence_parallel needs tp > 1"),
+    ({"schema_version": 3}, "schema_version 3 is not supported"),
+    # version 1: one flat record, still read
+    ({"schema_version": 1, "dp": "two"}, "field 'dims.dp': expected an integer, got \"two\""),
+    ({"schema_version": 1, "dpp": 2}, "unknown field 'dpp'"),
+    ({"schema_version": 1, "schedule": "1f1b", "virtual_stages": 2},
+     "schedule 1f1b places 1 chunk(s) per rank: virtual_stages must be 1, got 2"),
 ])
 def test_layout_rejects_bad_fields(bad, message):
     with pytest.raises(PlannerError, match=message.replace("(", r"\(").replace(")", r"\)")):
         Layout.from_dict(bad, ctx="plan.json")
+
+
+def test_layout_version_1_is_read_and_keeps_its_identity():
+    """A version-1 layout (15 flat fields) reads as the same layout, and fingerprints as the
+    version-1 record did, so plans and metrics written before stay comparable."""
+    import hashlib
+    v1 = {"dp": 2, "tp": 2, "pp": 2, "microbatch_size": 1, "num_microbatches": 4,
+          "schedule": "zbv", "virtual_stages": 2, "zero": 1, "recompute": "full",
+          "sequence_parallel": True, "dp_comm": "all_reduce", "ps_shards": 0,
+          "compression": "none", "powersgd_rank": 0, "stage_boundaries": [0, 2, 3, 5],
+          "schema_version": 1}
+    layout = Layout.from_dict(v1, ctx="old.json")
+    assert layout == Layout.make(dp=2, tp=2, pp=2, num_microbatches=4, schedule="zbv",
+                                 virtual_stages=2, zero=1, recompute="full",
+                                 sequence_parallel=True, stage_boundaries=(0, 2, 3, 5))
+    assert layout.to_dict()["schema_version"] == 2 and layout.identity() == v1
+    blob = json.dumps(v1, sort_keys=True, separators=(",", ":")).encode()
+    from planner.specs.common import fingerprint
+    assert fingerprint(layout.identity()) == hashlib.sha256(blob).hexdigest()[:16]
 
 
 def test_every_preset_round_trips_and_fingerprint_ignores_name():

@@ -61,7 +61,7 @@ def test_regret():
 
 
 def _row(rank, role, pred, meas, status="ok", pmem=100, mmem=100):
-    return ValidationRow(Layout(dp=1, microbatch_size=rank), role, rank, pred, pmem,
+    return ValidationRow(Layout.make(dp=1, microbatch_size=rank), role, rank, pred, pmem,
                          {"compute": pred}, status=status, measured_step_time_s=meas,
                          measured_peak_memory_bytes=mmem,
                          step_time_error_pct=val.pct_error(pred, meas) if meas else 0.0,

@@ -23,7 +23,7 @@ from executor.parallel import dp as dp_mod
 from executor.parallel import pp as pp_mod
 from executor.parallel import tp as tp_mod
 from executor.parallel.recompute import apply_recompute
-from planner import grid
+from planner import grid, rules
 
 
 @dataclass
@@ -37,17 +37,19 @@ class Parallelized:
     counts_loss: bool              # adds its losses to the reported global mean (tp rank 0 only)
 
 
-def check_layout(spec, layout, where: str = "plan") -> None:
-    """Refuse, before any work, a layout this executor cannot run as planned for ``spec``."""
-    tp_mod.check_tp(spec, layout, where)
+def check_layout(spec, layout, where: str = "plan", num_blocks: int | None = None) -> None:
+    """Refuse, before any work, a layout this executor cannot run as planned for ``spec``
+    (``planner.rules``, the same rules the planner searches under)."""
+    blocks = spec.num_blocks if num_blocks is None else num_blocks
+    rules.check_layout(spec, layout, blocks, where)
     if layout.pp > 1:
-        pp_mod.chunk_starts(layout, spec.num_blocks, where)
-    dp_mod.check_dp(layout, where)
+        rules.chunk_starts(layout, blocks, where)
 
 
 def parallelize(model, layout, mesh, device, where: str = "plan") -> Parallelized:
-    dp_i, pp_i, tp_i = grid.coords_of(dist.get_rank(), layout.pp, layout.tp)
-    check_layout(model.spec, layout, where)
+    coords = grid.RankGrid(layout.dims).coords_of(dist.get_rank())
+    pp_i, tp_i = coords["pp"], coords["tp"]
+    check_layout(model.spec, layout, where, len(model.blocks))
     # 0. pipeline boundary shapes, measured on the unsplit model while it is still plain
     metas = pp_mod.boundary_metas(model, layout, device) if layout.pp > 1 else None
     # 1. tensor parallel
@@ -56,7 +58,7 @@ def parallelize(model, layout, mesh, device, where: str = "plan") -> Parallelize
     # 2. pipeline split
     if layout.pp > 1:
         parts, stage_ids = pp_mod.apply_pp(model, layout, pp_i, where)
-        num_stages = layout.pp * layout.virtual_stages
+        num_stages = layout.pp * layout.pipeline.virtual_stages
         first, last = 0 in stage_ids, num_stages - 1 in stage_ids
     else:
         parts, stage_ids, first, last = [model], [0], True, True

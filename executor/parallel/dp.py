@@ -1,20 +1,21 @@
 """Data parallelism: how gradients of the ``dp`` replicas are combined, one strategy per layout.
 
-``apply_dp`` picks the strategy from ``layout.zero``, ``layout.dp_comm``, ``layout.compression``
+``apply_dp`` picks the strategy from ``layout.data.zero``, ``layout.data.comm``, ``layout.data.compression``
 and whether tensor parallelism made the parameters DTensors:
 
 - zero 0, all_reduce: DDP (bucketed all-reduce overlapped with backward; compression hooks).
-  Where DDP cannot run, gradients are all-reduced after the last backward instead
-  (``ManualAllReduce``: same sums in DDP-sized buckets, no overlap): with tp > 1 (DDP's
-  constructor rejects DTensor parameters) and under the zbv schedule (its weight-gradient pass
-  computes gradients outside autograd's accumulation hooks, so DDP would never all-reduce them).
+  Where DDP cannot run (``planner.rules.ddp_runs``: tp > 1, whose DTensor parameters DDP's
+  constructor rejects, and schedules with a split weight-gradient pass, which computes gradients
+  outside autograd's accumulation hooks), gradients are all-reduced after the last backward
+  instead (``ManualAllReduce``: same sums in DDP-sized buckets, no overlap).
 - zero 1: DDP for gradients + ``ZeroRedundancyOptimizer`` (optimizer state sharded, updated
   parameters broadcast from their owner).
 - zero 2/3: FSDP2 ``fully_shard`` per block then per part; ``reshard_after_forward`` False for
   ZeRO-2 (parameters stay gathered between forward and backward) and True for ZeRO-3.
   FSDP reduce-scatters every micro-batch, so gradients stay sharded during accumulation.
 - parameter_server: ``executor.parallel.ps``.
-With dp == 1 there is nothing to combine and every strategy is the identity.
+With dp == 1 there is nothing to combine and every strategy is the identity. Which
+combinations run at all is ``planner.rules.executor_refuses``, shared with the planner.
 """
 from __future__ import annotations
 
@@ -28,12 +29,8 @@ from torch.distributed.tensor import DTensor
 
 from executor.optim import make_optimizer, optimizer_spec
 from executor.parallel import compress
-from planner.errors import PlannerError
+from planner import rules
 
-# DDP's bucket caps (first bucket 1 MiB, ``dist._DEFAULT_FIRST_BUCKET_BYTES``; then 25 MiB):
-# ManualAllReduce uses the same so that its message sizes and counts are DDP's.
-FIRST_BUCKET_BYTES = 1024 * 1024
-BUCKET_BYTES = 25 * 1024 * 1024
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
@@ -123,7 +120,8 @@ class ManualAllReduce(NoDataParallel):
     def after_backward(self) -> None:
         grads = [local(p.grad) for p in params_of(self.parts) if p.grad is not None]
         size = dist.get_world_size(self.group)
-        for bucket in _buckets(grads, FIRST_BUCKET_BYTES, BUCKET_BYTES):
+        # DDP's caps (planner.rules), so that message sizes and counts are DDP's
+        for bucket in _buckets(grads, rules.FIRST_BUCKET_BYTES, rules.BUCKET_CAP_BYTES):
             flat = _flatten_dense_tensors(bucket)
             dist.all_reduce(flat, group=self.group)
             flat.div_(size)
@@ -136,11 +134,6 @@ class ManualZeroOne(ManualAllReduce):
 
     def build_optimizer(self, optimizer: str, lr: float):
         return _zero_one_optimizer(self.parts, self.group, optimizer, lr)
-
-
-def ddp_can_run(layout) -> bool:
-    """DDP needs plain parameters and gradients produced by autograd's accumulation."""
-    return layout.tp == 1 and not (layout.pp > 1 and layout.schedule == "zbv")
 
 
 def blocks_of(part: nn.Module):
@@ -169,40 +162,13 @@ def apply_dp(parts, layout, mesh, device):
     if layout.dp == 1:
         return NoDataParallel(parts)
     group = mesh["dp"].get_group()
-    if layout.dp_comm == "parameter_server":
+    if layout.data.comm == "parameter_server":
         from executor.parallel.ps import ParameterServer
-        return ParameterServer(parts, group, layout.ps_shards)
-    if layout.zero >= 2:
-        return FSDPDataParallel(parts, mesh["dp"], layout.zero)
-    if not ddp_can_run(layout):
-        return (ManualZeroOne if layout.zero == 1 else ManualAllReduce)(parts, group)
-    if layout.zero == 1:
+        return ParameterServer(parts, group, layout.data.ps_shards)
+    if layout.data.zero >= 2:
+        return FSDPDataParallel(parts, mesh["dp"], layout.data.zero)
+    if not rules.ddp_runs(layout):
+        return (ManualZeroOne if layout.data.zero == 1 else ManualAllReduce)(parts, group)
+    if layout.data.zero == 1:
         return ZeroOneDataParallel(parts, group, layout, device)
     return DDPDataParallel(parts, group, layout, device)
-
-
-def check_dp(layout, where: str = "plan") -> None:
-    """Combinations the executor cannot run, refused up front with what would work."""
-    field = f"{where}: field 'layout'"
-    if layout.dp_comm == "parameter_server" and (layout.zero or layout.compression != "none"):
-        raise PlannerError(f"{field}: parameter_server keeps whole gradients and optimizer state "
-                           f"on its servers; it needs zero 0 and compression none, got zero "
-                           f"{layout.zero}, compression {layout.compression}")
-    if layout.compression != "none" and layout.zero >= 2:
-        raise PlannerError(f"{field}: compression {layout.compression} is a DDP communication "
-                           f"hook; FSDP (zero {layout.zero}) has none; use zero 0 or 1")
-    if layout.compression != "none" and layout.tp > 1 and layout.dp > 1:
-        raise PlannerError(f"{field}: compression {layout.compression} needs DDP, which cannot "
-                           f"wrap tensor-parallel (DTensor) parameters; use tp 1 or compression none")
-    if layout.zero >= 2 and layout.dp > 1 and layout.pp > 1 and layout.schedule == "zbv":
-        raise PlannerError(f"{field}: zero {layout.zero} (FSDP2) under schedule zbv trains wrong "
-                           f"parameters in torch {torch.__version__}: FSDP reduce-scatters before "
-                           f"the zero-bubble weight-gradient pass has run; use zero 0 or 1 with "
-                           f"zbv, or another schedule with zero {layout.zero}")
-    if layout.compression != "none" and layout.dp > 1 and not ddp_can_run(layout):
-        raise PlannerError(f"{field}: compression {layout.compression} needs DDP, whose hooks "
-                           f"never see the zbv schedule's weight gradients; use another "
-                           f"schedule or compression none")
-    if layout.zero == 1 and layout.tp > 1 and layout.dp > 1:
-        raise PlannerError(f"{field}: zero 1 (ZeroRedundancyOptimizer over DDP) cannot hold "
-                           f"tensor-parallel (DTensor) parameters; use zero 2 or 3 with tp > 1")

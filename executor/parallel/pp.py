@@ -1,10 +1,10 @@
 """Pipeline parallelism with ``torch.distributed.pipelining``: stages cut by hand at block indices.
 
-The model's blocks are cut into ``pp * virtual_stages`` chunks at ``layout.stage_boundaries``
-(first block of each chunk; empty means an even split, earlier chunks taking the remainder).
-Placement follows the schedule: one chunk per rank for gpipe/1f1b; looped for interleaved-1f1b
-(rank r holds chunks r, r+pp, r+2pp, ...; Narayanan et al. SC'21, sec. 2.2); V-shaped for zbv
-(rank r holds chunks r and 2pp-1-r; Qi et al. 2024). The last chunk computes the loss; with
+The model's blocks are cut into ``pp * virtual_stages`` chunks (``planner.rules.chunk_starts``:
+the layout's stage boundaries, else an even split). Placement and the torch schedule class come
+from the schedule's registry entry (``planner.schedules``): one chunk per rank for gpipe/1f1b;
+looped for interleaved-1f1b (rank r holds chunks r, r+pp, r+2pp, ...; Narayanan et al. SC'21,
+sec. 2.2); V-shaped for zbv (rank r holds chunks r and 2pp-1-r; Qi et al. 2024). The last chunk computes the loss; with
 ``scale_grads`` the schedule divides gradients by the number of micro-batches.
 
 Stages get their boundary shapes up front (``input_args``/``output_args``, PipelineStage's static
@@ -17,13 +17,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.distributed.pipelining import (PipelineStage, Schedule1F1B, ScheduleGPipe,
-                                          ScheduleInterleaved1F1B, ScheduleZBVZeroBubble)
+from torch.distributed import pipelining
+from torch.distributed.pipelining import PipelineStage
 
-from planner.errors import PlannerError
-
-_SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B,
-              "interleaved-1f1b": ScheduleInterleaved1F1B, "zbv": ScheduleZBVZeroBubble}
+from planner.rules import chunk_starts
 
 
 class Chunk(nn.Module):
@@ -40,29 +37,11 @@ class Chunk(nn.Module):
         return x
 
 
-def chunk_starts(layout, num_blocks: int, where: str = "plan") -> list[int]:
-    """First block index of each of the ``pp * virtual_stages`` chunks."""
-    n = layout.pp * layout.virtual_stages
-    if n > num_blocks:
-        raise PlannerError(f"{where}: field 'layout': pp({layout.pp}) * virtual_stages("
-                           f"{layout.virtual_stages}) = {n} chunks > {num_blocks} blocks")
-    if layout.stage_boundaries:
-        starts = list(layout.stage_boundaries)
-        if starts[-1] >= num_blocks:
-            raise PlannerError(f"{where}: field 'layout.stage_boundaries': {starts} starts a "
-                               f"chunk at block {starts[-1]}, the model has {num_blocks} blocks "
-                               f"(0..{num_blocks - 1})")
-        return starts
-    base, extra = divmod(num_blocks, n)
-    sizes = [base + (i < extra) for i in range(n)]
-    return [sum(sizes[:i]) for i in range(n)]
-
-
 def local_chunk_ids(layout, pp_rank: int) -> list[int]:
-    """The chunk (= pipeline stage) indices rank ``pp_rank`` of the pipeline holds, in order."""
-    if layout.schedule == "zbv":
-        return [pp_rank, 2 * layout.pp - 1 - pp_rank]
-    return [pp_rank + v * layout.pp for v in range(layout.virtual_stages)]
+    """The chunk (= pipeline stage) indices rank ``pp_rank`` of the pipeline holds, in order:
+    the schedule's placement (``planner.schedules``)."""
+    pl = layout.pipeline
+    return pl.kind.rank_chunks(pp_rank, layout.pp, pl.virtual_stages)
 
 
 def boundary_metas(model, layout, device) -> list[torch.Tensor]:
@@ -78,7 +57,7 @@ def boundary_metas(model, layout, device) -> list[torch.Tensor]:
         for block in model.blocks:
             x = block(x)
             shape = list(x.shape)
-            if layout.sequence_parallel and getattr(block, "kind", "") == "block":
+            if layout.tensor.sequence_parallel and getattr(block, "kind", "") == "block":
                 shape[1] //= layout.tp
             # Activations between stages carry gradients back: the stage must know.
             metas.append(torch.empty(shape, dtype=x.dtype, device="meta", requires_grad=True))
@@ -98,12 +77,12 @@ def build_schedule(stage_modules, stage_ids, layout, pp_group, device, loss_fn, 
                    num_blocks: int):
     """The plan's schedule over this rank's stages (modules already wrapped for dp);
     ``metas`` from ``boundary_metas``."""
-    n = layout.pp * layout.virtual_stages
+    n = layout.num_chunks
     starts = chunk_starts(layout, num_blocks) + [num_blocks]
     stages = [PipelineStage(m, i, n, device, input_args=metas[starts[i]],
                             output_args=metas[starts[i + 1]], group=pp_group)
               for m, i in zip(stage_modules, stage_ids)]
-    cls = _SCHEDULES[layout.schedule]
-    if cls in (ScheduleGPipe, Schedule1F1B):
-        return cls(stages[0], layout.num_microbatches, loss_fn=loss_fn, scale_grads=True)
-    return cls(stages, layout.num_microbatches, loss_fn=loss_fn, scale_grads=True)
+    kind = layout.pipeline.kind
+    cls = getattr(pipelining, kind.torch_class)
+    return cls(stages if kind.multi_stage else stages[0], layout.num_microbatches,
+               loss_fn=loss_fn, scale_grads=True)

@@ -1,6 +1,6 @@
 """`planner plan`: search dp/tp/pp layouts for a model on a cluster and write the best as a plan.
 
-Every candidate is costed by the event simulation of one step (``planner.simulate``) inside a
+Every candidate is costed by the event simulation of one step (``planner.sim``) inside a
 best-first search with lower bounds (``planner.search``); any of --dp --tp --pp
 --microbatch-size --schedule --virtual-stages --zero --recompute --sequence-parallel fixes that
 dimension. The plan file holds the winner with its full prediction (timeline included), the
@@ -61,7 +61,7 @@ def run_spec(inp):
     """The simulator's view of the inputs: with a profile, its measured optimizer step and its
     achieved FLOP rate (FLOPs over time of the profiled blocks) for compute we only know in
     FLOPs (compression); without, the device's peak times its efficiency."""
-    from planner.simulate import RunSpec
+    from planner.sim import RunSpec
     rate, opt = 0.0, 0.0
     if inp.profile is not None:
         flops = sum(b.forward_flops for b in inp.profile.blocks)

@@ -56,7 +56,7 @@ def layout_from_args(args, num_devices: int, global_batch: int) -> Layout:
     schedule = args.schedule or "1f1b"
     v = args.virtual_stages or (2 if schedule == "zbv" else 1)
     ps = args.dp_comm == "parameter_server"
-    layout = Layout(dp=dp, tp=tp, pp=pp, microbatch_size=mb, num_microbatches=per_replica // mb,
+    layout = Layout.make(dp=dp, tp=tp, pp=pp, microbatch_size=mb, num_microbatches=per_replica // mb,
                     schedule=schedule, virtual_stages=v, zero=args.zero or 0,
                     recompute=args.recompute or "none",
                     sequence_parallel=bool(args.sequence_parallel), dp_comm=args.dp_comm,

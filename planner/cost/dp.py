@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-FIRST_BUCKET_BYTES = 1 * 2**20
-BUCKET_CAP_BYTES = 25 * 2**20
+from planner.rules import BUCKET_CAP_BYTES, FIRST_BUCKET_BYTES
 
 
 def ddp_buckets(grad_bytes_reverse: Sequence[float], first_cap: float = FIRST_BUCKET_BYTES,
@@ -36,29 +35,6 @@ def ddp_buckets(grad_bytes_reverse: Sequence[float], first_cap: float = FIRST_BU
     if fill > 0:
         buckets.append((fill, len(grad_bytes_reverse) - 1))
     return buckets
-
-
-def block_matrices(kind: str, spec, tp: int) -> list[tuple[int, int]]:
-    """(rows, cols) of the weight matrices of one block on one tensor-parallel rank.
-
-    Zoo GPT block: q, k, v and attention output h x h, MLP fc ffn x h and proj h x ffn (the split
-    dimension divided by t); embedding: vocab x h and positions seq x h; head: vocab x h. A custom
-    block is treated as one square matrix of its parameter count.
-    """
-    h, f, t = spec.hidden_size, spec.ffn_hidden_size, tp
-    if spec.family == "gpt":
-        if kind == "block":
-            return [(h // t, h)] * 3 + [(h, h // t), (f // t, h), (h, f // t)]
-        if kind == "embedding":
-            return [(spec.vocab_size, h), (spec.seq_len, h)]
-        return [(spec.vocab_size, h)]
-    if spec.family == "mlp":
-        if kind == "block":
-            return [(f // t, h), (h, f // t)]
-        if kind == "embedding":
-            return [(h, h)]
-        return [(spec.vocab_size, h)]
-    return []
 
 
 def powersgd_split(matrices: list[tuple[int, int]], rank: int, min_rate: float = 2.0

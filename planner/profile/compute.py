@@ -42,6 +42,7 @@ from datetime import datetime, timezone
 
 import torch
 
+from planner import families
 from planner.errors import PlannerError
 from planner.models.build import build_model, custom_spec_from_module
 from planner.specs import DTYPES, OPTIMIZERS, BlockProfile, ModelProfile, ModelSpec
@@ -71,7 +72,7 @@ def profile_model(spec: ModelSpec, microbatch_size: int, dtype: str = "float32",
     torch.set_num_threads(num_threads or 1)
     try:
         model = build_model(spec, seed=0, dtype=_PARAM_DTYPE[dtype]).to(device)
-        if spec.family == "custom":
+        if not families.of(spec).builtin:     # its sizes are known once it is built
             spec = custom_spec_from_module(spec, model)
         clock = _Clock(device, timer)
         autocast = _autocast(device, dtype)

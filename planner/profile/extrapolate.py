@@ -44,6 +44,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import NamedTuple, Sequence
 
+from planner import families
 from planner.errors import PlannerError
 from planner.specs import BlockProfile, ModelProfile
 
@@ -176,6 +177,6 @@ def _check_tp(profile: ModelProfile, tp: int) -> None:
     m = profile.model
     if tp < 1:
         raise PlannerError(f"tp must be >= 1, got {tp}")
-    if m.family == "gpt" and (m.num_heads % tp or m.ffn_hidden_size % tp):
-        raise PlannerError(f"tp({tp}) must divide num_heads({m.num_heads}) and "
-                           f"ffn_hidden_size({m.ffn_hidden_size}) of {m.name}")
+    problem = families.of(m).tp_problem(m, tp, False)
+    if problem:
+        raise PlannerError(f"{problem} ({m.name})")

@@ -104,7 +104,7 @@ def _layout_and_prediction(doc: _Doc, plan: Plan) -> None:
     doc.add(f"<p><b>{_esc(plan.layout.describe())}</b></p>")
     layout = plan.layout.to_dict()
     layout.pop("schema_version")
-    layout["stage_boundaries"] = ", ".join(map(str, plan.layout.stage_boundaries)) or "(one stage)"
+    layout["stage_boundaries"] = ", ".join(map(str, plan.layout.pipeline.stage_boundaries)) or "(one stage)"
     doc.add(_table(pd.DataFrame({"field": list(layout), "value": [str(v) for v in layout.values()]})))
     fits = '<span class="good">fits</span>' if p.fits else '<span class="bad">DOES NOT FIT</span>'
     summary = pd.DataFrame({

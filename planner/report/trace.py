@@ -14,7 +14,7 @@ import os
 
 from planner.specs import Prediction, TimelineEvent
 
-# Streams the simulator uses (planner.simulate): compute, pipeline sends, data-parallel
+# Streams the simulator uses (planner.sim): compute, pipeline sends, data-parallel
 # collectives; the tracks appear in this order, any others after them, sorted.
 STREAM_ORDER = ("compute", "p2p", "comm")
 
@@ -25,7 +25,7 @@ _COMM_WORDS = ("all_reduce", "allreduce", "all_gather", "allgather", "reduce_sca
 def op_kind(event: TimelineEvent) -> str:
     """Classify an event for colours and trace categories, from its stream and name.
 
-    planner.simulate names compute operations ``F<mb> c<chunk>`` (forward), ``B<mb>``
+    planner.sim names compute operations ``F<mb> c<chunk>`` (forward), ``B<mb>``
     (backward), ``I<mb>``/``W<mb>`` (input and weight gradient of zero-bubble schedules) and
     ``optimizer``; its ``p2p`` stream holds pipeline sends and its ``comm`` stream the
     data-parallel collectives (buckets, FSDP all-gathers and reduce-scatters, parameter-server

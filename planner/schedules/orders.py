@@ -18,7 +18,8 @@ The orders reproduce the schedule classes of ``torch.distributed.pipelining`` (t
   r and 2p-1-r), backward split into I and W (Qi et al. 2023, arXiv 2401.10241, sec. 6).
 
 The torch code pads with idle slots (None) to draw a lock-step picture; the simulator needs only
-the order, so they are dropped here.
+the order, so they are dropped here. ``planner.schedules`` registers each order with the rest of
+what a schedule means (placement, virtual stages, torch class, bounds).
 """
 from __future__ import annotations
 
@@ -27,24 +28,6 @@ from collections.abc import Sequence
 from planner.errors import PlannerError
 
 Op = tuple[str, int, int]
-
-
-def placement(schedule: str) -> str:
-    """"v" for the V-shaped placement of zbv, else "loop"."""
-    return "v" if schedule == "zbv" else "loop"
-
-
-def chunk_rank(chunk: int, p: int, schedule: str) -> int:
-    """The pipeline rank holding ``chunk`` (torch's ``generate_stage_to_rank_mapping``)."""
-    if placement(schedule) == "v":
-        lap, pos = divmod(chunk, p)
-        return pos if lap % 2 == 0 else p - 1 - pos
-    return chunk % p
-
-
-def rank_chunks(rank: int, p: int, v: int, schedule: str) -> list[int]:
-    """The chunks a pipeline rank holds, in pipeline order."""
-    return [c for c in range(p * v) if chunk_rank(c, p, schedule) == rank]
 
 
 def gpipe(p: int, m: int) -> list[list[Op]]:
@@ -142,101 +125,3 @@ def zbv(p: int, m: int) -> list[list[Op]]:
             w0 += 1
         out.append([op for op in ops if op[2] < m])
     return out
-
-
-def expand(schedule: str, p: int, m: int, v: int = 1) -> list[list[Op]]:
-    """Each pipeline rank's operations for one step of ``schedule``."""
-    if schedule == "gpipe":
-        return gpipe(p, m)
-    if schedule == "1f1b":
-        return one_f_one_b(p, m)
-    if schedule == "interleaved-1f1b":
-        return interleaved_1f1b(p, m, v)
-    if schedule == "zbv":
-        if v != 2:
-            raise PlannerError(f"schedule zbv needs virtual_stages 2, got {v}")
-        return zbv(p, m)
-    raise PlannerError(f"unknown schedule {schedule!r}")
-
-
-def peak_in_flight(ops: Sequence[Op], chunk_bytes: dict[int, float],
-                   weight_fraction: float = 0.0) -> float:
-    """Largest activation footprint over a rank's operation order.
-
-    A forward of (chunk, mb) keeps ``chunk_bytes[chunk]`` until its backward; a split backward
-    ("I") keeps ``weight_fraction`` of it (the inputs the weight gradient needs) until "W".
-    For 1F1B this gives min(p - r, m) micro-batches on rank r, GPipe m (formulas.md).
-    """
-    live = peak = 0.0
-    for kind, chunk, _ in ops:
-        size = chunk_bytes[chunk]
-        if kind == "F":
-            live += size
-            peak = max(peak, live)
-        elif kind == "B":
-            live -= size
-        elif kind == "I":
-            live -= size * (1.0 - weight_fraction)
-        else:
-            live -= size * weight_fraction
-    return peak
-
-
-def live_frontier(ops: Sequence[Op]) -> tuple[tuple[int, ...], tuple[tuple, ...]]:
-    """The activation states of a rank worth checking for its peak, independent of sizes.
-
-    Returns (chunks, states): each state gives, per chunk in ``chunks``, the micro-batches
-    whose forward ran and backward did not (full) and -- for split schedules only -- then
-    those between I and W (held for the weight gradient), at the moments right after a run of
-    forwards (the only times the footprint grows), keeping only states not dominated by
-    another. ``peak_in_flight`` over any
-    non-negative sizes is the largest weighted sum over these states.
-    """
-    chunks = tuple(sorted({c for _, c, _ in ops}))
-    pos = {c: i for i, c in enumerate(chunks)}
-    k = len(chunks)
-    split = any(kind == "I" for kind, _, _ in ops)
-    full, held = [0] * k, [0] * k
-    states = []
-    last = len(ops) - 1
-    for n, (kind, chunk, _) in enumerate(ops):
-        j = pos[chunk]
-        if kind == "F":
-            full[j] += 1
-            # only the last of a run of forwards can be a peak
-            if n == last or ops[n + 1][0] != "F":
-                states.append(tuple(full) + tuple(held) if split else tuple(full))
-        elif kind == "B":
-            full[j] -= 1
-        elif kind == "I":
-            full[j] -= 1
-            held[j] += 1
-        else:
-            held[j] -= 1
-    if k == 1:
-        return chunks, (max(states),) if states else ()
-    uniq = sorted(set(states), reverse=True)
-    keep: list = []
-    for st in uniq:
-        for other in keep:
-            for a, b in zip(other, st):
-                if a < b:
-                    break
-            else:
-                break          # dominated by `other`
-        else:
-            keep.append(st)
-    return chunks, tuple(keep)
-
-
-def max_in_flight(ops: Sequence[Op]) -> dict[int, int]:
-    """Per chunk, the most micro-batches whose forward ran and backward (full or I) did not."""
-    live: dict[int, int] = {}
-    peak: dict[int, int] = {}
-    for kind, chunk, _ in ops:
-        if kind == "F":
-            live[chunk] = live.get(chunk, 0) + 1
-            peak[chunk] = max(peak.get(chunk, 0), live[chunk])
-        elif kind in ("B", "I"):
-            live[chunk] -= 1
-    return peak

@@ -1,0 +1,91 @@
+"""What a model family tells the planner and the executor (torch-free).
+
+The defaults describe a family with no tensor parallelism, no sequence to split and nothing to
+recompute selectively; families override what they support. Every method takes the
+``ModelSpec`` so a family object holds no state. The torch side of a family is its ``model``
+module, imported only by ``model_module()`` (the executor and the profiler).
+"""
+from __future__ import annotations
+
+import importlib
+
+from planner.errors import PlannerError
+
+
+class Family:
+    name = ""
+    # tokens along a sequence: sequence parallelism, token data files, tokens/s
+    has_sequence = False
+    # an attention core whose forward selective recompute runs again (Korthikanti et al. 2022)
+    selective_recompute = False
+    # a torch package of ours builds it (so the executor may shard it by the family's TP plan)
+    builtin = True
+
+    # -- the spec ------------------------------------------------------------------------------
+    def validate(self, spec) -> None:
+        """Raise a one-line PlannerError when ``spec`` is not a model of this family."""
+
+    def num_blocks(self, spec) -> int:
+        """Blocks of the pipeline-cuttable sequence: embedding, layers, head."""
+        return spec.num_layers + 2
+
+    def block_kinds(self, spec) -> list[str]:
+        """Kind of each block in order: "embedding", "block" (a repeated layer), "head"."""
+        return ["embedding"] + ["block"] * spec.num_layers + ["head"]
+
+    # -- tensor parallelism ----------------------------------------------------------------------
+    def tp_problem(self, spec, tp: int, sequence_parallel: bool) -> str:
+        """Why ``tp`` (with or without sequence parallelism) cannot split this model ("" if it
+        can): the divisibility its tensor-parallel plan needs."""
+        if tp > 1:
+            return f"tp({tp}) needs a family with a tensor-parallel plan; {self.name} has none"
+        return ""
+
+    def tp_collectives(self, kind: str, sequence_parallel: bool
+                       ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The tp collectives one block of ``kind`` issues per micro-batch (forward, backward),
+        tp > 1; each moves the b*s*h activations (``planner.cost.tp``)."""
+        return (), ()
+
+    def tp_splits(self, kind: str) -> bool:
+        """Whether a block of ``kind`` has its weights and matmuls divided over tp ranks."""
+        return False
+
+    def layer_norm_grad_bytes(self, spec, layers: int, element_bytes: int) -> int:
+        """Bytes of the once-per-step tp all-reduce of sequence-parallel norm gradients."""
+        return 0
+
+    # -- memory --------------------------------------------------------------------------------
+    def activation_bytes(self, saved: float, output: float, kind: str, spec, tp: int,
+                         sequence_parallel: bool, recompute: str) -> float:
+        """Activation bytes one block keeps per micro-batch on one rank."""
+        if kind == "block" and recompute == "full":
+            return output
+        return saved
+
+    def recompute_working_bytes(self, saved: float, output: float, kind: str, spec, tp: int,
+                                sequence_parallel: bool, recompute: str) -> float:
+        """Transient bytes while a recomputed block runs its backward."""
+        if kind == "block" and recompute == "full":
+            return self.activation_bytes(saved, output, kind, spec, tp, sequence_parallel, "none")
+        return 0.0
+
+    def selective_share(self, forward_flops: float, spec, microbatch_size: int) -> float:
+        """Share of a block's forward that selective recompute runs again."""
+        return 0.0
+
+    # -- compute -------------------------------------------------------------------------------
+    def block_matrices(self, kind: str, spec, tp: int) -> list[tuple[int, int]]:
+        """(rows, cols) of a block's weight matrices on one tp rank (PowerSGD's compression)."""
+        return []
+
+    def analytic_costs(self, spec, microbatch_size: int, device, dtype: str,
+                       element_bytes: int, device_model=None, impl: str = "zoo"):
+        """Per-block costs without a profile (``planner.cost.compute.BlockCost``)."""
+        raise PlannerError(f"model {spec.name!r} (family {self.name}) has no analytic cost "
+                           "model: profile it with `planner profile --model ...` first")
+
+    # -- torch ---------------------------------------------------------------------------------
+    def model_module(self):
+        """The family's torch module (``build``, ``apply_tp``): imports torch."""
+        return importlib.import_module(f"planner.families.{self.name}.model")

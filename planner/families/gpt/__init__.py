@@ -1,0 +1,145 @@
+"""The GPT family: token + position embedding, pre-norm decoder blocks (multi-head attention,
+GELU MLP), final norm and an untied LM head (nanoGPT/GPT-2; Megatron-LM's layer for costing).
+
+Everything GPT-specific the planner needs is here: validation, tensor-parallel rules and
+collectives (Megatron, Shoeybi et al. 2019), activation memory (Korthikanti et al. 2022), the
+attention core's share for selective recompute, PowerSGD's matrices. Analytic (roofline) costs
+are in ``costs``, the torch model and its tensor-parallel plan in ``model``.
+"""
+from __future__ import annotations
+
+from planner.errors import PlannerError
+from planner.families.base import Family
+
+# Per decoder layer, in units of s*b*h bytes at 16 bits (Korthikanti et al. 2022, arXiv
+# 2205.05198, sec. 4 and Table 2): 10 units stay whole on every tensor-parallel rank (layer-norm
+# inputs 4, q/k/v input 2, MLP input 2, two dropout masks 2), 24 are split over t (q, k 4; v 2;
+# attention output 2; GeLU input and output 16), and the attention core keeps 5*a*s/h more
+# (scores, softmax, its dropout mask), also split over t. Sequence parallelism splits the 10 as
+# well; selective recompute drops the 5*a*s/h; full recompute keeps only the layer input (2
+# units = the block's output bytes).
+WHOLE_UNITS, SPLIT_UNITS = 10.0, 24.0
+
+# Megatron's tensor-parallel collectives per block (Shoeybi et al. 2019, sec. 3): an all-reduce
+# after attention and after the MLP in forward, the conjugate ones in backward; with sequence
+# parallelism (Korthikanti sec. 4.2.2) each becomes an all-gather before and a reduce-scatter
+# after the split region, the same volume.
+_BLOCK = (("all_reduce", "all_reduce"), ("all_reduce", "all_reduce"))
+_BLOCK_SP = (("all_gather", "reduce_scatter", "all_gather", "reduce_scatter"),
+             ("all_gather", "reduce_scatter", "all_gather", "reduce_scatter"))
+
+
+def attention_core_units(spec) -> float:
+    """5*a*s/h: the attention core's share of a layer's activations (Korthikanti Table 2)."""
+    return 5.0 * spec.num_heads * spec.seq_len / spec.hidden_size
+
+
+def block_forward_flops(b: int, s: int, h: int, f: int) -> float:
+    """Forward FLOPs of one decoder block: 8bsh^2 (q,k,v,o) + 4bshf (MLP) + 4bs^2h (QK^T, AV).
+
+    With f = 4h this is 24bsh^2 + 4bs^2h, one third of the per-layer training FLOPs
+    72bsh^2(1 + s/6h) of Narayanan et al. SC'21 (arXiv 2104.04473), eq. (2) without the head.
+    Causal masking is not credited (as in that paper and in PaLM's MFU, appendix B).
+    """
+    return 8 * b * s * h * h + 4 * b * s * h * f + 4 * b * s * s * h
+
+
+def layer_params(h: int, f: int) -> int:
+    """q, k, v, o with biases + MLP with biases + two LayerNorms."""
+    return 4 * h * h + 4 * h + 2 * h * f + f + h + 4 * h
+
+
+class GptFamily(Family):
+    name = "gpt"
+    has_sequence = True
+    selective_recompute = True
+
+    def validate(self, spec) -> None:
+        if spec.hidden_size % spec.num_heads:
+            raise PlannerError(f"hidden_size({spec.hidden_size}) % num_heads({spec.num_heads}) "
+                               f"= {spec.hidden_size % spec.num_heads}, must be 0")
+
+    def tp_problem(self, spec, tp: int, sequence_parallel: bool) -> str:
+        """Column splits need whole heads and whole FFN columns per rank (hidden_size follows
+        from the heads: hidden = heads * head_dim)."""
+        if tp == 1:
+            return ""
+        for name, size in (("num_heads", spec.num_heads),
+                           ("ffn_hidden_size", spec.ffn_hidden_size)):
+            if size % tp:
+                return f"tp({tp}) must divide {name}({size}): {size} % {tp} = {size % tp}"
+        if sequence_parallel and spec.seq_len % tp:
+            return (f"sequence_parallel: tp({tp}) must divide seq_len({spec.seq_len}): "
+                    f"{spec.seq_len} % {tp} = {spec.seq_len % tp}")
+        return ""
+
+    def tp_collectives(self, kind: str, sequence_parallel: bool):
+        if kind == "block":
+            return _BLOCK_SP if sequence_parallel else _BLOCK
+        if sequence_parallel and kind == "head":
+            # The head all-gathers its sequence-sharded input; the backward of that gather is a
+            # local slice (no collective), as counted on the executor.
+            return ("all_gather",), ()
+        if sequence_parallel and kind == "embedding":
+            # The replicated embedding output is sliced into the first block's sequence shard;
+            # the backward of the slice all-gathers the gradient (counted here, at the boundary).
+            return (), ("all_gather",)
+        return (), ()
+
+    def tp_splits(self, kind: str) -> bool:
+        return kind == "block"
+
+    def layer_norm_grad_bytes(self, spec, layers: int, element_bytes: int) -> int:
+        """Under sequence parallelism each rank holds a partial sum over its sequence shard of
+        the replicated norms' gradients (Korthikanti sec. 4.2.2): two LayerNorms of 2h
+        parameters per block, all-reduced once per step."""
+        return layers * 4 * spec.hidden_size * element_bytes
+
+    def activation_bytes(self, saved, output, kind, spec, tp, sequence_parallel, recompute):
+        """``saved`` (measured, or Korthikanti's s*b*h*(34 + 5as/h)) divided among Korthikanti's
+        parts in the proportions above, each scaled as his Table 2 says. Embedding and head are
+        not split or recomputed by the executor, so they keep ``saved`` (the head's logits)."""
+        if kind != "block":
+            return saved
+        rest = tp if sequence_parallel else 1
+        if recompute == "full":
+            return output / rest
+        core = attention_core_units(spec)
+        unit = saved / (WHOLE_UNITS + SPLIT_UNITS + core)
+        kept_core = 0.0 if recompute == "selective" else core
+        return unit * (WHOLE_UNITS / rest + (SPLIT_UNITS + kept_core) / tp)
+
+    def recompute_working_bytes(self, saved, output, kind, spec, tp, sequence_parallel,
+                                recompute):
+        """Full recompute brings a block's activations back for its backward; selective the
+        attention core's."""
+        if kind != "block" or recompute == "none":
+            return 0.0
+        if recompute == "full":
+            return self.activation_bytes(saved, output, kind, spec, tp, sequence_parallel, "none")
+        core = attention_core_units(spec)
+        return saved / (WHOLE_UNITS + SPLIT_UNITS + core) * core / tp
+
+    def selective_share(self, forward_flops, spec, microbatch_size):
+        """Attention core's share of a block's forward: 4*b*s^2*h of its FLOPs (QK^T and AV,
+        Narayanan et al. SC'21 eq. 2), the best split available without a per-op profile."""
+        if forward_flops <= 0:
+            return 0.0
+        core = 4.0 * microbatch_size * spec.seq_len ** 2 * spec.hidden_size
+        return min(1.0, core / forward_flops)
+
+    def block_matrices(self, kind, spec, tp):
+        """q, k, v and attention output h x h, MLP fc ffn x h and proj h x ffn (the split
+        dimension divided by t); embedding: vocab x h and positions seq x h; head: vocab x h."""
+        h, f, t = spec.hidden_size, spec.ffn_hidden_size, tp
+        if kind == "block":
+            return [(h // t, h)] * 3 + [(h, h // t), (f // t, h), (h, f // t)]
+        if kind == "embedding":
+            return [(spec.vocab_size, h), (spec.seq_len, h)]
+        return [(spec.vocab_size, h)]
+
+    def analytic_costs(self, spec, microbatch_size, device, dtype, element_bytes,
+                       device_model=None, impl="zoo"):
+        from planner.families.gpt.costs import analytic_costs
+        return analytic_costs(spec, microbatch_size, device, dtype, element_bytes,
+                              device_model, impl)

@@ -1,0 +1,173 @@
+"""GPT in torch, and its tensor-parallel plan (Megatron-LM, Shoeybi et al. 2019, sec. 3).
+
+nanoGPT/GPT-2 shape: pre-norm, GELU MLP, learned positions, untied head, with separate q/k/v
+projections so Megatron column splits shard whole heads, and attention that reshapes with ``-1``
+heads so the same code runs on a tensor-parallel shard.
+
+Tensor parallel plan (DTensor ``parallelize_module``), per block: q, k, v and mlp.fc split by
+output features (``ColwiseParallel``: heads / tp whole heads and ffn / tp hidden units per rank),
+attn.proj and mlp.proj by input features (``RowwiseParallel``: partial sums all-reduced). Two
+all-reduces per block forward and two in backward. Embedding, layer norms and the LM head stay
+replicated on every tp rank (their gradients are identical there, so they need no tp
+collective).
+
+Sequence parallel (Korthikanti et al. 2022, sec. 4.2.2): the residual stream between blocks is
+the rank's slice of the sequence, as a plain tensor (mixing DTensor and tensor in the residual
+add fails); layer norms run on that slice (``SequenceParallel``), attention and MLP inputs are
+all-gathered (``PrepareModuleInput``) and their row-parallel outputs reduce-scattered back to a
+slice. The first block slices the replicated embedding output; the head all-gathers its input.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from planner.families.sequential import SequentialModel
+
+
+class Embedding(nn.Module):
+    kind = "embedding"
+
+    def __init__(self, vocab, seq, hidden):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, hidden)
+        self.pos = nn.Embedding(seq, hidden)
+
+    def forward(self, idx):
+        positions = torch.arange(idx.shape[1], device=idx.device)
+        return self.tok(idx) + self.pos(positions)
+
+
+class Attention(nn.Module):
+    def __init__(self, hidden, heads):
+        super().__init__()
+        self.head_dim = hidden // heads
+        self.q = nn.Linear(hidden, hidden)
+        self.k = nn.Linear(hidden, hidden)
+        self.v = nn.Linear(hidden, hidden)
+        self.proj = nn.Linear(hidden, hidden)
+        self.recompute_core = False   # "selective" recompute: Korthikanti et al. 2022, sec. 4
+
+    def _core(self, q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    def forward(self, x):
+        b, s, _ = x.shape
+        # -1 heads: under tensor parallelism each rank holds heads / tp of them.
+        q, k, v = (t(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+                   for t in (self.q, self.k, self.v))
+        if self.recompute_core and torch.is_grad_enabled():
+            y = checkpoint(self._core, q, k, v, use_reentrant=False)
+        else:
+            y = self._core(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(b, s, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden, ffn):
+        super().__init__()
+        self.fc = nn.Linear(hidden, ffn)
+        self.proj = nn.Linear(ffn, hidden)
+
+    def forward(self, x):
+        return self.proj(F.gelu(self.fc(x)))
+
+
+class TransformerBlock(nn.Module):
+    kind = "block"
+
+    def __init__(self, hidden, heads, ffn):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(hidden)
+        self.attn = Attention(hidden, heads)
+        self.ln2 = nn.LayerNorm(hidden)
+        self.mlp = MLP(hidden, ffn)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class Head(nn.Module):
+    kind = "head"
+
+    def __init__(self, hidden, vocab):
+        super().__init__()
+        self.ln = nn.LayerNorm(hidden)
+        self.out = nn.Linear(hidden, vocab, bias=False)
+
+    def forward(self, x):
+        return self.out(self.ln(x))
+
+
+class GptModel(SequentialModel):
+    def synthetic_batch(self, batch_size: int, generator: torch.Generator):
+        s = self.spec
+        tokens = torch.randint(0, s.vocab_size, (batch_size, s.seq_len + 1), generator=generator)
+        return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+
+
+def _init(module: nn.Module, num_layers: int):
+    """GPT-2 initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2L)."""
+    for name, p in module.named_parameters():
+        if p.dim() >= 2:
+            std = 0.02 / math.sqrt(2 * num_layers) if name.endswith("proj.weight") else 0.02
+            nn.init.normal_(p, 0.0, std)
+        elif name.endswith("bias"):
+            nn.init.zeros_(p)
+
+
+def build(spec) -> GptModel:
+    blocks = [Embedding(spec.vocab_size, spec.seq_len, spec.hidden_size)]
+    blocks += [TransformerBlock(spec.hidden_size, spec.num_heads, spec.ffn_hidden_size)
+               for _ in range(spec.num_layers)]
+    blocks.append(Head(spec.hidden_size, spec.vocab_size))
+    model = GptModel(spec, blocks)
+    _init(model, spec.num_layers)
+    return model
+
+
+def block_plan(sequence_parallel: bool, attention: bool = True) -> dict:
+    """The ``parallelize_module`` plan of one block (module docstring)."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput,
+                                                   RowwiseParallel, SequenceParallel)
+    # attn and mlp take their input as one DTensor, so the gradients of q, k and v sum as a
+    # Partial and are reduced once where the input entered (Megatron's "f" operator: one
+    # all-reduce, or under sp one reduce-scatter, per attention and per MLP in backward);
+    # plain-tensor inputs would give every column-parallel Linear its own all-reduce.
+    entry = (Shard(1),) if sequence_parallel else (Replicate(),)
+    gather = dict(input_layouts=entry, desired_input_layouts=(Replicate(),),
+                  use_local_output=False)
+    out = dict(output_layouts=Shard(1)) if sequence_parallel else {}
+    plan = {}
+    if attention:
+        plan.update({"attn": PrepareModuleInput(**gather),
+                     "attn.q": ColwiseParallel(), "attn.k": ColwiseParallel(),
+                     "attn.v": ColwiseParallel(), "attn.proj": RowwiseParallel(**out)})
+    plan.update({"mlp": PrepareModuleInput(**gather),
+                 "mlp.fc": ColwiseParallel(), "mlp.proj": RowwiseParallel(**out)})
+    if sequence_parallel:
+        plan.update({"ln1": SequenceParallel(), "ln2": SequenceParallel()})
+    return plan
+
+
+def apply_tp(model, tp_mesh, sequence_parallel: bool) -> None:
+    """Shard the decoder blocks of ``model`` in place over ``tp_mesh``."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import PrepareModuleInput, parallelize_module
+    blocks = [b for b in model.blocks if getattr(b, "kind", "") == "block"]
+    for block in blocks:
+        parallelize_module(block, tp_mesh, block_plan(sequence_parallel))
+    if sequence_parallel:
+        parallelize_module(blocks[0], tp_mesh, PrepareModuleInput(
+            input_layouts=(Replicate(),), desired_input_layouts=(Shard(1),),
+            use_local_output=True))
+        head = model.blocks[len(model.blocks) - 1]
+        parallelize_module(head, tp_mesh, PrepareModuleInput(
+            input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),),
+            use_local_output=True))

@@ -1,0 +1,98 @@
+"""What a layout may be and what the executor runs: one copy of every rule, torch-free.
+
+The planner (``planner.sim``, ``planner.search``) and the executor (``executor.parallel``) both
+import this module, so the search never proposes what the executor refuses and the simulator
+models what the executor does:
+
+- ``check_layout``: divisibility (the model family's tensor-parallel rules), chunks against
+  blocks, and the combinations the executor refuses (``executor_refuses``);
+- ``ddp_runs``: whether gradients are reduced by DDP during backward, or all-reduced after it;
+- ``chunk_starts``: where each pipeline chunk starts when the layout does not say;
+- DDP's bucket caps, which both the simulator and the executor's manual all-reduce use.
+"""
+from __future__ import annotations
+
+from planner import families
+from planner.errors import PlannerError
+
+# DDP's bucket caps (Li et al., VLDB 2020, sec. 3.2): the first bucket 1 MiB
+# (``dist._DEFAULT_FIRST_BUCKET_BYTES``), the rest ``bucket_cap_mb`` = 25 MiB.
+FIRST_BUCKET_BYTES = 1 * 2**20
+BUCKET_CAP_BYTES = 25 * 2**20
+
+
+def ddp_possible(dims, schedule) -> bool:
+    """Whether the executor can use DDP (hooks that reduce during backward): it needs plain
+    parameters (tp 1: DDP's constructor rejects DTensors) and gradients accumulated by autograd
+    (not a split weight-gradient pass, which DDP's hooks never see); otherwise it all-reduces
+    after the backward pass in DDP-sized buckets."""
+    return dims.tp == 1 and not (dims.pp > 1 and schedule.split_backward)
+
+
+def ddp_runs(layout) -> bool:
+    """``ddp_possible`` for a layout."""
+    return ddp_possible(layout.dims, layout.pipeline.kind)
+
+
+def executor_refuses(layout) -> str:
+    """Why the executor would refuse this layout ("" if it runs it)."""
+    d, pl = layout.data, layout.pipeline
+    dp = layout.dp > 1
+    if d.parameter_server and (d.zero or d.compression != "none"):
+        return (f"parameter_server keeps whole gradients and the optimizer on its servers: needs "
+                f"zero 0 and compression none, got zero {d.zero}, compression {d.compression}")
+    if d.compression != "none" and d.zero >= 2:
+        return (f"compression {d.compression} is a DDP hook; FSDP (zero {d.zero}) has none: "
+                f"needs zero 0 or 1")
+    if d.compression != "none" and dp and not ddp_runs(layout):
+        return (f"compression {d.compression} is a DDP hook, and DDP cannot run with tp > 1 "
+                f"(DTensor parameters) or under {pl.schedule}'s split weight-gradient pass "
+                f"(tp {layout.tp}, schedule {pl.schedule})")
+    if d.zero >= 2 and dp and layout.pp > 1 and pl.kind.split_backward:
+        return (f"zero {d.zero} (FSDP2) under schedule {pl.schedule} trains wrong parameters in "
+                f"torch 2.13 (FSDP reduce-scatters before the weight-gradient pass has run): use "
+                f"zero 0 or 1 with {pl.schedule}, or another schedule")
+    if d.zero == 1 and layout.tp > 1 and dp:
+        return ("zero 1 (ZeroRedundancyOptimizer) cannot hold tensor-parallel (DTensor) "
+                "parameters: use zero 2 or 3 with tp > 1")
+    return ""
+
+
+def layout_problem(spec, layout, num_blocks: int | None = None) -> str:
+    """Why ``layout`` cannot run ``spec`` ("" if it can)."""
+    problem = families.of(spec).tp_problem(spec, layout.tp, layout.tensor.sequence_parallel)
+    if problem:
+        return problem
+    blocks = spec.num_blocks if num_blocks is None else num_blocks
+    k = layout.num_chunks
+    if k > blocks:
+        return (f"pp({layout.pp}) * virtual_stages({layout.pipeline.virtual_stages}) = {k} "
+                f"chunks > {blocks} blocks of {spec.name}")
+    return executor_refuses(layout)
+
+
+def check_layout(spec, layout, num_blocks: int | None = None, where: str = "") -> None:
+    """One-line PlannerError (prefixed ``where: field 'layout': ``) unless the layout runs."""
+    problem = layout_problem(spec, layout, num_blocks)
+    if problem:
+        raise PlannerError(f"{where}: field 'layout': {problem}" if where else problem)
+
+
+def chunk_starts(layout, num_blocks: int, where: str = "") -> list[int]:
+    """First block of each of the ``pp * virtual_stages`` chunks: the layout's
+    ``stage_boundaries``, else an even split (earlier chunks taking the remainder)."""
+    n = layout.num_chunks
+    prefix = f"{where}: " if where else ""
+    if n > num_blocks:
+        raise PlannerError(f"{prefix}field 'layout': pp({layout.pp}) * virtual_stages("
+                           f"{layout.pipeline.virtual_stages}) = {n} chunks > {num_blocks} blocks")
+    starts = list(layout.pipeline.stage_boundaries)
+    if starts:
+        if starts[-1] >= num_blocks:
+            raise PlannerError(f"{prefix}field 'layout.pipeline.stage_boundaries': {starts} "
+                               f"starts a chunk at block {starts[-1]}, the model has "
+                               f"{num_blocks} blocks (0..{num_blocks - 1})")
+        return starts
+    base, extra = divmod(num_blocks, n)
+    sizes = [base + (i < extra) for i in range(n)]
+    return [sum(sizes[:i]) for i in range(n)]

@@ -1,0 +1,190 @@
+"""Search the layout space: enumerate, prune, simulate the promising, rank, explain.
+
+Best-first branch and bound: every layout of the space (``planner.search.space``) gets a cheap
+lower bound on its step time and on its memory (``planner.sim.bounds``); the survivors are taken
+in order of their bound, each gets its exact memory (partition and schedule, no events) and, if
+it fits, a full simulation (``planner.sim``). The search stops when the next bound is no better
+than the K-th best simulated step, so every layout it skips provably cannot enter the top K.
+Recompute is also pruned by dominance: when a layout fits without recomputation (or with
+selective), the same layout with more recomputation cannot be faster.
+
+The search only calls the cost model through ``planner.sim``'s public API and the block costs
+it is handed: it knows nothing of FLOPs, links or formulas.
+"""
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from planner import schedules, sim
+from planner.cost.compute import BlockCost
+from planner.partition import least_bottleneck
+from planner.search.space import (RECOMPUTE_ORDER, Space, check_space, dims_of, divisors,
+                                  leaves, make_layout, schedule_options, tp_sizes)
+from planner.specs import Candidate
+
+__all__ = ["Result", "Space", "check_space", "evaluate_one", "search"]
+
+
+@dataclass
+class Result:
+    ranked: list                     # [(Layout, Prediction)] best first, fitting only
+    enumerated: int = 0              # complete layouts that pass divisibility
+    refused: int = 0                 # ... of other layouts, ones the executor cannot run
+    bounded_out: int = 0             # never simulated: bound no better than the K-th best
+    memory_pruned: int = 0           # model states alone exceed the device (lower bound)
+    not_fitting: int = 0             # exact memory over capacity (no simulation)
+    dominated: int = 0               # more recompute than a fitting sibling
+    simulated: int = 0
+    candidates: list = field(default_factory=list)   # Candidate per layout looked at closely
+
+
+class _Blocks:
+    """Block costs per micro-batch size, cached."""
+
+    def __init__(self, blocks_for: Callable[[int], Sequence[BlockCost]]):
+        self.blocks_for = blocks_for
+        self._blocks: dict = {}
+
+    def blocks(self, b: int):
+        if b not in self._blocks:
+            self._blocks[b] = tuple(self.blocks_for(b))
+        return self._blocks[b]
+
+
+def search(run: sim.RunSpec, blocks_for: Callable[[int], Sequence[BlockCost]],
+           num_devices: int, global_batch: int, space: Space = Space(), top_k: int = 5,
+           comm_for: Callable | None = None) -> Result:
+    """The best ``top_k`` fitting layouts of ``num_devices`` devices for ``global_batch``."""
+    comm_for = comm_for or sim.default_comm_time
+    spec, cluster = run.model, run.cluster
+    nblocks = spec.num_blocks
+    cache = _Blocks(blocks_for)
+    comms: dict = {}
+    res = Result(ranked=[])
+    heap: list = []
+    cap = cluster.device.usable_memory_bytes
+    for tp in tp_sizes(spec, num_devices, cluster.devices_per_node, space):
+        for pp in divisors(num_devices // tp):
+            if (space.pp is not None and pp != space.pp) or pp > nblocks:
+                continue
+            dp = num_devices // (tp * pp)
+            if (space.dp is not None and dp != space.dp) or global_batch % dp:
+                continue
+            dims = dims_of(dp, tp, pp)
+            probe = make_layout((dp, tp, pp, 1, 1, "1f1b", 1, 0, "none", False), space)
+            comm = comms.setdefault((dp, tp, pp), comm_for(cluster, probe))
+            for b in divisors(global_batch // dp):
+                if space.microbatch_size is not None and b != space.microbatch_size:
+                    continue
+                m = global_batch // (dp * b)
+                for name, v in schedule_options(pp, m, nblocks, space):
+                    kind = schedules.get(name)
+                    for zero, rc, sp in leaves(spec, dp, tp, pp, b, m, name, v, space, res):
+                        res.enumerated += 1
+                        key = (dp, tp, pp, b, m, name, v, zero, rc, sp)
+                        bundle = _bundle(run, cache, key, space, comm)
+                        data = space.data(dp, zero)
+                        if sim.memory_floor(run, dims, data, kind, m, v, bundle.params,
+                                            bundle.activation_bytes) > cap:
+                            res.memory_pruned += 1
+                            continue
+                        bound = sim.step_floor(run, dims, data, kind, m, bundle.total_s,
+                                               bundle.slowest_s, bundle.params, comm)
+                        heap.append((bound, len(heap), key))
+    heapq.heapify(heap)
+    _best_first(run, cache, comms, heap, res, space, top_k, cap)
+    return res
+
+
+def _bundle(run, cache: _Blocks, key, space: Space, comm) -> sim.RowsBundle:
+    """The per-block rows of a search key (memoised in ``planner.sim``)."""
+    dp, tp, pp, b, m, name, v, zero, rc, sp = key
+    probe = make_layout((dp, tp, pp, b, 1, "1f1b", 1, 0, rc, sp), space)
+    return sim.rows_bundle(run, cache.blocks(b), probe, comm)
+
+
+def _best_first(run, cache, comms, heap, res: Result, space: Space, top_k: int, cap) -> None:
+    """Pop layouts by bound; cost, check memory, re-bound with the real partition, simulate."""
+    fitting: set = set()      # (dp, tp, pp, b, name, v, zero, sp, rc) that fit
+    prepared: dict = {}       # partition and chunk costs shared by schedules of one shape
+    refined: set = set()
+    sized: set = set()
+    seq = len(heap)
+    while heap:
+        bound, _, key = heapq.heappop(heap)
+        if len(res.ranked) >= top_k and bound >= res.ranked[top_k - 1][1].step_time_s:
+            res.bounded_out += 1 + len(heap)
+            break
+        dp, tp, pp, b, m, name, v, zero, rc, sp = key
+        base = (dp, tp, pp, b, name, v, zero, sp)
+        lighter = RECOMPUTE_ORDER[:RECOMPUTE_ORDER.index(rc)]
+        if space.recompute is None and any(base + (r,) in fitting for r in lighter):
+            res.dominated += 1
+            continue
+        layout = make_layout(key, space)
+        comm = comms[(dp, tp, pp)]
+        if key not in sized:
+            # cheap first refinement: the slowest chunk of any partition is no faster than the
+            # best bottleneck (cached per block costs and chunk count, shared by many layouts)
+            sized.add(key)
+            bundle = _bundle(run, cache, key, space, comm)
+            better = max(bound, m * least_bottleneck(bundle.block_s, pp * v, bundle.send_s))
+            if _defer(heap, better, seq, key, res, top_k):
+                seq += 1
+                continue
+        # The partition depends on the schedule only through its memory tie-break (one chunk
+        # per rank) and its split backward; memory (and so the costs) on the ZeRO stage.
+        kind = layout.pipeline.kind
+        pkey = (dp, tp, pp, b, sp, rc, v, zero, name if v == 1 else kind.split_backward)
+        if pkey not in prepared:
+            prepared[pkey] = sim.prepare(run, cache.blocks(b), layout, comm)[:2]
+        bounds, costs = prepared[pkey]
+        layout = layout.with_boundaries(bounds.pipeline.stage_boundaries)
+        if key not in refined:
+            refined.add(key)
+            better = max(bound, sim.chain_bound(run, layout, costs, comm))
+            if _defer(heap, better, seq, key, res, top_k):
+                seq += 1
+                continue
+        memory = sim.rank_memory(run, layout, costs)
+        peak = max(r.total_bytes for r in memory)
+        if peak > cap:
+            res.not_fitting += 1
+            res.candidates.append(Candidate(layout, 0.0, peak, False,
+                                            note=f"needs {peak / 2**30:.1f} GiB per rank"))
+            continue
+        fitting.add(base + (rc,))
+        pred = sim.predict(run, layout, costs, sim.simulate(run, layout, costs, comm, False))
+        res.simulated += 1
+        res.ranked.append((layout, pred))
+        res.ranked.sort(key=lambda lp: (lp[1].step_time_s, lp[1].peak_memory_bytes))
+        del res.ranked[top_k:]
+        res.candidates.append(Candidate(layout, pred.step_time_s, pred.peak_memory_bytes, True,
+                                        breakdown_s=pred.breakdown_s))
+    ranked_layouts = {lp[0]: i + 1 for i, lp in enumerate(res.ranked)}
+    res.candidates = [Candidate(c.layout, c.step_time_s, c.peak_memory_bytes, c.fits,
+                                c.breakdown_s, ranked_layouts.get(c.layout, 0), c.note)
+                      for c in res.candidates]
+
+
+def _defer(heap, better: float, seq: int, key, res: Result, top_k: int) -> bool:
+    """After a bound improved to ``better``: put the layout back if others now come first, or
+    drop it if it cannot reach the top K. True if the caller should move on."""
+    if len(res.ranked) >= top_k and better >= res.ranked[top_k - 1][1].step_time_s:
+        res.bounded_out += 1
+        return True
+    if heap and better > heap[0][0]:
+        heapq.heappush(heap, (better, seq, key))   # look again when its turn comes
+        return True
+    return False
+
+
+def evaluate_one(run: sim.RunSpec, blocks_for: Callable[[int], Sequence[BlockCost]],
+                 layout, comm_for: Callable | None = None) -> tuple:
+    """Simulate one complete layout with its timeline (``planner simulate``, the winner)."""
+    comm_for = comm_for or sim.default_comm_time
+    return sim.evaluate(run, blocks_for(layout.microbatch_size), layout,
+                        comm_for(run.cluster, layout), timeline=True)
+

@@ -1,0 +1,157 @@
+"""The layout space: which values each dimension may take, and the enumeration of them.
+
+dp * tp * pp = devices; tp passing the model family's divisibility rules and at most one node's
+devices unless allowed; pp up to the number of blocks (the balanced partition copes with layers
+that do not divide); micro-batch sizes dividing the per-replica batch; each registered schedule
+with its virtual-stage rule (``planner.schedules``); ZeRO 0-3; recompute none/selective/full;
+sequence parallelism. The data-parallel communication (all-reduce, compression, parameter
+server) changes numerics, so it is an option the caller fixes, never searched. Layouts the
+executor refuses (``planner.rules``) are never proposed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from planner import families, rules, schedules
+from planner.dims import ParallelDims
+from planner.errors import PlannerError
+from planner.specs import DataParallel, Layout
+
+RECOMPUTE_ORDER = ("none", "selective", "full")
+
+
+@dataclass(frozen=True)
+class Space:
+    """Which values each dimension may take; None searches it."""
+    dp: int | None = None
+    tp: int | None = None
+    pp: int | None = None
+    microbatch_size: int | None = None
+    schedule: str | None = None
+    virtual_stages: int | None = None
+    zero: int | None = None
+    recompute: str | None = None
+    sequence_parallel: bool | None = None
+    dp_comm: str = "all_reduce"
+    ps_shards: int = 0
+    compression: str = "none"
+    powersgd_rank: int = 0
+    tp_across_nodes: bool = False
+    max_virtual_stages: int = 8
+
+    def data(self, dp: int, zero: int) -> DataParallel:
+        """The data-parallel strategy of a layout with ``dp`` replicas and ZeRO ``zero``."""
+        return _data(self, dp, zero)
+
+
+@lru_cache(maxsize=1024)
+def _data(space: Space, dp: int, zero: int) -> DataParallel:
+    if dp == 1:
+        return DataParallel(zero=zero)
+    ps = space.dp_comm == "parameter_server"
+    return DataParallel(zero=zero, comm=space.dp_comm,
+                        ps_shards=min(max(space.ps_shards, 1), dp) if ps else 0,
+                        compression=space.compression,
+                        powersgd_rank=space.powersgd_rank if space.compression == "powersgd"
+                        else 0)
+
+
+@lru_cache(maxsize=4096)
+def dims_of(dp: int, tp: int, pp: int) -> ParallelDims:
+    return ParallelDims(dp=dp, tp=tp, pp=pp)
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def tp_sizes(spec, num_devices: int, devices_per_node: int, space: Space) -> list[int]:
+    """tp values that divide the device count, pass the family's divisibility rules, and fit in
+    a node unless allowed."""
+    family = families.of(spec)
+    out = []
+    for t in divisors(num_devices):
+        if space.tp is not None and t != space.tp:
+            continue
+        if t > 1:
+            if family.tp_problem(spec, t, False):
+                continue
+            if t > devices_per_node and not space.tp_across_nodes and space.tp is None:
+                continue
+        out.append(t)
+    return out
+
+
+def schedule_options(pp: int, m: int, num_blocks: int, space: Space) -> list[tuple[str, int]]:
+    """(schedule, virtual stages) pairs valid for pp stages and m micro-batches."""
+    if pp == 1:
+        # One stage: every schedule is plain gradient accumulation; 1F1B keeps one
+        # micro-batch of activations alive, so it stands for all of them.
+        kind = schedules.get(space.schedule or "1f1b")
+        v = space.virtual_stages or kind.min_virtual_stages
+        return [(kind.name, v)] if v <= num_blocks and not kind.check(pp, v, m) else []
+    out = []
+    for kind in schedules.SCHEDULES.values():
+        if space.schedule is not None and kind.name != space.schedule:
+            continue
+        for v in kind.search_virtual_stages(space.max_virtual_stages):
+            if space.virtual_stages is not None and v != space.virtual_stages:
+                continue
+            if pp * v <= num_blocks and not kind.check(pp, v, m):
+                out.append((kind.name, v))
+    return out
+
+
+def leaves(spec, dp, tp, pp, b, m, name, v, space: Space, res=None):
+    """The (zero, recompute, sequence parallel) choices of one (dp, tp, pp, b, schedule, v),
+    without those the executor refuses (counted in ``res.refused``)."""
+    family = families.of(spec)
+    zeros = [space.zero] if space.zero is not None else ([0, 1, 2, 3] if dp > 1 else [0])
+    rcs = [space.recompute] if space.recompute is not None else list(RECOMPUTE_ORDER)
+    if not family.selective_recompute:
+        rcs = [r for r in rcs if r != "selective" or space.recompute == "selective"]
+    if space.sequence_parallel is not None:
+        sps = [space.sequence_parallel] if (tp > 1 or not space.sequence_parallel) else []
+    else:
+        sps = [False] + ([True] if tp > 1 and not family.tp_problem(spec, tp, True) else [])
+    for zero in zeros:
+        probe = Layout(dims=dims_of(dp, tp, pp), microbatch_size=b, num_microbatches=m,
+                       data=space.data(dp, zero),
+                       pipeline=_pipeline(name, v))
+        if rules.executor_refuses(probe):
+            if res is not None:
+                res.refused += len(rcs) * len(sps)
+            continue
+        for rc in rcs:
+            for sp in sps:
+                yield zero, rc, sp
+
+
+@lru_cache(maxsize=256)
+def _pipeline(name: str, v: int):
+    from planner.specs import Pipeline
+    return Pipeline(schedule=name, virtual_stages=v)
+
+
+def make_layout(key, space: Space) -> Layout:
+    """The Layout of a search key (dp, tp, pp, b, m, schedule, v, zero, recompute, sp)."""
+    dp, tp, pp, b, m, name, v, zero, rc, sp = key
+    from planner.specs import TensorParallel
+    return Layout(dims=dims_of(dp, tp, pp), microbatch_size=b, num_microbatches=m,
+                  data=space.data(dp, zero), pipeline=_pipeline(name, v),
+                  tensor=TensorParallel(sequence_parallel=sp), recompute=rc)
+
+
+def check_space(space: Space, num_devices: int, global_batch: int) -> None:
+    """Fixed values that cannot work whatever the rest is: one-line errors."""
+    prod = 1
+    for x in (space.dp, space.tp, space.pp):
+        if x is not None:
+            prod *= x
+    if num_devices % prod:
+        raise PlannerError(f"--dp/--tp/--pp fix {prod} devices per replica grid, which does not "
+                           f"divide --gpus {num_devices}")
+    if space.dp is not None and global_batch % space.dp:
+        raise PlannerError(f"--global-batch {global_batch} does not divide over --dp "
+                           f"{space.dp} ({global_batch} % {space.dp} = {global_batch % space.dp})")

@@ -1,0 +1,235 @@
+"""Per-block and per-chunk costs of a layout: what one micro-batch costs on one rank.
+
+``block_rows`` turns the model's per-block costs (one unsplit device) into ``BlockRow``s after
+the tensor-parallel split (the block's ``tp_split`` from the roofline, else ``split_time``),
+the TP collectives inside the block (which block the compute: ``planner.cost.tp``),
+recomputation (full: the forward again, collectives included; selective: the family's
+recomputed share) and sequence parallelism. ``RowsBundle`` adds what follows from the rows
+alone (prefix sums, TP collective counts, FLOPs) and is memoised: the search costs many layouts
+that share it. ``Chunk`` is one model chunk's sums, O(1) from the prefix sums.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import accumulate
+
+from planner import families
+from planner.cost import pp as pp_cost, tp as tp_cost
+from planner.cost.compute import BlockCost
+from planner.cost.precision import ELEMENT_BYTES
+from planner.sim.run import CommTime, RunSpec, compute_slowdown
+
+# Share of a block's backward that computes weight gradients (the "W" of zero-bubble
+# schedules): for a matmul, dX = dY W^T and dW = X^T dY cost the same (Qi et al. 2023, sec. 2);
+# an embedding has no input gradient to compute.
+WEIGHT_GRAD_SHARE = {"block": 0.5, "head": 0.5, "embedding": 1.0}
+
+
+class BlockRow:
+    """One block, one micro-batch, one rank, after the layout's split."""
+    __slots__ = ("forward_s", "forward_tp_s", "backward_s", "recompute_s", "backward_tp_s",
+                 "weight_share", "params", "activation_bytes", "working_bytes", "send_bytes",
+                 "forward_collectives", "backward_collectives")
+
+    def __init__(self, forward_s, forward_tp_s, backward_s, recompute_s, backward_tp_s,
+                 weight_share, params, activation_bytes, working_bytes, send_bytes,
+                 forward_collectives, backward_collectives):
+        self.forward_s = forward_s                  # compute only
+        self.forward_tp_s = forward_tp_s            # TP collectives inside the forward
+        self.backward_s = backward_s
+        self.recompute_s = recompute_s              # forward run again during the backward
+        self.backward_tp_s = backward_tp_s
+        self.weight_share = weight_share            # of backward_s: the weight gradient (W)
+        self.params = params                        # on this rank
+        self.activation_bytes = activation_bytes    # kept per micro-batch in flight
+        self.working_bytes = working_bytes          # transient while recomputed
+        self.send_bytes = send_bytes                # the boundary transfer if cut after it
+        self.forward_collectives = forward_collectives
+        self.backward_collectives = backward_collectives
+
+    @property
+    def total_s(self) -> float:
+        """Everything one micro-batch costs this block (partitioning weighs blocks by it)."""
+        return (self.forward_s + self.forward_tp_s + self.backward_s + self.recompute_s
+                + self.backward_tp_s)
+
+
+def block_rows(run: RunSpec, blocks: Sequence[BlockCost], layout, comm: CommTime
+               ) -> tuple[list[BlockRow], int]:
+    """The rows of ``blocks`` under ``layout`` and the bytes of one TP collective."""
+    spec, t = run.model, layout.tp
+    sp, rc = layout.tensor.sequence_parallel, layout.recompute
+    family = families.of(spec)
+    slow = compute_slowdown(run.cluster, layout.world_size)
+    msg = tp_cost.activation_message_bytes(layout.microbatch_size, spec.seq_len,
+                                           spec.hidden_size, ELEMENT_BYTES[run.dtype])
+    rows, memo = [], {}
+    for blk in blocks:
+        same = blk[1:]          # decoder layers are usually identical: cost each kind once
+        row = memo.get(same)
+        if row is None:
+            row = memo[same] = _row(run, family, blk, layout, comm, msg, slow, t, sp, rc)
+        rows.append(row)
+    return rows, msg
+
+
+def _row(run, family, blk: BlockCost, layout, comm, msg, slow, t, sp, rc) -> BlockRow:
+    spec = run.model
+    fwd_names, bwd_names = tp_cost.block_collectives(family, blk.kind, sp, t)
+    f_tp = tp_cost.collective_time(fwd_names, msg, comm)
+    b_tp = tp_cost.collective_time(bwd_names, msg, comm)
+    core = None
+    split = family.tp_splits(blk.kind)
+    if blk.tp_split is not None:   # analytic per-rank costs (planner.cost.roofline)
+        f, b, core = blk.tp_split(t, sp, f_tp, b_tp)
+    else:
+        f = tp_cost.split_time(blk.forward_s, split, t)
+        b = tp_cost.split_time(blk.backward_s, split, t)
+    f, b = f * slow, b * slow
+    rec = 0.0
+    if blk.kind == "block" and rc == "full":
+        rec = f + f_tp   # the forward runs again, collectives included (Megatron)
+    elif blk.kind == "block" and rc == "selective" and family.selective_recompute:
+        rec = core * slow if core is not None else f * family.selective_share(
+            blk.forward_flops, spec, layout.microbatch_size)
+    params = blk.param_count / t if split else blk.param_count
+    act = family.activation_bytes(blk.saved_activation_bytes, blk.output_bytes, blk.kind,
+                                  spec, t, sp, rc)
+    work = family.recompute_working_bytes(blk.saved_activation_bytes, blk.output_bytes,
+                                          blk.kind, spec, t, sp, rc)
+    return BlockRow(f, f_tp, b, rec, b_tp, WEIGHT_GRAD_SHARE.get(blk.kind, 0.5), params, act,
+                    work, pp_cost.boundary_bytes(blk.output_bytes, t, sp), fwd_names, bwd_names)
+
+
+class RowsBundle:
+    """The rows of one (run, blocks, tp, sp, recompute, micro-batch size) and what follows from
+    them alone: prefix sums, per-block partition weights and send times, TP collectives per
+    micro-batch, model and recomputed FLOPs, and totals for the search's bounds."""
+
+    def __init__(self, run: RunSpec, blocks: Sequence[BlockCost], layout, comm: CommTime):
+        rows, msg = block_rows(run, blocks, layout, comm)
+        self.rows, self.message_bytes = rows, msg
+        self.block_s = [r.total_s for r in rows]
+        self.send_s = [comm("send_recv", r.send_bytes, "pp") for r in rows]
+        self.tp_per_microbatch = _tp_counts(rows, msg, layout.recompute)
+        self.model_flops = sum(blk.forward_flops for blk in blocks)
+        self.recompute_flops = _recompute_flops(run, blocks, layout)
+        self.total_s = sum(self.block_s)
+        self.slowest_s = max(self.block_s)
+        self.params = sum(r.params for r in rows)
+        self.activation_bytes = sum(r.activation_bytes for r in rows)
+
+        def pre(values):
+            return [0.0, *accumulate(values)]
+        self.pre_f = pre(r.forward_s for r in rows)
+        self.pre_f_tp = pre(r.forward_tp_s for r in rows)
+        self.pre_b = pre(r.backward_s for r in rows)
+        self.pre_rec = pre(r.recompute_s for r in rows)
+        self.pre_b_tp = pre(r.backward_tp_s for r in rows)
+        self.pre_w = pre(r.backward_s * r.weight_share for r in rows)
+        self.pre_params = pre(r.params for r in rows)
+        self.pre_act = pre(r.activation_bytes for r in rows)
+
+
+def _tp_counts(rows, msg, recompute) -> dict:
+    """(phase, collective, bytes) -> TP collectives per micro-batch."""
+    out: dict = {}
+    for r in rows:
+        for phase, names in (("forward", r.forward_collectives),
+                             ("backward", r.backward_collectives)):
+            for name in names:
+                out[(phase, name, msg)] = out.get((phase, name, msg), 0) + 1
+        if r.recompute_s and recompute == "full":
+            for name in r.forward_collectives:   # the recomputed forward issues them again
+                out[("backward", name, msg)] = out.get(("backward", name, msg), 0) + 1
+    return out
+
+
+def _recompute_flops(run, blocks, layout) -> float:
+    rc = layout.recompute
+    family = families.of(run.model)
+    if rc == "none" or (rc == "selective" and not family.selective_recompute):
+        return 0.0
+    return sum(blk.forward_flops * (1.0 if rc == "full" else family.selective_share(
+        blk.forward_flops, run.model, layout.microbatch_size))
+        for blk in blocks if blk.kind == "block")
+
+
+_BUNDLES: dict = {}
+
+
+def rows_bundle(run: RunSpec, blocks: Sequence[BlockCost], layout, comm: CommTime
+                ) -> RowsBundle:
+    """``RowsBundle`` memoised on (run, blocks, comm, tp, sp, recompute, micro-batch size,
+    slowdown). The cache holds the objects it was keyed on, so an id is never reused for
+    another object while its entry lives."""
+    key = (id(run), id(blocks), id(comm), layout.tp, layout.tensor.sequence_parallel,
+           layout.recompute, layout.microbatch_size,
+           compute_slowdown(run.cluster, layout.world_size))
+    hit = _BUNDLES.get(key)
+    if hit is not None and hit[0] is run and hit[1] is blocks and hit[2] is comm:
+        return hit[3]
+    bundle = RowsBundle(run, blocks, layout, comm)
+    if len(_BUNDLES) > 2048:
+        _BUNDLES.clear()
+    _BUNDLES[key] = (run, blocks, comm, bundle)
+    return bundle
+
+
+class Chunk:
+    """One model chunk's costs per micro-batch on one rank: sums over its blocks in O(1) from
+    the bundle's prefix sums; the per-block details only the data-parallel hooks read are built
+    on first use."""
+    __slots__ = ("blocks", "rows", "split_backward", "param_bytes_each", "grad_bytes_each",
+                 "send_s", "send_bytes", "f_comp", "f_tp", "b_comp", "b_rec", "b_tp", "w_s",
+                 "i_comp", "params", "act_bytes", "f_s", "b_s", "i_s", "_detail")
+
+    def __init__(self, blocks: range, bundle: RowsBundle, split_backward: bool,
+                 param_bytes_each: float, grad_bytes_each: float):
+        i, j = blocks.start, blocks.stop
+        b = bundle
+        self.blocks, self.rows, self.split_backward = blocks, b.rows, split_backward
+        self.param_bytes_each, self.grad_bytes_each = param_bytes_each, grad_bytes_each
+        self.send_s = 0.0                 # boundary transfer after this chunk (each way)
+        self.send_bytes = b.rows[j - 1].send_bytes
+        self.f_comp = b.pre_f[j] - b.pre_f[i]
+        self.f_tp = b.pre_f_tp[j] - b.pre_f_tp[i]
+        self.b_comp = b.pre_b[j] - b.pre_b[i]
+        self.b_rec = b.pre_rec[j] - b.pre_rec[i]
+        self.b_tp = b.pre_b_tp[j] - b.pre_b_tp[i]
+        self.w_s = b.pre_w[j] - b.pre_w[i]
+        self.i_comp = self.b_comp - self.w_s
+        self.params = b.pre_params[j] - b.pre_params[i]
+        self.act_bytes = b.pre_act[j] - b.pre_act[i]
+        self.f_s = self.f_comp + self.f_tp
+        self.b_s = self.b_rec + self.b_comp + self.b_tp
+        self.i_s = self.b_rec + self.i_comp + self.b_tp
+        self._detail = None
+
+    def _build(self) -> dict:
+        b_off, w_off, grads, bblk, pbytes = [], [], [], [], []
+        tb = tw = 0.0
+        for x in reversed(self.blocks):
+            r = self.rows[x]
+            step = r.recompute_s + r.backward_tp_s + (
+                r.backward_s * (1.0 - r.weight_share) if self.split_backward else r.backward_s)
+            tb += step
+            tw += r.backward_s * r.weight_share
+            b_off.append(tb)
+            w_off.append(tw)
+            bblk.append(step)
+            grads.append(r.params * self.grad_bytes_each)
+            pbytes.append(r.params * self.param_bytes_each)
+        self._detail = {
+            "b_offsets": tuple(b_off), "w_offsets": tuple(w_off), "grad_bytes_rev": tuple(grads),
+            "f_block_s": tuple(self.rows[x].forward_s + self.rows[x].forward_tp_s
+                               for x in self.blocks),
+            "b_block_s": tuple(bblk), "param_bytes_blocks": tuple(reversed(pbytes))}
+        return self._detail
+
+    def detail(self, name: str):
+        """Per block, built on first use: ``b_offsets``/``w_offsets`` (end offsets inside B (or
+        I) and W, backward order), ``grad_bytes_rev`` (backward order), ``f_block_s`` (forward
+        durations, forward order), ``b_block_s`` (backward or I durations, backward order),
+        ``param_bytes_blocks`` (forward order)."""
+        return (self._detail or self._build())[name]

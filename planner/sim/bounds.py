@@ -1,0 +1,130 @@
+"""Lower bounds on what the simulator would say, for the search's branch and bound.
+
+Each bound follows from the simulator's own rules (the data-parallel behaviour of
+``planner.sim.dp``, the memory of ``planner.sim.memory``, the schedules' in-flight counts), so
+the search never re-derives them: a layout whose bound is worse than the K-th best simulated
+step provably cannot enter the top K.
+"""
+from __future__ import annotations
+
+from planner import rules
+from planner.cost import dp as dp_cost, pp as pp_cost
+from planner.sim.memory import state_bytes_per_param
+from planner.sim.run import optimizer_time
+
+
+def memory_floor(run, dims, data, schedule, m: int, v: int, params: float, acts: float) -> float:
+    """A lower bound on the fullest rank's bytes, before any partition is known.
+
+    S = model states of all ranks of one pipeline, A = one micro-batch's activations over all
+    blocks. Rank r holds S_r + n_r*A_r at some moment, n_r micro-batches of each of its chunks
+    (``Schedule.in_flight_floor``); the fullest rank holds at least any weighted mean of these.
+    Weights (1/n_r)/H, H = sum 1/n_r, give A/H + S/(max n * H); equal weights give
+    (S + min n * A)/p. Buffers only add.
+    """
+    pp = dims.pp
+    states = params * sum(state_bytes_per_param(run, dims, data, pp > 1))
+    flight = schedule.in_flight_floor(pp, m, v)
+    if min(flight) == 0:
+        return states / pp
+    h = sum(1.0 / n for n in flight)
+    return max((states + min(flight) * acts) / pp, acts / h + states / (max(flight) * h))
+
+
+def step_floor(run, dims, data, schedule, m: int, total_s: float, slowest_s: float,
+               params: float, comm) -> float:
+    """A lower bound on the simulated step from per-micro-batch totals alone.
+
+    Compute: the average rank does m * total/pp of block time, followed by what must come after
+    its last backward: the optimizer step on its parameters and the collectives the executor
+    runs only after the backward pass (all of them where DDP cannot run; ZeRO-1's parameter
+    broadcast; the parameter server). The rank holding the slowest block does at least m times
+    that block; flushing schedules with one chunk per rank obey the bubble bound of
+    ``planner.cost.pp.balanced_lower_bound``. ZeRO-3 (and ZeRO-2 without pipelining) also puts
+    m gathers of the rank's parameters on the comm stream, a bound of its own. Collective times
+    are affine in bytes, so the average rank's bytes give the average rank's time.
+    """
+    dp, pp, zero = dims.dp, dims.pp, data.zero
+    per_rank = params / pp
+    p_e, g_e, _ = run.bytes_per_param
+    flush = 0.0
+    if schedule.flushing_single_chunk and pp > 1:
+        flush = pp_cost.balanced_lower_bound(total_s, pp, m)
+    shard = dp if zero >= 1 else 1
+    tail = optimizer_time(run, per_rank / shard, params)
+    busy = 0.0
+    if dp > 1:
+        if data.parameter_server:
+            tail += comm("parameter_server", per_rank * g_e, "dp")
+        elif zero <= 1 and not rules.ddp_possible(dims, schedule):
+            tail += comm("all_reduce", per_rank * g_e, "dp")   # executor: after the backward
+        elif zero == 1:
+            tail += comm("all_gather", per_rank * p_e, "dp")
+        if zero == 3:
+            busy = 2 * m * comm("all_gather", per_rank * p_e, "dp") + (
+                m if pp == 1 else 1) * comm("reduce_scatter", per_rank * g_e, "dp")
+        elif zero == 2 and pp == 1:
+            busy = m * (comm("all_gather", per_rank * p_e, "dp")
+                        + comm("reduce_scatter", per_rank * g_e, "dp"))
+    # step >= max_r(work_r + tail_r) >= their mean; >= the bubble bound; >= the rank holding
+    # the slowest block; >= the comm stream's busy time
+    return max(m * total_s / pp + tail, flush, m * slowest_s, busy)
+
+
+def chain_bound(run, layout, costs, comm) -> float:
+    """A lower bound from the real chunks: pipeline rank r cannot start before micro-batch 0
+    has gone forward through chunks 0..r-1 (compute and sends), does m times the work of its
+    chunks, and after its last backward the last micro-batch's gradient must still go back
+    through chunks r-1..0 while r finishes its step: the data-parallel reduction of at least
+    the chunk it ran last (``_after_backward``), the optimizer step, ZeRO-1's broadcast. Under
+    a split backward the W operations may overlap that return trip, so it follows only F and
+    I work."""
+    m, p = layout.num_microbatches, layout.pp
+    chunks = costs.chunks
+    kind = layout.pipeline.kind
+    split = kind.split_backward
+    owner = [kind.chunk_rank(c, p) for c in range(len(chunks))]
+    work, f_i, params = [0.0] * p, [0.0] * p, [0.0] * p
+    mine: list = [[] for _ in range(p)]
+    for c, ch in enumerate(chunks):
+        r = owner[c]
+        work[r] += m * ((ch.f_s + ch.i_s + ch.w_s) if split else (ch.f_s + ch.b_s))
+        f_i[r] += m * (ch.f_s + ch.i_s)
+        params[r] += ch.params
+        mine[r].append(ch)
+    shard = layout.dp if layout.data.zero >= 1 else 1
+    total = sum(params)
+    best = before = after = 0.0
+    for r in range(p):
+        tail = optimizer_time(run, params[r] / shard, total) + _after_backward(
+            run, layout, mine[r], params[r], comm)
+        if split:
+            best = max(best, before + work[r] + tail, before + f_i[r] + after)
+        else:
+            best = max(best, before + work[r] + max(after, tail))
+        ch = chunks[r]
+        before += ch.f_s + ch.send_s
+        after += (ch.i_s if split else ch.b_s) + ch.send_s
+    return best
+
+
+def _after_backward(run, layout, mine, params: float, comm) -> float:
+    """Data-parallel work a rank must still do after its last compute op, at least: all of it
+    where the executor reduces only after the backward pass (DDP cannot run, the parameter
+    server), the reduce-scatter of whichever chunk ran last (ZeRO-2/3 under pipelining), or
+    that chunk's last DDP bucket; then ZeRO-1's parameter broadcast."""
+    if layout.dp == 1:
+        return 0.0
+    p_e, g_e, _ = run.bytes_per_param
+    d = layout.data
+    if d.parameter_server:
+        return comm("parameter_server", params * g_e, "dp")
+    extra = comm("all_gather", params * p_e, "dp") if d.zero == 1 else 0.0
+    if d.zero >= 2:
+        if layout.pp == 1:
+            return extra
+        return extra + min(comm("reduce_scatter", ch.params * g_e, "dp") for ch in mine)
+    if not rules.ddp_runs(layout):
+        return extra + comm("all_reduce", params * g_e, "dp")
+    last = min(dp_cost.ddp_buckets([ch.params * g_e])[-1][0] for ch in mine)
+    return extra + comm("all_reduce", last, "dp")

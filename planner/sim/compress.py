@@ -1,0 +1,63 @@
+"""Gradient compression of DDP buckets in the simulator: bytes sent and compute added.
+
+fp16/bf16 halve 4-byte gradients (a cast pass at memory bandwidth, torch's
+``fp16_compress_hook``); PowerSGD (Vogels et al., NeurIPS 2019; torch's ``powerSGD_hook``) sends
+P and Q of each matrix that compresses (``planner.cost.dp.powersgd_split``) and computes its
+matmuls at the achieved FLOP rate.
+"""
+from __future__ import annotations
+
+from planner import families
+from planner.cost import dp as dp_cost
+from planner.sim.run import flop_rate
+
+
+def bucket_time(run, layout, chunk, nbytes: float, comm) -> float:
+    """One DDP bucket's reduction, with its compression (``layout.data.compression``)."""
+    return sum(comm("all_reduce", part, "dp")
+               for part in bucket_messages(run, layout, chunk, nbytes)) + \
+        compression_s(run, layout, chunk, nbytes)
+
+
+def bucket_messages(run, layout, chunk, nbytes: float) -> list[float]:
+    """The all-reduce messages of one DDP bucket of ``nbytes`` gradient bytes: the bucket,
+    or its 16-bit cast, or PowerSGD's uncompressed part, P and Q."""
+    e = run.bytes_per_param[1]
+    kind = layout.data.compression
+    if kind in ("fp16", "bf16"):
+        return [nbytes * 2.0 / e] if e > 2 else [nbytes]
+    if kind == "powersgd":
+        share = nbytes / max(sum(chunk.detail("grad_bytes_rev")), 1.0)
+        mats = _chunk_matrices(run, layout, chunk)
+        packed, raw, _ = dp_cost.powersgd_split(mats, layout.data.powersgd_rank)
+        matrix_numel = sum(r * c for r, c in mats) * share
+        plain = max(0.0, nbytes / e - matrix_numel + raw * share) * e
+        return [x for x in (plain, packed * share * e / 2, packed * share * e / 2) if x > 0]
+    return [nbytes]
+
+
+def compression_s(run, layout, chunk, nbytes: float) -> float:
+    """Compute added by compression: a cast pass over the bucket at memory bandwidth
+    (read the gradient, write the 16-bit copy, and back); PowerSGD's matmuls at
+    ``planner.sim.run.flop_rate``."""
+    e = run.bytes_per_param[1]
+    kind = layout.data.compression
+    if kind in ("fp16", "bf16"):
+        if e <= 2:
+            return 0.0
+        return 2.0 * (nbytes + nbytes * 2.0 / e) / run.cluster.device.memory_bandwidth_bytes_per_s
+    if kind == "powersgd":
+        share = nbytes / max(sum(chunk.detail("grad_bytes_rev")), 1.0)
+        _, _, flops = dp_cost.powersgd_split(_chunk_matrices(run, layout, chunk),
+                                             layout.data.powersgd_rank)
+        return flops * share / flop_rate(run)
+    return 0.0
+
+
+def _chunk_matrices(run, layout, chunk) -> list[tuple[int, int]]:
+    family = families.of(run.model)
+    kinds = family.block_kinds(run.model)
+    out = []
+    for x in chunk.blocks:
+        out += family.block_matrices(kinds[x], run.model, layout.tp)
+    return out

@@ -1,0 +1,68 @@
+"""A layout's chunks: the partition into pipeline chunks and each chunk's costs (no events)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from planner import rules
+from planner.cost.compute import BlockCost
+from planner.errors import PlannerError
+from planner.partition import balanced_partition, chunk_blocks
+from planner.sim.blocks import Chunk, RowsBundle, rows_bundle
+from planner.sim.memory import MemRows, chunk_memory
+from planner.sim.pp import chunk_links
+from planner.sim.run import CommTime, RunSpec, default_comm_time
+
+
+@dataclass
+class LayoutCosts:
+    chunks: list              # Chunk per pipeline chunk, in pipeline order
+    bundle: RowsBundle        # the per-block rows they were summed from
+    tp_counts: dict           # (phase, collective, bytes) -> per-step count
+    memory: MemRows
+
+    @property
+    def model_flops_mb(self) -> float:
+        """Forward FLOPs of one micro-batch through the model (unsplit)."""
+        return self.bundle.model_flops
+
+    @property
+    def recompute_flops_mb(self) -> float:
+        return self.bundle.recompute_flops
+
+
+def layout_costs(run: RunSpec, blocks: Sequence[BlockCost], layout, comm: CommTime):
+    """Partition the blocks (unless the layout fixes ``stage_boundaries``) and cost each chunk.
+    Returns the layout with its stage boundaries filled in and its ``LayoutCosts``."""
+    bundle = rows_bundle(run, blocks, layout, comm)
+    param_e, grad_e = run.bytes_per_param[:2]
+    k = layout.num_chunks
+    if len(blocks) < k:
+        raise PlannerError(f"pp({layout.pp}) * virtual_stages({layout.pipeline.virtual_stages})"
+                           f" = {k} chunks > {len(blocks)} blocks of {run.model.name}")
+    mem_rows = MemRows(run, layout, bundle.rows)
+    starts = layout.pipeline.stage_boundaries
+    if not starts:
+        starts = balanced_partition(bundle.block_s, k, bundle.send_s,
+                                    memory=chunk_memory(layout, mem_rows))[0] if k > 1 else (0,)
+        layout = layout.with_boundaries(starts if k > 1 else ())
+    elif starts[-1] >= len(blocks):
+        raise PlannerError(f"stage_boundaries {list(starts)} start a chunk at block {starts[-1]}; "
+                           f"{run.model.name} has {len(blocks)} blocks")
+    split = layout.pipeline.kind.split_backward
+    chunks = [Chunk(rng, bundle, split, param_e, grad_e)
+              for rng in chunk_blocks(starts, len(blocks))]
+    chunk_links(chunks, layout, comm)
+    m = layout.num_microbatches
+    tp_counts = {key: k_mb * m for key, k_mb in bundle.tp_per_microbatch.items()}
+    return layout, LayoutCosts(chunks, bundle, tp_counts, mem_rows)
+
+
+def prepare(run: RunSpec, blocks: Sequence[BlockCost], layout, comm: CommTime | None = None
+            ) -> tuple:
+    """Check the layout (``planner.rules``), fill its stage boundaries and cost its chunks.
+    Returns (layout, LayoutCosts, comm)."""
+    rules.check_layout(run.model, layout, len(blocks))
+    comm = comm or default_comm_time(run.cluster, layout)
+    layout, costs = layout_costs(run, blocks, layout, comm)
+    return layout, costs, comm

@@ -1,0 +1,267 @@
+"""Data parallelism in the simulator: what each rank's comm stream does, as event-loop hooks.
+
+Built once per layout (``build``), as the executor's ``executor/parallel/dp.py`` runs it:
+
+- ZeRO 0/1 (DDP; ``planner.cost.dp.ddp_buckets``): all-reduce buckets in reverse block order
+  during the last micro-batch's backward of each chunk, each started when its last gradient is
+  ready and the stream is free (where DDP cannot run, ``planner.rules.ddp_runs``, the executor
+  all-reduces after the backward pass); ZeRO-1 then broadcasts updated parameters (the volume
+  of an all-gather) after the optimizer step.
+- ZeRO 2/3 (FSDP2): an all-gather of each block's parameters before its forward (ZeRO-2: only
+  while resharded; ZeRO-3: also before its backward), prefetched one block ahead, and a
+  reduce-scatter of each block's gradients -- per micro-batch without pipelining, once at the
+  end of the step under torch pipelining (which accumulates FSDP gradients unsharded).
+- parameter server (``planner.cost.comm.parameter_server``) after the backward pass: push, the
+  servers' optimizer step on their 1/k, pull.
+- compression (``planner.sim.compress``): fewer bytes per bucket, plus its compute.
+
+The optimizer step starts once a rank's reductions are done. The hooks are the only place the
+event loop (``planner.sim.engine``) meets data parallelism.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner import rules
+from planner.cost import dp as dp_cost
+from planner.sim import compress
+from planner.sim.run import compute_slowdown, optimizer_time
+
+
+@dataclass
+class DpPlan:
+    """How one chunk's gradients reach the other replicas."""
+    buckets: list             # [(ready block (reverse index), duration_s, bytes)], last mb
+    per_mb: bool              # FSDP without pipelining: per-block reduce-scatter every micro-batch
+    rs_block_s: tuple         # per block (reverse order) reduce-scatter time, FSDP
+    gather_block_s: tuple     # per block (forward order) all-gather time, FSDP
+    at_end: bool              # reductions start only after the rank's backward pass
+
+
+def count(counts: dict, phase: str, name: str, group: str, size: int, nbytes: float,
+          k: int) -> None:
+    key = (phase, name, group, size, int(nbytes))
+    counts[key] = counts.get(key, 0) + k
+
+
+def chunk_plan(run, layout, chunk, comm, counts: dict) -> DpPlan:
+    n, d = layout.dp, layout.data
+    if n == 1:
+        return DpPlan([], False, (), (), False)
+    grads = chunk.detail("grad_bytes_rev")
+    if d.zero >= 2:
+        # FSDP2's own per-call cost (hooks, DTensor, copy-in/out) on top of each collective
+        extra = run.cluster.fsdp_call_overhead_s
+        rs = tuple(comm("reduce_scatter", g, "dp") + extra for g in grads)
+        pbytes = chunk.detail("param_bytes_blocks")
+        ag = tuple(comm("all_gather", pb, "dp") + extra for pb in pbytes)
+        per_mb = layout.pp == 1
+        # under pipelining: one reduce-scatter pass when the chunk's last backward op ends
+        buckets = [] if per_mb else [(-1, sum(rs), sum(grads))]
+        m = layout.num_microbatches
+        for g in grads:
+            count(counts, "backward", "reduce_scatter", "dp", n, g, m if per_mb else 1)
+        for pb in pbytes:
+            for phase, k in fsdp_gathers_per_step(layout):
+                count(counts, phase, "all_gather", "dp", n, pb, k)
+        return DpPlan(buckets, per_mb, rs, ag, False)
+    if d.parameter_server:
+        total = sum(grads)
+        t = comm("parameter_server", total, "dp")
+        k = d.ps_shards
+        count(counts, "backward", "reduce", "dp", n, total / k, k)
+        count(counts, "optimizer", "broadcast", "dp", n, total / k, k)
+        return DpPlan([(len(grads) - 1, t, total)], False, (), (), True)
+    # Buckets that become ready together (a block larger than the cap) run back to back on
+    # the stream: one event each group, same finish time as bucket by bucket.
+    buckets: list = []
+    sizes: dict = {}
+    seen: dict = {}
+    for nbytes, ready in dp_cost.ddp_buckets(grads):
+        if nbytes not in sizes:
+            sizes[nbytes] = compress.bucket_time(run, layout, chunk, nbytes, comm)
+        seen[nbytes] = seen.get(nbytes, 0) + 1
+        if buckets and buckets[-1][0] == ready:
+            r0, d0, b0 = buckets[-1]
+            buckets[-1] = (ready, d0 + sizes[nbytes], b0 + nbytes)
+        else:
+            buckets.append((ready, sizes[nbytes], nbytes))
+    for nbytes, k in seen.items():
+        for msg in compress.bucket_messages(run, layout, chunk, nbytes):
+            count(counts, "backward", "all_reduce", "dp", n, msg, k)
+    return DpPlan(buckets, False, (), (), not rules.ddp_runs(layout))
+
+
+def fsdp_gathers_per_step(layout) -> list[tuple[str, int]]:
+    m = layout.num_microbatches
+    if layout.data.zero == 3:
+        return [("forward", m), ("backward", m)]
+    return [("forward", m if layout.pp == 1 else 1)]
+
+
+class FsdpOp:
+    """FSDP2 inside one operation: all-gather block k+1 while block k computes (one-block
+    prefetch), each block waiting for its own gather; reduce-scatter each block's gradient
+    as soon as its backward ends (per micro-batch only without pipelining)."""
+    __slots__ = ("name", "gather", "reduce", "blocks", "timeline")
+
+    def __init__(self, name: str, gather: tuple, reduce: tuple, blocks: tuple, timeline: bool):
+        self.name, self.gather, self.reduce = name, gather, reduce
+        self.blocks, self.timeline = blocks, timeline
+
+    def __call__(self, st, start: float, end: float) -> float:
+        t = issue = start
+        dpc = st.comm_free
+        gath, rs = self.gather, self.reduce
+        for k, dur in enumerate(self.blocks):
+            t_start = t
+            if gath:
+                g0 = dpc if dpc > issue else issue
+                dpc = g0 + gath[k]
+                st.comm_busy += gath[k]
+                if self.timeline:
+                    st.events.append(("comm", f"all_gather b{k} {self.name}", g0, dpc))
+                t_start = t if t > dpc else dpc
+            issue = t_start
+            t = t_start + dur
+            if rs:
+                s0 = dpc if dpc > t else t
+                dpc = s0 + rs[k]
+                st.comm_busy += rs[k]
+                if self.timeline:
+                    st.events.append(("comm", f"reduce_scatter b{k} {self.name}", s0, dpc))
+        st.comm_free = dpc
+        exposed = t - end if t > end else 0.0
+        st.acc["dp_comm_exposed"] += exposed
+        return end + exposed
+
+
+class BucketOp:
+    """DDP: each bucket's reduction starts when its last gradient is ready (inside this last
+    backward op of the chunk) and the comm stream is free; index -1: at the op's end."""
+    __slots__ = ("buckets", "offsets", "timeline")
+
+    def __init__(self, buckets: list, offsets: tuple, timeline: bool):
+        self.buckets, self.offsets, self.timeline = buckets, offsets, timeline
+
+    def __call__(self, st, start: float, end: float) -> float:
+        dpc = st.comm_free
+        for ready_block, dur, _ in self.buckets:
+            ready = end if ready_block < 0 else start + self.offsets[ready_block]
+            s0 = dpc if dpc > ready else ready
+            dpc = s0 + dur
+            st.comm_busy += dur
+            if self.timeline:
+                st.events.append(("comm", "dp bucket", s0, dpc))
+        st.comm_free = dpc
+        return end
+
+
+def _chain(first, second):
+    def both(st, start, end):
+        return second(st, start, first(st, start, end))
+    return both
+
+
+class DataParallelHooks:
+    """The event loop's data-parallel hooks of one layout: per rank, op index -> hook, and
+    ``finish`` after a rank's last operation. ``counts`` collects the collectives per step."""
+
+    def __init__(self, run, layout, costs, comm, sched_plan, timeline: bool):
+        self.run, self.layout, self.comm, self.timeline = run, layout, comm, timeline
+        self.chunks = costs.chunks
+        self.counts: dict = {}
+        self.plans = [chunk_plan(run, layout, c, comm, self.counts) for c in costs.chunks]
+        self.per_op = [dict() for _ in range(layout.pp)]
+        if layout.dp > 1 and layout.data.zero >= 2:
+            self._fsdp_hooks(sched_plan)
+        for c, (r, i) in sched_plan.last_backward.items():
+            plan = self.plans[c]
+            if plan.buckets and not plan.at_end:
+                kind = sched_plan.ops[r][i][0]
+                offsets = self.chunks[c].detail("w_offsets" if kind == "W" else "b_offsets")
+                self._add(r, i, BucketOp(plan.buckets, offsets, timeline))
+
+    def _add(self, r: int, i: int, hook) -> None:
+        prev = self.per_op[r].get(i)
+        self.per_op[r][i] = hook if prev is None else _chain(prev, hook)
+
+    def _fsdp_hooks(self, sched_plan) -> None:
+        """Which operations gather (ZeRO-3: every F and B/I; ZeRO-2: every F without
+        pipelining, else only a chunk's first F) and which reduce-scatter (every B/I without
+        pipelining)."""
+        layout = self.layout
+        zero3, pipelined = layout.data.zero == 3, layout.pp > 1
+        for r, ops in enumerate(sched_plan.ops):
+            seen_f: set = set()
+            for i, (kind, c, _) in enumerate(ops):
+                if kind == "W":
+                    continue
+                first_f = kind == "F" and c not in seen_f
+                if kind == "F":
+                    seen_f.add(c)
+                gather = zero3 or (kind == "F" and (not pipelined or first_f))
+                plan, ch = self.plans[c], self.chunks[c]
+                rs = plan.rs_block_s if (plan.per_mb and kind in ("B", "I")) else ()
+                if not gather and not rs:
+                    continue
+                fwd = kind == "F"
+                gath = (plan.gather_block_s if fwd else tuple(reversed(plan.gather_block_s))
+                        ) if gather else ()
+                blocks = ch.detail("f_block_s" if fwd else "b_block_s")
+                self._add(r, i, FsdpOp(f"c{c}", gath, rs, blocks, self.timeline))
+
+    def finish(self, st, mine: list[int]) -> None:
+        """After the rank's last operation: outstanding reductions, optimizer, parameter sync."""
+        run, layout, chunks = self.run, self.layout, self.chunks
+        params = sum(chunks[c].params for c in mine)
+        total = sum(ch.params for ch in chunks)
+        slow = compute_slowdown(run.cluster, layout.world_size)
+        if layout.data.parameter_server and layout.dp > 1:
+            self._parameter_server(st, mine, params, total, slow)
+            return
+        for c in mine:   # reductions that start only after the backward pass
+            if self.plans[c].at_end:
+                for _, dur, _ in self.plans[c].buckets:
+                    s0 = max(st.comm_free, st.comp)
+                    st.comm_free = s0 + dur
+                    st.comm_busy += dur
+                    if self.timeline:
+                        st.events.append(("comm", "dp reduce", s0, st.comm_free))
+        if st.comm_free > st.comp:
+            st.acc["dp_comm_exposed"] += st.comm_free - st.comp
+            st.comp = st.comm_free
+        shard = layout.dp if layout.data.zero >= 1 else 1
+        opt = optimizer_time(run, params / shard, total) * slow
+        if self.timeline:
+            st.events.append(("compute", "optimizer", st.comp, st.comp + opt))
+        st.comp += opt
+        st.acc["optimizer"] += opt
+        if layout.data.zero == 1 and layout.dp > 1:
+            # ZeroRedundancyOptimizer: each owner broadcasts its updated shard (all-gather volume)
+            pbytes = params * run.bytes_per_param[0]
+            t = self.comm("all_gather", pbytes, "dp")
+            count(self.counts, "optimizer", "broadcast", "dp", layout.dp, pbytes / layout.dp,
+                  layout.dp)
+            if self.timeline:
+                st.events.append(("comm", "broadcast params", st.comp, st.comp + t))
+            st.comp += t
+            st.comm_free = st.comp
+            st.comm_busy += t
+            st.acc["dp_comm_exposed"] += t
+
+    def _parameter_server(self, st, mine, params, total, slow) -> None:
+        """Push gradients to the k servers, the servers' optimizer step on their 1/k, pull the
+        parameters back; the push/pull time is ``planner.cost.comm.parameter_server``, split
+        evenly between its two halves; the worker waits throughout."""
+        half = sum(dur for c in mine for _, dur, _ in self.plans[c].buckets) / 2.0
+        opt = optimizer_time(self.run, params / self.layout.data.ps_shards, total) * slow
+        t0 = max(st.comp, st.comm_free)
+        if self.timeline:
+            st.events += [("comm", "ps push", t0, t0 + half),
+                          ("compute", "optimizer (server shard)", t0 + half, t0 + half + opt),
+                          ("comm", "ps pull", t0 + half + opt, t0 + 2 * half + opt)]
+        st.acc["dp_comm_exposed"] += (t0 - st.comp) + 2 * half
+        st.acc["optimizer"] += opt
+        st.comm_busy += 2 * half
+        st.comp = st.comm_free = t0 + 2 * half + opt

@@ -1,0 +1,127 @@
+"""Memory of each pipeline rank: model state, activations in flight, buffers.
+
+One formula serves the prediction (``rank_memory``), the partitioner's memory tie-break
+(``chunk_memory``) and the search's lower bound (``state_bytes_per_param``), so what the search
+lists is what ``planner simulate`` says.
+
+Per block, the bytes it adds to the rank holding it (``MemRows``):
+additive: parameters, gradients, optimizer state (``planner.cost.memory.model_state_bytes``:
+ZeRO over dp; gradients whole when torch pipelining accumulates FSDP gradients), and
+gradient-sized buffers (DDP's bucket copy -- torch's default gradient_as_bucket_view=False;
+PowerSGD's error feedback; the parameter server's flat messages, 2/k of the gradients). Per
+micro-batch in flight: activations. Largest over the rank's blocks: a recomputed block's
+transient activations; FSDP's unsharded copies (ZeRO-3: the gathered and the prefetched block;
+without pipelining the unsharded gradient of one block before its reduce-scatter). Per chunk
+that sends onwards: receive buffers for its activation and gradient (2 x boundary bytes).
+Capped: where the executor all-reduces after the backward pass without DDP (tp > 1), one
+25 MiB bucket at a time.
+"""
+from __future__ import annotations
+
+from itertools import accumulate
+
+from planner.cost import memory as mem
+from planner.grid import RankGrid
+from planner.partition import ChunkMemory
+from planner.rules import BUCKET_CAP_BYTES
+from planner.sim.pp import schedule_shape
+from planner.specs import RankMemory
+
+# Share of a chunk's activations still held between I and W (the matmul inputs the weight
+# gradient needs): Korthikanti's 34 units hold 14 of matmul inputs (2 qkv, 2 proj, 2 fc, 8 fc2).
+W_HELD_SHARE = 14.0 / 34.0
+
+
+def state_bytes_per_param(run, dims, data, pipelined: bool) -> tuple[float, float, float]:
+    """(parameter, gradient, optimizer-state) bytes per parameter on one rank: ZeRO stage
+    ``data.zero`` over dp; gradients whole under pipelining with ZeRO >= 2 (torch pipelining
+    accumulates FSDP gradients unsharded); a parameter server keeps the optimizer state on its
+    k servers (dp rank 0 is one of them)."""
+    zero = data.zero
+    ps, gs, os_ = mem.model_state_bytes(1.0, run.dtype, run.optimizer, zero, dims.dp,
+                                        not (pipelined and zero >= 2))
+    if dims.dp > 1 and data.parameter_server:
+        os_ /= max(data.ps_shards, 1)
+    return ps, gs, os_
+
+
+class MemRows:
+    """Per block, the bytes it adds to the rank holding it (module docstring)."""
+
+    def __init__(self, run, layout, rows):
+        e_param, e_grad, _ = run.bytes_per_param
+        d, dims = layout.data, layout.dims
+        self.states = state_bytes_per_param(run, dims, d, layout.pp > 1)
+        dp = dims.dp > 1
+        server = dp and d.parameter_server
+        lin = 0.0
+        if server:
+            lin = 2.0 * e_grad / d.ps_shards
+        elif dp and d.zero <= 1:
+            lin = (e_grad if layout.tp == 1 else 0.0) + (
+                e_grad if d.compression == "powersgd" else 0.0)
+        gathered = 2.0 * e_param if dp and d.zero == 3 else 0.0
+        one_grad = e_grad if dp and d.zero >= 2 and layout.pp == 1 and not server else 0.0
+        self.capped = dp and not server and d.zero <= 1 and layout.tp > 1
+        self.e_grad = e_grad
+        self.params = [r.params for r in rows]
+        self.linear = [r.params * lin for r in rows]
+        self.act = [r.activation_bytes for r in rows]
+        self.work = [r.working_bytes for r in rows]
+        self.fsdp = [r.params * (gathered + one_grad) for r in rows]
+        self.edge = [2.0 * r.send_bytes for r in rows]
+        self.linear_pre = [0.0, *accumulate(self.linear)]
+
+    def fixed(self, x: int) -> float:
+        return self.params[x] * sum(self.states) + self.linear[x]
+
+    def capped_bytes(self, params: float) -> float:
+        return min(params * self.e_grad, BUCKET_CAP_BYTES) if self.capped else 0.0
+
+
+def chunk_memory(layout, rows: MemRows) -> ChunkMemory | None:
+    """What the partition needs to prefer, among equally fast cuts, the one with the least
+    peak memory: one chunk per rank under a flushing single-chunk schedule (its exact in-flight
+    counts); several chunks per rank keep the even split."""
+    kind, v = layout.pipeline.kind, layout.pipeline.virtual_stages
+    if v != 1 or not kind.flushing_single_chunk:
+        return None
+    flight = kind.in_flight_floor(layout.pp, layout.num_microbatches, v)
+    n = len(rows.act)
+    return ChunkMemory(rows.act, [rows.fixed(x) for x in range(n)], flight,
+                       peaks=(rows.work, rows.fsdp), edge=rows.edge,
+                       capped=(rows.params, rows.capped_bytes) if rows.capped else None)
+
+
+def rank_memory(run, layout, costs) -> list[RankMemory]:
+    """Peak bytes of each pipeline rank (dp and tp peers hold the same): the terms of
+    ``MemRows`` over the blocks of the rank's chunks, activations weighted by the schedule's
+    in-flight micro-batches (``schedule_shape``; I-to-W held share ``W_HELD_SHARE``)."""
+    p, pl = layout.pp, layout.pipeline
+    _, owned, frontiers = schedule_shape(pl.schedule, p, layout.num_microbatches,
+                                         pl.virtual_stages)
+    rows = costs.memory
+    ps, gs, os_ = rows.states
+    chunks = costs.chunks
+    last = len(chunks) - 1
+    grid = RankGrid(layout.dims)
+    out = []
+    for r in range(p):
+        mine = owned[r]
+        params = sum(chunks[c].params for c in mine)
+        chunk_ids, states = frontiers[r]
+        sizes = [chunks[c].act_bytes for c in chunk_ids]
+        if states and len(states[0]) > len(sizes):     # split schedules: I-to-W held share
+            sizes += [a * W_HELD_SHARE for a in sizes]
+        held = max((sum(n * a for n, a in zip(state, sizes)) for state in states), default=0.0)
+        spans = [chunks[c].blocks for c in mine]
+        act = held + max(max(rows.work[b.start:b.stop]) for b in spans)
+        buf = (sum(rows.linear_pre[b.stop] - rows.linear_pre[b.start] for b in spans)
+               + max(max(rows.fsdp[b.start:b.stop]) for b in spans)
+               + sum(rows.edge[chunks[c].blocks[-1]] for c in mine if c < last)
+               + rows.capped_bytes(params))
+        out.append(RankMemory(rank=grid.rank_of(pp=r), stage=r,
+                              parameters_bytes=int(params * ps), gradients_bytes=int(params * gs),
+                              optimizer_bytes=int(params * os_), activations_bytes=int(act),
+                              buffers_bytes=int(buf)))
+    return out

@@ -1,0 +1,113 @@
+"""One simulated step of a layout, and the Prediction made of it.
+
+``simulate`` runs the event engine over a prepared layout (``planner.sim.costs.prepare``) with
+its data-parallel hooks; ``predict`` turns the result into a ``Prediction`` (step time,
+breakdown, per-rank memory, TFLOP/s, MFU, collectives, timeline); ``evaluate`` does all three.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from planner import families
+from planner.cost.compute import BlockCost
+from planner.cost.precision import ELEMENT_BYTES
+from planner.grid import RankGrid
+from planner.sim import engine
+from planner.sim.costs import LayoutCosts, prepare
+from planner.sim.dp import DataParallelHooks
+from planner.sim.memory import rank_memory
+from planner.sim.pp import schedule_plan
+from planner.sim.run import CommTime, RunSpec
+from planner.specs import CollectiveCount, Prediction, TimelineEvent
+
+
+@dataclass
+class StepResult:
+    """What one run of the event engine gives, before it becomes a Prediction."""
+    step_time_s: float
+    ranks: list               # engine.Rank per pipeline rank
+    dp_counts: dict           # data-parallel collectives per step
+    owner: tuple              # per chunk, the pipeline rank holding it
+
+
+def simulate(run: RunSpec, layout, costs: LayoutCosts, comm: CommTime,
+             timeline: bool = True) -> StepResult:
+    """The events of one step of ``layout`` (stage boundaries filled, ``costs`` from
+    ``planner.sim.costs.layout_costs``)."""
+    p, pl, m = layout.pp, layout.pipeline, layout.num_microbatches
+    plan = schedule_plan(pl.schedule, p, m, pl.virtual_stages)
+    hooks = DataParallelHooks(run, layout, costs, comm, plan, timeline)
+    overlap = run.cluster.comm_overlap if layout.world_size > 1 else 1.0
+    step, ranks = engine.run(plan, costs.chunks, m, hooks, overlap, timeline)
+    return StepResult(step, ranks, hooks.counts, plan.owner)
+
+
+def predict(run: RunSpec, layout, costs: LayoutCosts, result: StepResult,
+            timeline: bool = False) -> Prediction:
+    """The Prediction of a simulated step."""
+    p = layout.pp
+    ranks, step = result.ranks, result.step_time_s
+    breakdown = {k: sum(st.acc[k] for st in ranks) / p for k in engine.BREAKDOWN_KEYS}
+    for key in ("pp_comm", "dp_comm"):
+        breakdown[f"{key}_hidden"] = max(0.0, breakdown[f"{key}_hidden"]
+                                         - breakdown[f"{key}_exposed"])
+    memory = rank_memory(run, layout, costs)
+    peak = max(r.total_bytes for r in memory)
+    cap = run.cluster.device.usable_memory_bytes
+    n, m = layout.world_size, layout.num_microbatches
+    model_flops = 3.0 * costs.model_flops_mb * m * layout.dp
+    hw_flops = model_flops + costs.recompute_flops_mb * m * layout.dp
+    peak_rate = run.peak_flops
+    events = ()
+    if timeline:
+        grid = RankGrid(layout.dims)
+        events = tuple(TimelineEvent(grid.rank_of(pp=r), s, name, t0, t1)
+                       for r, st in enumerate(ranks) for s, name, t0, t1 in st.events)
+    return Prediction(
+        step_time_s=step, breakdown_s=breakdown, memory=tuple(memory), peak_memory_bytes=peak,
+        device_memory_bytes=cap, fits=peak <= cap,
+        tflops_per_device=hw_flops / (step * n) / 1e12 if step > 0 else 0.0,
+        mfu=model_flops / (step * n * peak_rate) if step > 0 and peak_rate else 0.0,
+        bubble_fraction=breakdown["bubble"] / step if step > 0 else 0.0,
+        collectives=collectives(run, layout, costs, result),
+        compute_source=run.compute_source, timeline=events)
+
+
+def collectives(run: RunSpec, layout, costs: LayoutCosts, result: StepResult) -> tuple:
+    """Every collective of one step, by phase, kind, group and size (merged)."""
+    out = []
+    for (phase, name, nbytes), k in sorted(costs.tp_counts.items()):
+        out.append(CollectiveCount(phase, name, "tp", layout.tp, k, int(nbytes)))
+    owner = result.owner
+    for c in range(len(costs.chunks) - 1):
+        if owner[c] != owner[c + 1]:
+            nb = costs.chunks[c].send_bytes
+            for phase in ("forward", "backward"):
+                out.append(CollectiveCount(phase, "send_recv", "pp", layout.pp,
+                                           layout.num_microbatches, int(nb)))
+    for (phase, name, group, size, nbytes), k in sorted(result.dp_counts.items()):
+        out.append(CollectiveCount(phase, name, group, size, k, int(nbytes)))
+    if layout.tensor.sequence_parallel:
+        # One per pipeline stage and step; a few KiB per layer, so its time is not simulated.
+        layers = -(-run.model.num_layers // layout.pp)
+        ln_bytes = families.of(run.model).layer_norm_grad_bytes(run.model, layers,
+                                                                ELEMENT_BYTES[run.dtype])
+        out.append(CollectiveCount("backward", "all_reduce", "tp", layout.tp, layout.pp,
+                                   ln_bytes))
+    merged: dict = {}
+    for cc in out:
+        key = (cc.phase, cc.collective, cc.group, cc.group_size, cc.bytes_each)
+        merged[key] = merged.get(key, 0) + cc.count
+    return tuple(CollectiveCount(phase, coll, group, size, count=k, bytes_each=nbytes)
+                 for (phase, coll, group, size, nbytes), k in merged.items())
+
+
+def evaluate(run: RunSpec, blocks: Sequence[BlockCost], layout, comm: CommTime | None = None,
+             timeline: bool = True) -> tuple:
+    """Simulate ``layout`` for one step. ``blocks`` are the model's per-block costs at the
+    layout's micro-batch size on one unsplit device. Returns the layout with its stage
+    boundaries filled in and the Prediction."""
+    layout, costs, comm = prepare(run, blocks, layout, comm)
+    result = simulate(run, layout, costs, comm, timeline)
+    return layout, predict(run, layout, costs, result, timeline)

@@ -1,0 +1,201 @@
+"""Clusters: devices, link levels, explicit node links, measured collective fits."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from planner.errors import PlannerError
+from planner.specs.common import Serde, choice, finite, fingerprint, positive
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DeviceSpec(Serde):
+    """One accelerator (or one CPU rank). ``*_source`` says datasheet, measured or fitted."""
+    name: str
+    memory_bytes: int
+    peak_flops_per_s: dict[str, float]          # dtype -> dense peak
+    memory_bandwidth_bytes_per_s: float
+    compute_efficiency: float                   # achieved / peak on large matmuls
+    peak_source: str = "datasheet"
+    efficiency_source: str = "assumed"
+    model_profile: str = ""                      # path of a device-model profile (issue 7)
+    # Memory no tensor of ours can use: runtime context, communication buffers, allocator
+    # fragmentation. Plans must fit in memory_bytes - reserved_memory_bytes.
+    reserved_memory_bytes: int = 0
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def usable_memory_bytes(self) -> int:
+        return self.memory_bytes - self.reserved_memory_bytes
+
+    def __post_init__(self):
+        positive("memory_bytes", self.memory_bytes)
+        if not 0 < self.compute_efficiency <= 1:
+            raise PlannerError(f"compute_efficiency must be in (0, 1], got {self.compute_efficiency}")
+
+
+@dataclass(frozen=True)
+class LinkLevel(Serde):
+    """Latency (alpha) and bandwidth (1/beta) of one level of the network, per direction.
+
+    ``latency_s`` is paid per message step of an algorithm; ``call_latency_s`` once per
+    collective call (launch and synchronisation, NCCL's tuner ``baseLat``).
+    """
+    name: str                      # "intra_node" | "inter_node"
+    latency_s: float
+    bandwidth_bytes_per_s: float
+    source: str = "datasheet"      # "datasheet" | "measured" | "fitted"
+    call_latency_s: float = 0.0
+
+    def __post_init__(self):
+        if self.latency_s < 0 or self.bandwidth_bytes_per_s <= 0 or self.call_latency_s < 0:
+            raise PlannerError(f"link {self.name}: latency_s and call_latency_s must be >= 0 and "
+                               f"bandwidth_bytes_per_s > 0, got {self.latency_s}, "
+                               f"{self.call_latency_s}, {self.bandwidth_bytes_per_s}")
+
+
+@dataclass(frozen=True)
+class NodeLink(Serde):
+    """An explicit node-to-node link that replaces the inter-node level for that pair.
+
+    One link shared by every flow between the two nodes (e.g. two nodes joined by one cable).
+    """
+    node_a: int
+    node_b: int
+    latency_s: float
+    bandwidth_bytes_per_s: float
+    source: str = "datasheet"
+
+    def __post_init__(self):
+        if self.node_a == self.node_b or min(self.node_a, self.node_b) < 0:
+            raise PlannerError(f"node link {self.node_a}-{self.node_b}: node_a and node_b must "
+                               "be two different node indices >= 0")
+        if self.latency_s < 0 or self.bandwidth_bytes_per_s <= 0:
+            raise PlannerError(f"node link {self.node_a}-{self.node_b}: latency_s must be >= 0 "
+                               f"and bandwidth_bytes_per_s > 0, got {self.latency_s}, "
+                               f"{self.bandwidth_bytes_per_s}")
+
+
+@dataclass(frozen=True)
+class NodeLevels(Serde):
+    """A node whose links differ from the cluster's levels; None keeps the cluster's level.
+
+    ``intra_node`` is each device's link to its node switch, ``inter_node`` each of the node's
+    network ports (see ``Cluster.nics_per_node``).
+    """
+    node: int
+    intra_node: LinkLevel | None = None
+    inter_node: LinkLevel | None = None
+
+
+@dataclass(frozen=True)
+class CollectiveFit(Serde):
+    """Measured medians of one collective on one link level, and the fit made of them.
+
+    Costs inside the measured range interpolate the points (log-log); outside, the fitted
+    large-message ``latency_s`` + bytes / ``bandwidth_bytes_per_s`` (alpha-beta) applies.
+    """
+    collective: str
+    level: str
+    group_size: int
+    message_bytes: tuple[int, ...]
+    time_s: tuple[float, ...]
+    latency_s: float
+    bandwidth_bytes_per_s: float
+    fit_median_abs_pct_error: float
+
+    def __post_init__(self):
+        where = f"collective fit {self.collective}/{self.level}/p={self.group_size}"
+        if self.level not in ("intra_node", "inter_node"):
+            raise PlannerError(f"{where}: level must be intra_node or inter_node")
+        if self.group_size < 2:
+            raise PlannerError(f"{where}: group_size must be >= 2")
+        if not self.message_bytes or len(self.message_bytes) != len(self.time_s):
+            raise PlannerError(f"{where}: message_bytes ({len(self.message_bytes)}) and time_s "
+                               f"({len(self.time_s)}) must be equally long and not empty")
+        if min(self.message_bytes) <= 0 or min(self.time_s) <= 0:
+            raise PlannerError(f"{where}: message_bytes and time_s must all be > 0")
+        if self.bandwidth_bytes_per_s <= 0:
+            raise PlannerError(f"{where}: bandwidth_bytes_per_s must be > 0, "
+                               f"got {self.bandwidth_bytes_per_s}")
+
+
+@dataclass(frozen=True)
+class Cluster(Serde):
+    """Nodes of identical devices; links per level; optional measured collective fits."""
+    name: str
+    num_nodes: int
+    devices_per_node: int
+    device: DeviceSpec
+    intra_node: LinkLevel
+    inter_node: LinkLevel
+    backend: str = "nccl"           # "nccl" | "gloo"
+    node_links: tuple[NodeLink, ...] = ()
+    collective_fits: tuple[CollectiveFit, ...] = ()
+    notes: str = ""
+    node_levels: tuple[NodeLevels, ...] = ()
+    nics_per_node: int = 0          # network ports per node, shared evenly; 0: one per device
+    # Interference of co-located ranks (planner.profile.interference, measured by `planner
+    # profile --network`): factor on a rank's profiled compute while the other ranks of its
+    # node compute too, and the share of a data-parallel/pipeline transfer's time that runs
+    # concurrently with compute. Defaults: no slowdown, full overlap (one GPU per rank, NCCL).
+    compute_slowdown: float = 1.0
+    comm_overlap: float = 1.0
+    fsdp_call_overhead_s: float = 0.0    # FSDP2's own cost per all-gather/reduce-scatter call
+    interference_source: str = "assumed: one device per rank, communication on its own engines"
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self):
+        positive("num_nodes", self.num_nodes)
+        if self.compute_slowdown < 1.0:
+            raise PlannerError(f"compute_slowdown must be >= 1 (a factor on profiled compute), "
+                               f"got {self.compute_slowdown}")
+        if not 0.0 <= self.comm_overlap <= 1.0:
+            raise PlannerError(f"comm_overlap must be in [0, 1], got {self.comm_overlap}")
+        if self.fsdp_call_overhead_s < 0:
+            raise PlannerError(f"fsdp_call_overhead_s must be >= 0, got "
+                               f"{self.fsdp_call_overhead_s}")
+        positive("devices_per_node", self.devices_per_node)
+        choice("backend", self.backend, ("nccl", "gloo"))
+        if not 0 <= self.nics_per_node <= self.devices_per_node:
+            raise PlannerError(f"nics_per_node must be 0 (one per device) .. devices_per_node("
+                               f"{self.devices_per_node}), got {self.nics_per_node}")
+        for i, link in enumerate(self.node_links):
+            if max(link.node_a, link.node_b) >= self.num_nodes:
+                bad = max(link.node_a, link.node_b)
+                raise PlannerError(f"node_links[{i}]: node {bad} does not exist (num_nodes "
+                                   f"{self.num_nodes}: 0..{self.num_nodes - 1})")
+        for i, lv in enumerate(self.node_levels):
+            if not 0 <= lv.node < self.num_nodes:
+                raise PlannerError(f"node_levels[{i}]: node {lv.node} does not exist (num_nodes "
+                                   f"{self.num_nodes}: 0..{self.num_nodes - 1})")
+
+    @property
+    def uniform(self) -> bool:
+        """Every node alike, one network port per device, no explicit node links."""
+        return (not self.node_links and not self.node_levels
+                and self.nics_per_node in (0, self.devices_per_node))
+
+    @property
+    def num_devices(self) -> int:
+        return self.num_nodes * self.devices_per_node
+
+    def with_size(self, num_devices: int) -> "Cluster":
+        """This cluster cut (or grown, for uniform presets) to ``num_devices`` devices."""
+        positive("--gpus", num_devices)
+        per = self.devices_per_node
+        if num_devices <= per:
+            # Links and levels of nodes that are cut away go with them.
+            return replace(self, num_nodes=1, devices_per_node=num_devices,
+                           nics_per_node=min(self.nics_per_node, num_devices),
+                           node_links=(), node_levels=tuple(
+                               lv for lv in self.node_levels if lv.node == 0))
+        if num_devices % per:
+            raise PlannerError(f"--gpus {num_devices} is not a whole number of nodes of {per} "
+                               f"devices ({num_devices} % {per} = {num_devices % per})")
+        nodes = num_devices // per
+        return replace(self, num_nodes=nodes,
+                       node_links=tuple(k for k in self.node_links
+                                        if max(k.node_a, k.node_b) < nodes),
+                       node_levels=tuple(lv for lv in self.node_levels if lv.node < nodes))

@@ -1,0 +1,223 @@
+"""A layout: how one training step is split over ranks, in named parts.
+
+``Layout`` = the dimensions' degrees (``planner.dims.ParallelDims``) + the batch split +
+one record per strategy: data parallel (``DataParallel``), pipeline (``Pipeline``), tensor
+parallel (``TensorParallel``) and recomputation. Schema version 2; version-1 files (one flat
+record of 15 fields) are still read (``Layout.upgrade_dict``) and a layout that version 1 could
+express keeps its version-1 identity (``identity``), so plans and metrics written before stay
+comparable.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+from planner import schedules
+from planner.dims import ParallelDims
+from planner.errors import PlannerError
+from planner.specs.common import Serde, choice, positive
+
+LAYOUT_VERSION = 2
+RECOMPUTE = ("none", "selective", "full")
+DP_COMM = ("all_reduce", "parameter_server")
+COMPRESSION = ("none", "fp16", "bf16", "powersgd")
+SCHEDULES = schedules.NAMES
+
+
+@dataclass(frozen=True)
+class DataParallel(Serde):
+    """How the dp replicas combine gradients: ZeRO stage, all-reduce or parameter server
+    (``ps_shards`` servers), and gradient compression (``powersgd_rank`` for PowerSGD)."""
+    zero: int = 0
+    comm: str = "all_reduce"
+    ps_shards: int = 0
+    compression: str = "none"
+    powersgd_rank: int = 0
+
+    def __post_init__(self):
+        if self.zero not in (0, 1, 2, 3):
+            raise PlannerError(f"zero must be 0, 1, 2 or 3, got {self.zero}")
+        choice("dp_comm", self.comm, DP_COMM)
+        choice("compression", self.compression, COMPRESSION)
+        if self.compression == "powersgd" and self.powersgd_rank < 1:
+            raise PlannerError(f"compression powersgd needs powersgd_rank >= 1, "
+                               f"got {self.powersgd_rank}")
+        if self.ps_shards < 0:
+            raise PlannerError(f"ps_shards must be >= 0, got {self.ps_shards}")
+
+    @property
+    def parameter_server(self) -> bool:
+        return self.comm == "parameter_server"
+
+
+@dataclass(frozen=True)
+class Pipeline(Serde):
+    """The schedule (``planner.schedules``), model chunks per rank, and where chunks start:
+    ``stage_boundaries`` lists the first block of every chunk in pipeline order
+    (``pp * virtual_stages`` entries, the first 0); empty: one chunk, or the partitioner's."""
+    schedule: str = "1f1b"
+    virtual_stages: int = 1
+    stage_boundaries: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        choice("schedule", self.schedule, SCHEDULES)
+        positive("virtual_stages", self.virtual_stages)
+
+    @property
+    def kind(self) -> schedules.Schedule:
+        return schedules.get(self.schedule)
+
+
+@dataclass(frozen=True)
+class TensorParallel(Serde):
+    """Megatron tensor parallelism's options (the degree is ``dims.tp``)."""
+    sequence_parallel: bool = False
+
+
+@dataclass(frozen=True)
+class Layout(Serde):
+    """How one training step is split: global batch = dp * microbatch_size * num_microbatches."""
+    dims: ParallelDims = field(default_factory=ParallelDims)
+    microbatch_size: int = 1
+    num_microbatches: int = 1
+    data: DataParallel = field(default_factory=DataParallel)
+    pipeline: Pipeline = field(default_factory=Pipeline)
+    tensor: TensorParallel = field(default_factory=TensorParallel)
+    recompute: str = "none"
+    schema_version: int = LAYOUT_VERSION
+
+    def __post_init__(self):
+        positive("microbatch_size", self.microbatch_size)
+        positive("num_microbatches", self.num_microbatches)
+        choice("recompute", self.recompute, RECOMPUTE)
+        d, pl = self.dims, self.pipeline
+        if self.tensor.sequence_parallel and d.tp == 1:
+            raise PlannerError("sequence_parallel needs tp > 1, got tp(1)")
+        if self.data.parameter_server and not 1 <= self.data.ps_shards <= d.dp:
+            raise PlannerError(f"parameter_server needs 1 <= ps_shards <= dp({d.dp}), "
+                               f"got {self.data.ps_shards}")
+        problem = pl.kind.check(d.pp, pl.virtual_stages, self.num_microbatches)
+        if problem:
+            raise PlannerError(problem)
+        b = pl.stage_boundaries
+        if b:
+            chunks = d.pp * pl.virtual_stages
+            if len(b) != chunks:
+                raise PlannerError(f"stage_boundaries has {len(b)} entries, needs pp({d.pp}) * "
+                                   f"virtual_stages({pl.virtual_stages}) = {chunks}")
+            if b[0] != 0 or any(x >= y for x, y in zip(b, b[1:])):
+                raise PlannerError(f"stage_boundaries {list(b)} must start at 0 and increase")
+
+    # -- the degrees, read often enough to deserve a shortcut -------------------------------
+    @property
+    def dp(self) -> int:
+        return self.dims.dp
+
+    @property
+    def tp(self) -> int:
+        return self.dims.tp
+
+    @property
+    def pp(self) -> int:
+        return self.dims.pp
+
+    @property
+    def world_size(self) -> int:
+        return self.dims.world_size
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.dims.dp * self.microbatch_size * self.num_microbatches
+
+    @property
+    def num_chunks(self) -> int:
+        return self.dims.pp * self.pipeline.virtual_stages
+
+    def with_boundaries(self, starts) -> "Layout":
+        """This layout with its chunks starting at ``starts`` (``Pipeline.stage_boundaries``)."""
+        return replace(self, pipeline=replace(self.pipeline, stage_boundaries=tuple(starts)))
+
+    def check_world(self, world_size: int, what: str = "world_size") -> None:
+        self.dims.check_world(world_size, what)
+
+    def check_batch(self, global_batch: int) -> None:
+        if self.global_batch_size != global_batch:
+            raise PlannerError(
+                f"dp({self.dp}) * microbatch_size({self.microbatch_size}) * num_microbatches("
+                f"{self.num_microbatches}) = {self.global_batch_size} != global_batch({global_batch})")
+
+    def describe(self) -> str:
+        d, pl, dd = self.dims, self.pipeline, self.data
+        parts = [d.describe(), f"mb={self.microbatch_size}x{self.num_microbatches}"]
+        if d.pp > 1:
+            parts.append(pl.schedule + (f"(v={pl.virtual_stages})"
+                                        if pl.virtual_stages > 1 else ""))
+        if dd.zero:
+            parts.append(f"zero{dd.zero}")
+        if self.recompute != "none":
+            parts.append(f"recompute={self.recompute}")
+        if self.tensor.sequence_parallel:
+            parts.append("sp")
+        if dd.parameter_server:
+            parts.append(f"ps{dd.ps_shards}")
+        if dd.compression != "none":
+            parts.append(dd.compression + (f"(r={dd.powersgd_rank})"
+                                           if dd.compression == "powersgd" else ""))
+        return " ".join(parts)
+
+    # -- version 1: one flat record ------------------------------------------------------------
+    @classmethod
+    def make(cls, **flat) -> "Layout":
+        """A layout from version 1's flat field names (``dp=2, zero=1, schedule="zbv"``...),
+        which is also how ``planner simulate``'s flags and tests spell one."""
+        unknown = sorted(set(flat) - set(_FLAT))
+        if unknown:
+            raise PlannerError(f"unknown layout field '{unknown[0]}'; valid fields: "
+                               f"{', '.join(sorted(_FLAT))}")
+        parts: dict = {"dims": {}, "data": {}, "pipeline": {}, "tensor": {}, "": {}}
+        for key, value in flat.items():
+            part, name = _FLAT[key]
+            parts[part][name] = value
+        return cls(dims=ParallelDims(**parts["dims"]), data=DataParallel(**parts["data"]),
+                   pipeline=Pipeline(**parts["pipeline"]),
+                   tensor=TensorParallel(**parts["tensor"]), **parts[""])
+
+    @classmethod
+    def upgrade_dict(cls, data: dict) -> dict:
+        """A version-1 JSON record as a version-2 one (unknown fields stay to be refused)."""
+        out: dict = {"schema_version": LAYOUT_VERSION}
+        for key, value in data.items():
+            if key == "schema_version":
+                continue
+            part, name = _FLAT.get(key, ("", key))
+            if part:
+                out.setdefault(part, {})[name] = value
+            else:
+                out[name] = value
+        return out
+
+    def flat(self) -> dict:
+        """Version 1's flat record of this layout (JSON-ready)."""
+        out = {}
+        for key, (part, name) in _FLAT.items():
+            value = getattr(getattr(self, part), name) if part else getattr(self, name)
+            out[key] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def identity(self) -> dict:
+        """What fingerprints a layout: version 1's flat record (``schema_version`` 1), so that
+        a layout version 1 could express hashes as it always did."""
+        return {**self.flat(), "schema_version": 1}
+
+
+# version-1 field -> (part, field in part); part "" is the Layout itself
+_FLAT = {
+    "dp": ("dims", "dp"), "tp": ("dims", "tp"), "pp": ("dims", "pp"),
+    "microbatch_size": ("", "microbatch_size"), "num_microbatches": ("", "num_microbatches"),
+    "schedule": ("pipeline", "schedule"), "virtual_stages": ("pipeline", "virtual_stages"),
+    "zero": ("data", "zero"), "recompute": ("", "recompute"),
+    "sequence_parallel": ("tensor", "sequence_parallel"), "dp_comm": ("data", "comm"),
+    "ps_shards": ("data", "ps_shards"), "compression": ("data", "compression"),
+    "powersgd_rank": ("data", "powersgd_rank"),
+    "stage_boundaries": ("pipeline", "stage_boundaries"),
+}
+assert {p for p, _ in _FLAT.values()} <= {"", *(f.name for f in fields(Layout))}

@@ -1,0 +1,108 @@
+"""Model architecture and measured per-block profiles."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner import families
+from planner.errors import PlannerError
+from planner.specs.common import Serde, choice, finite, fingerprint, positive
+
+SCHEMA_VERSION = 1
+FAMILIES = families.NAMES
+
+
+@dataclass(frozen=True)
+class ModelSpec(Serde):
+    """An architecture: enough to build the model here or to cost it analytically.
+
+    ``family`` "gpt": token+position embedding, ``num_layers`` pre-norm decoder blocks, final
+    norm and LM head. "mlp": ``num_layers`` residual MLP blocks on ``hidden_size`` features with a
+    classifier head of ``vocab_size`` classes (``seq_len`` 1). "custom": built by importing
+    ``callable_path`` (``package.module:callable``); the other fields then describe the input.
+    """
+    name: str
+    family: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int = 1
+    seq_len: int = 1
+    vocab_size: int = 2
+    ffn_hidden_size: int = 0
+    callable_path: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self):
+        choice("family", self.family, FAMILIES)
+        for name in ("num_layers", "hidden_size", "num_heads", "seq_len", "vocab_size"):
+            positive(name, getattr(self, name))
+        if self.ffn_hidden_size == 0:
+            object.__setattr__(self, "ffn_hidden_size", 4 * self.hidden_size)
+        positive("ffn_hidden_size", self.ffn_hidden_size)
+        families.get(self.family).validate(self)
+
+    @property
+    def num_blocks(self) -> int:
+        """Blocks in the pipeline-cuttable sequence (``Family.num_blocks``)."""
+        return families.get(self.family).num_blocks(self)
+
+    def fingerprint(self) -> str:
+        """Hash of the architecture (not the display name): ties profiles, plans and metrics."""
+        data = self.to_dict()
+        data.pop("name")
+        return fingerprint(data)
+
+
+@dataclass(frozen=True)
+class BlockProfile(Serde):
+    """One block as measured by ``planner profile`` at the profile's micro-batch size.
+
+    Times are medians after warm-up; spreads are the inter-quartile range of the repeats.
+    ``forward_flops`` counts multiply-adds as 2 FLOPs; backward is ~2x forward.
+    """
+    index: int
+    name: str
+    kind: str                      # "embedding" | "block" | "head"
+    forward_time_s: float
+    backward_time_s: float
+    forward_time_spread_s: float
+    backward_time_spread_s: float
+    forward_flops: float
+    param_count: int
+    param_bytes: int
+    saved_activation_bytes: int    # kept for backward, de-duplicated by storage
+    output_bytes: int              # what would cross a pipeline boundary after this block
+
+
+@dataclass(frozen=True)
+class ModelProfile(Serde):
+    model: ModelSpec
+    model_fingerprint: str
+    device: str                    # "cpu" or "cuda"
+    device_name: str
+    dtype: str
+    num_threads: int
+    microbatch_size: int
+    seq_len: int
+    optimizer: str
+    blocks: tuple[BlockProfile, ...]
+    step_time_s: float             # a whole measured training step (fwd+bwd+optimizer)
+    step_time_spread_s: float
+    optimizer_step_time_s: float
+    repeats: int
+    warmup: int
+    torch_version: str
+    created_utc: str
+    step_peak_memory_bytes: int = 0  # CUDA allocator peak over a step; 0 = not measured (CPU)
+    source: str = "measured"       # or how it was derived, e.g. "extrapolated from b=1,2"
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self):
+        if self.model_fingerprint != self.model.fingerprint():
+            raise PlannerError(f"model_fingerprint {self.model_fingerprint} does not match the "
+                               f"model described ({self.model.fingerprint()})")
+        if not self.blocks:
+            raise PlannerError("blocks is empty: a profile needs at least one block")
+
+    @property
+    def param_count(self) -> int:
+        return sum(b.param_count for b in self.blocks)
