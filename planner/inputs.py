@@ -5,6 +5,7 @@ files the same way and fail the same way. No torch here.
 """
 from __future__ import annotations
 
+import argparse
 import glob
 import os
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ from planner.cost import compute
 from planner.cost.memory import ELEMENT_BYTES
 from planner.errors import PlannerError
 from planner.models import resolve_model
-from planner.specs import DTYPES, OPTIMIZERS, Cluster, ModelProfile, ModelSpec
+from planner.specs import (COMPRESSION, DP_COMM, DTYPES, OPTIMIZERS, RECOMPUTE, SCHEDULES,
+                           Cluster, ModelProfile, ModelSpec)
 
 PROFILES_DIR = "profiles"
 
@@ -62,6 +64,41 @@ def add_arguments(parser) -> None:
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate the executor uses")
     parser.add_argument("--seed", type=int, default=0)
+
+
+def add_layout_arguments(parser, required: bool = False) -> None:
+    """The layout flags shared by `planner plan` (fix a dimension) and `planner simulate`."""
+    fix = "" if required else " (fixes it; default: searched)"
+    parser.add_argument("--dp", type=int, help="data-parallel size" + fix)
+    parser.add_argument("--tp", type=int, help="tensor-parallel size" + fix)
+    parser.add_argument("--pp", type=int, help="pipeline stages" + fix)
+    parser.add_argument("--microbatch-size", type=int, help="sequences per micro-batch" + fix)
+    parser.add_argument("--schedule", choices=SCHEDULES, help="pipeline schedule" + fix)
+    parser.add_argument("--virtual-stages", type=int,
+                        help="model chunks per pipeline rank (interleaved-1f1b; zbv: 2)" + fix)
+    parser.add_argument("--zero", type=int, choices=(0, 1, 2, 3), help="ZeRO stage" + fix)
+    parser.add_argument("--recompute", choices=RECOMPUTE, help="activation recomputation" + fix)
+    parser.add_argument("--sequence-parallel", action=argparse.BooleanOptionalAction,
+                        default=None, help="Megatron sequence parallelism (needs tp > 1)" + fix)
+    parser.add_argument("--dp-comm", choices=DP_COMM, default="all_reduce",
+                        help="gradient exchange between replicas (default all_reduce)")
+    parser.add_argument("--ps-shards", type=int, default=1,
+                        help="parameter-server shards with --dp-comm parameter_server")
+    parser.add_argument("--compression", choices=COMPRESSION, default="none",
+                        help="gradient compression (a DDP hook; ZeRO 0/1)")
+    parser.add_argument("--powersgd-rank", type=int, default=2,
+                        help="PowerSGD rank with --compression powersgd")
+
+
+def space_from_args(args):
+    from planner.search import Space
+    return Space(dp=args.dp, tp=args.tp, pp=args.pp, microbatch_size=args.microbatch_size,
+                 schedule=args.schedule, virtual_stages=args.virtual_stages, zero=args.zero,
+                 recompute=args.recompute, sequence_parallel=args.sequence_parallel,
+                 dp_comm=args.dp_comm, ps_shards=args.ps_shards, compression=args.compression,
+                 powersgd_rank=args.powersgd_rank if args.compression == "powersgd" else 0,
+                 tp_across_nodes=getattr(args, "tp_across_nodes", False),
+                 max_virtual_stages=getattr(args, "max_virtual_stages", 8))
 
 
 def same_model(a: ModelSpec, b: ModelSpec) -> bool:

@@ -12,14 +12,14 @@ import json
 import sys
 
 from planner import inputs as plan_inputs
-from planner.commands import plan as plan_cmd
+from planner import planfile
 from planner.errors import PlannerError
 from planner.specs import Layout
 
 
 def add_arguments(parser) -> None:
     plan_inputs.add_arguments(parser)
-    plan_cmd.add_layout_arguments(parser, required=True)
+    plan_inputs.add_layout_arguments(parser, required=True)
     parser.add_argument("--stage-boundaries",
                         help="first block of every chunk, comma separated (default: balanced)")
     parser.add_argument("--out", help="plan file to write (default plans/<model>-<cluster>-"
@@ -70,7 +70,7 @@ def layout_from_args(args, num_devices: int, global_batch: int) -> Layout:
 def default_out(inp, layout: Layout) -> str:
     tag = "-".join(layout.describe().replace("=", "").replace("(", "").replace(")", "")
                    .split())
-    base = plan_cmd.default_out(inp)
+    base = planfile.default_out(inp)
     return base[:-len(".json")] + f"-{tag}.json"
 
 
@@ -79,15 +79,15 @@ def run(args) -> int:
 
     inp = plan_inputs.resolve(args)
     layout = layout_from_args(args, inp.num_devices, inp.global_batch_size)
-    layout, prediction = search.evaluate_one(plan_cmd.run_spec(inp), inp.block_costs, layout)
-    plan = plan_cmd.make_plan(inp, layout, prediction)
+    layout, prediction = search.evaluate_one(planfile.run_spec(inp), inp.block_costs, layout)
+    plan = planfile.make_plan(inp, layout, prediction)
     path = args.out or default_out(inp, layout)
     plan.save(path)
     if args.format == "json":
-        json.dump(plan_cmd.summary(plan, path), sys.stdout, indent=2)
+        json.dump(planfile.summary(plan, path), sys.stdout, indent=2)
         print()
     else:
-        plan_cmd.print_text(plan, path)
+        planfile.print_text(plan, path)
         if not prediction.fits:
             print(f"note        does not fit: {prediction.peak_memory_bytes / 2**30:.2f} GiB > "
                   f"{prediction.device_memory_bytes / 2**30:.2f} GiB", file=sys.stdout)

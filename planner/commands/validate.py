@@ -24,7 +24,7 @@ POOL_PER_SAMPLE = 4
 
 
 def add_arguments(parser) -> None:
-    from planner.commands.plan import add_layout_arguments
+    from planner.inputs import add_layout_arguments
 
     plan_inputs.add_arguments(parser)
     add_layout_arguments(parser)  # as for `planner plan`: a flag fixes that dimension
@@ -53,12 +53,12 @@ def feasible_plans(inp, space, pool: int) -> list:
     this pool beyond the top K: layouts the planner ranks, not ones its bounds prove hopeless.
     """
     from planner import search
-    from planner.commands import plan as plan_cmd
+    from planner import planfile
 
     search.check_space(space, inp.num_devices, inp.global_batch_size)
-    res = search.search(plan_cmd.run_spec(inp), inp.block_costs, inp.num_devices,
+    res = search.search(planfile.run_spec(inp), inp.block_costs, inp.num_devices,
                         inp.global_batch_size, space, top_k=pool)
-    return [plan_cmd.make_plan(inp, layout, pred) for layout, pred in res.ranked]
+    return [planfile.make_plan(inp, layout, pred) for layout, pred in res.ranked]
 
 
 def print_text(v, out=sys.stdout) -> None:
@@ -129,7 +129,7 @@ def run(args) -> int:
                            "step would be left)")
     inp = plan_inputs.resolve(args)
     pool = max(POOL_MIN, args.top_k + POOL_PER_SAMPLE * args.sample)
-    from planner.commands.plan import space_from_args
+    from planner.inputs import space_from_args
 
     plans = feasible_plans(inp, space_from_args(args), pool)
     if not plans:

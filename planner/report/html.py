@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from planner.commands.compare import compare
+from planner.compare import compare
 from planner.errors import PlannerError
 from planner.report import plots, trace
 from planner.specs import Candidate, Metrics, Plan, Validation
