@@ -9,7 +9,7 @@ comparable.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 
 from planner import schedules
 from planner.dims import ParallelDims
@@ -205,8 +205,29 @@ class Layout(Serde):
 
     def identity(self) -> dict:
         """What fingerprints a layout: version 1's flat record (``schema_version`` 1), so that
-        a layout version 1 could express hashes as it always did."""
-        return {**self.flat(), "schema_version": 1}
+        a layout version 1 could express hashes as it always did, plus every field added since
+        (``part.field``) that is not at its default."""
+        out = {**self.flat(), "schema_version": 1}
+        known = set(_FLAT.values())
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "schema_version" or not is_dataclass(value):
+                if f.name != "schema_version" and ("", f.name) not in known:
+                    if value != _default(f):
+                        out[f.name] = value
+                continue
+            for g in fields(value):
+                if (f.name, g.name) not in known:
+                    sub = getattr(value, g.name)
+                    if sub != _default(g):
+                        out[f"{f.name}.{g.name}"] = list(sub) if isinstance(sub, tuple) else sub
+        return out
+
+
+def _default(f):
+    if f.default is not MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not MISSING else MISSING
 
 
 # version-1 field -> (part, field in part); part "" is the Layout itself

@@ -1,7 +1,7 @@
 """Model architecture and measured per-block profiles."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from planner import families
 from planner.errors import PlannerError
@@ -9,6 +9,9 @@ from planner.specs.common import Serde, choice, finite, fingerprint, positive
 
 SCHEMA_VERSION = 1
 FAMILIES = families.NAMES
+# The fields of version 1; ModelSpec.fingerprint keeps their hash stable as fields are added.
+_V1_FIELDS = ("name", "family", "num_layers", "hidden_size", "num_heads", "seq_len", "vocab_size",
+              "ffn_hidden_size", "callable_path", "schema_version")
 
 
 @dataclass(frozen=True)
@@ -46,8 +49,14 @@ class ModelSpec(Serde):
         return families.get(self.family).num_blocks(self)
 
     def fingerprint(self) -> str:
-        """Hash of the architecture (not the display name): ties profiles, plans and metrics."""
-        data = self.to_dict()
+        """Hash of the architecture (not the display name): ties profiles, plans and metrics.
+        Fields added after version 1 count only when not at their default, so an architecture
+        version 1 could describe keeps its fingerprint."""
+        data = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in _V1_FIELDS or value != f.default:
+                data[f.name] = list(value) if isinstance(value, tuple) else value
         data.pop("name")
         return fingerprint(data)
 
