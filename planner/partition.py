@@ -48,6 +48,7 @@ def _pack(prefix, send_s, k: int, limit: float, mem: "ChunkMemory | None" = None
     constraints grow with the chunk, so the greedy cut is never left of any feasible one.
     Returns the first block of each chunk, or None."""
     n = len(prefix) - 1
+    last = n - 1
     starts, i = [], 0
     for c in range(k):
         starts.append(i)
@@ -55,9 +56,16 @@ def _pack(prefix, send_s, k: int, limit: float, mem: "ChunkMemory | None" = None
         if left == 0:
             ok = chunk_cost(prefix, send_s, i, n - 1) <= limit
             return starts if ok and (mem is None or mem.of(c, i, n - 1) <= cap) else None
-        # largest j with the pure block sum under the limit (sums are monotone in j)
-        j = min(bisect_right(prefix, prefix[i] + limit) - 2, n - 1 - left)
-        while j >= i and chunk_cost(prefix, send_s, i, j) > limit:
+        # largest j with the pure block sum under the limit (sums are monotone in j), then
+        # back off while the sends exceed it (chunk_cost, inlined: this is the hot loop)
+        base = prefix[i]
+        j = min(bisect_right(prefix, base + limit) - 2, n - 1 - left)
+        before = send_s[i - 1] if i > 0 else 0.0
+        while j >= i:
+            cost = prefix[j + 1] - base
+            sends = before + (send_s[j] if j < last else 0.0)
+            if (cost if cost >= sends else sends) <= limit:
+                break
             j -= 1
         if j < i:
             return None

@@ -7,15 +7,15 @@ from planner.partition import balanced_partition, chunk_blocks
 
 def test_1f1b_two_stages_four_microbatches_by_hand():
     ops = schedule.expand("1f1b", 2, 4)
-    assert ops[0] == [("F", 0, 0), ("F", 0, 1), ("B", 0, 0), ("F", 0, 2), ("B", 0, 1),
+    assert list(ops[0]) == [("F", 0, 0), ("F", 0, 1), ("B", 0, 0), ("F", 0, 2), ("B", 0, 1),
                       ("F", 0, 3), ("B", 0, 2), ("B", 0, 3)]
-    assert ops[1] == [("F", 1, 0), ("B", 1, 0), ("F", 1, 1), ("B", 1, 1), ("F", 1, 2),
+    assert list(ops[1]) == [("F", 1, 0), ("B", 1, 0), ("F", 1, 1), ("B", 1, 1), ("F", 1, 2),
                       ("B", 1, 2), ("F", 1, 3), ("B", 1, 3)]
 
 
 def test_gpipe_all_forwards_then_all_backwards():
     ops = schedule.expand("gpipe", 2, 3)
-    assert ops[1] == [("F", 1, 0), ("F", 1, 1), ("F", 1, 2), ("B", 1, 0), ("B", 1, 1),
+    assert list(ops[1]) == [("F", 1, 0), ("F", 1, 1), ("F", 1, 2), ("B", 1, 0), ("B", 1, 1),
                       ("B", 1, 2)]
 
 
@@ -99,7 +99,7 @@ def test_orders_match_torch_pipelining(name, vs):
                         continue
                     ranks = range(p - 1)
                 for r in ranks:
-                    assert ours[r] == theirs[r], (name, p, m, v, r)
+                    assert list(ours[r]) == theirs[r], (name, p, m, v, r)
 
 
 def test_balanced_partition_uniform_and_extras():

@@ -40,9 +40,9 @@ class Schedule:
         """Whether the torch class takes a list of stages per rank (several chunks)."""
         return self.max_virtual_stages != 1
 
-    def expand(self, p: int, m: int, v: int = 1) -> list[list[Op]]:
-        """Each pipeline rank's operations for one step."""
-        return self._order(p, m, v)
+    def expand(self, p: int, m: int, v: int = 1) -> tuple[tuple[Op, ...], ...]:
+        """Each pipeline rank's operations for one step (cached: read-only)."""
+        return _expand_cached(self.name, p, m, v)
 
     def check(self, pp: int, v: int, m: int | None = None) -> str:
         """Why ``pp`` stages, ``v`` chunks per rank and ``m`` micro-batches do not fit this
@@ -123,7 +123,7 @@ def get(name: str) -> Schedule:
     return hit
 
 
-def expand(name: str, p: int, m: int, v: int = 1) -> list[list[Op]]:
+def expand(name: str, p: int, m: int, v: int = 1) -> tuple[tuple[Op, ...], ...]:
     """Each pipeline rank's operations for one step of schedule ``name``."""
     sched = get(name)
     problem = sched.check(p, v)
@@ -134,6 +134,11 @@ def expand(name: str, p: int, m: int, v: int = 1) -> list[list[Op]]:
 
 def chunk_rank(chunk: int, p: int, name: str) -> int:
     return get(name).chunk_rank(chunk, p)
+
+
+@functools.lru_cache(maxsize=256)
+def _expand_cached(name: str, p: int, m: int, v: int) -> tuple[tuple[Op, ...], ...]:
+    return tuple(tuple(ops) for ops in SCHEDULES[name]._order(p, m, v))
 
 
 @functools.lru_cache(maxsize=4096)

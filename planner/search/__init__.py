@@ -101,8 +101,7 @@ def search(run: sim.RunSpec, blocks_for: Callable[[int], Sequence[BlockCost]],
 def _bundle(run, cache: _Blocks, key, space: Space, comm) -> sim.RowsBundle:
     """The per-block rows of a search key (memoised in ``planner.sim``)."""
     dp, tp, pp, b, m, name, v, zero, rc, sp = key
-    probe = make_layout((dp, tp, pp, b, 1, "1f1b", 1, 0, rc, sp), space)
-    return sim.rows_bundle(run, cache.blocks(b), probe, comm)
+    return sim.rows_bundle(run, cache.blocks(b), sim.Split(tp, sp, rc, b, dp * tp * pp), comm)
 
 
 def _best_first(run, cache, comms, heap, res: Result, space: Space, top_k: int, cap) -> None:
@@ -135,13 +134,17 @@ def _best_first(run, cache, comms, heap, res: Result, space: Space, top_k: int, 
                 seq += 1
                 continue
         # The partition depends on the schedule only through its memory tie-break (one chunk
-        # per rank) and its split backward; memory (and so the costs) on the ZeRO stage.
+        # per rank, where the ZeRO stage matters too) and its split backward; the memory
+        # terms always depend on the ZeRO stage, so they are rebuilt for it.
         kind = layout.pipeline.kind
-        pkey = (dp, tp, pp, b, sp, rc, v, zero, name if v == 1 else kind.split_backward)
+        pkey = (dp, tp, pp, b, sp, rc, v, name if v == 1 else kind.split_backward,
+                zero if v == 1 else -1)
         if pkey not in prepared:
             prepared[pkey] = sim.prepare(run, cache.blocks(b), layout, comm)[:2]
         bounds, costs = prepared[pkey]
         layout = layout.with_boundaries(bounds.pipeline.stage_boundaries)
+        if bounds.data != layout.data:
+            costs = sim.with_memory(run, layout, costs)
         if key not in refined:
             refined.add(key)
             better = max(bound, sim.chain_bound(run, layout, costs, comm))

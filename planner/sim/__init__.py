@@ -14,9 +14,9 @@ A package mirroring the parallel dimensions (``planner/cost/*``, ``executor/para
 
 This module is the public API; the search and the commands use nothing else.
 """
-from planner.sim.blocks import RowsBundle, rows_bundle
+from planner.sim.blocks import RowsBundle, Split, rows_bundle
 from planner.sim.bounds import chain_bound, memory_floor, step_floor
-from planner.sim.costs import LayoutCosts, layout_costs, prepare
+from planner.sim.costs import LayoutCosts, layout_costs, prepare, with_memory
 from planner.sim.engine import BREAKDOWN_KEYS
 from planner.sim.memory import rank_memory
 from planner.sim.predict import StepResult, evaluate, predict, simulate
@@ -24,8 +24,8 @@ from planner.sim.run import (CommTime, RunSpec, compute_slowdown, default_comm_t
                              optimizer_time)
 
 __all__ = [
-    "BREAKDOWN_KEYS", "CommTime", "LayoutCosts", "RowsBundle", "RunSpec", "StepResult",
+    "BREAKDOWN_KEYS", "CommTime", "LayoutCosts", "RowsBundle", "RunSpec", "Split", "StepResult",
     "chain_bound", "compute_slowdown", "default_comm_time", "evaluate", "layout_costs",
     "memory_floor", "optimizer_time", "predict", "prepare", "rank_memory", "rows_bundle",
-    "simulate", "step_floor",
+    "simulate", "step_floor", "with_memory",
 ]

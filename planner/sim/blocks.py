@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import accumulate
+from typing import NamedTuple
 
 from planner import families
 from planner.cost import pp as pp_cost, tp as tp_cost
@@ -54,45 +55,83 @@ class BlockRow:
                 + self.backward_tp_s)
 
 
-def block_rows(run: RunSpec, blocks: Sequence[BlockCost], layout, comm: CommTime
-               ) -> tuple[list[BlockRow], int]:
-    """The rows of ``blocks`` under ``layout`` and the bytes of one TP collective."""
-    spec, t = run.model, layout.tp
-    sp, rc = layout.tensor.sequence_parallel, layout.recompute
-    family = families.of(spec)
-    slow = compute_slowdown(run.cluster, layout.world_size)
-    msg = tp_cost.activation_message_bytes(layout.microbatch_size, spec.seq_len,
-                                           spec.hidden_size, ELEMENT_BYTES[run.dtype])
-    rows, memo = [], {}
+class Split(NamedTuple):
+    """What a block's costs depend on beyond the model: how a layout splits one micro-batch."""
+    tp: int
+    sequence_parallel: bool
+    recompute: str
+    microbatch_size: int
+    world_size: int               # co-located ranks slow each other (compute_slowdown)
+
+    @classmethod
+    def of(cls, layout) -> "Split":
+        return cls(layout.tp, layout.tensor.sequence_parallel, layout.recompute,
+                   layout.microbatch_size, layout.world_size)
+
+
+_PATTERNS: dict = {}
+
+
+def _pattern(blocks: Sequence[BlockCost]) -> tuple[tuple, tuple[int, ...]]:
+    """The distinct blocks of a model (decoder layers are usually identical) and, per block,
+    the index of its distinct one; cached per blocks object (held, so its id stays its own)."""
+    hit = _PATTERNS.get(id(blocks))
+    if hit is not None and hit[0] is blocks:
+        return hit[1], hit[2]
+    index: dict = {}
+    unique, pattern = [], []
     for blk in blocks:
-        same = blk[1:]          # decoder layers are usually identical: cost each kind once
-        row = memo.get(same)
-        if row is None:
-            row = memo[same] = _row(run, family, blk, layout, comm, msg, slow, t, sp, rc)
-        rows.append(row)
-    return rows, msg
+        same = blk[1:]
+        k = index.get(same)
+        if k is None:
+            k = index[same] = len(unique)
+            unique.append(blk)
+        pattern.append(k)
+    if len(_PATTERNS) > 256:
+        _PATTERNS.clear()
+    _PATTERNS[id(blocks)] = (blocks, tuple(unique), tuple(pattern))
+    return tuple(unique), tuple(pattern)
 
 
-def _row(run, family, blk: BlockCost, layout, comm, msg, slow, t, sp, rc) -> BlockRow:
+def block_rows(run: RunSpec, blocks: Sequence[BlockCost], split: Split, comm: CommTime
+               ) -> tuple[list[BlockRow], int]:
+    """The rows of ``blocks`` under ``split`` and the bytes of one TP collective."""
+    rows, _, msg = _unique_rows(run, blocks, split, comm)
+    _, pattern = _pattern(blocks)
+    return [rows[k] for k in pattern], msg
+
+
+def _unique_rows(run, blocks, split: Split, comm) -> tuple[list[BlockRow], tuple, int]:
     spec = run.model
+    family = families.of(spec)
+    slow = compute_slowdown(run.cluster, split.world_size)
+    msg = tp_cost.activation_message_bytes(split.microbatch_size, spec.seq_len,
+                                           spec.hidden_size, ELEMENT_BYTES[run.dtype])
+    unique, pattern = _pattern(blocks)
+    rows = [_row(run, family, blk, split, comm, msg, slow) for blk in unique]
+    return rows, pattern, msg
+
+
+def _row(run, family, blk: BlockCost, split: Split, comm, msg, slow) -> BlockRow:
+    spec, t, sp, rc = run.model, split.tp, split.sequence_parallel, split.recompute
     fwd_names, bwd_names = tp_cost.block_collectives(family, blk.kind, sp, t)
     f_tp = tp_cost.collective_time(fwd_names, msg, comm)
     b_tp = tp_cost.collective_time(bwd_names, msg, comm)
     core = None
-    split = family.tp_splits(blk.kind)
+    divided = family.tp_splits(blk.kind)
     if blk.tp_split is not None:   # analytic per-rank costs (planner.cost.roofline)
         f, b, core = blk.tp_split(t, sp, f_tp, b_tp)
     else:
-        f = tp_cost.split_time(blk.forward_s, split, t)
-        b = tp_cost.split_time(blk.backward_s, split, t)
+        f = tp_cost.split_time(blk.forward_s, divided, t)
+        b = tp_cost.split_time(blk.backward_s, divided, t)
     f, b = f * slow, b * slow
     rec = 0.0
     if blk.kind == "block" and rc == "full":
         rec = f + f_tp   # the forward runs again, collectives included (Megatron)
     elif blk.kind == "block" and rc == "selective" and family.selective_recompute:
         rec = core * slow if core is not None else f * family.selective_share(
-            blk.forward_flops, spec, layout.microbatch_size)
-    params = blk.param_count / t if split else blk.param_count
+            blk.forward_flops, spec, split.microbatch_size)
+    params = blk.param_count / t if divided else blk.param_count
     act = family.activation_bytes(blk.saved_activation_bytes, blk.output_bytes, blk.kind,
                                   spec, t, sp, rc)
     work = family.recompute_working_bytes(blk.saved_activation_bytes, blk.output_bytes,
@@ -102,74 +141,112 @@ def _row(run, family, blk: BlockCost, layout, comm, msg, slow, t, sp, rc) -> Blo
 
 
 class RowsBundle:
-    """The rows of one (run, blocks, tp, sp, recompute, micro-batch size) and what follows from
-    them alone: prefix sums, per-block partition weights and send times, TP collectives per
-    micro-batch, model and recomputed FLOPs, and totals for the search's bounds."""
+    """The rows of one (run, blocks, split) and what follows from them alone: totals for the
+    search's bounds (from the distinct rows, O(1) in the layer count), TP collectives per
+    micro-batch, model and recomputed FLOPs; and, built on first use, per-block partition
+    weights, send times and the prefix sums chunks are summed from."""
 
-    def __init__(self, run: RunSpec, blocks: Sequence[BlockCost], layout, comm: CommTime):
-        rows, msg = block_rows(run, blocks, layout, comm)
-        self.rows, self.message_bytes = rows, msg
-        self.block_s = [r.total_s for r in rows]
-        self.send_s = [comm("send_recv", r.send_bytes, "pp") for r in rows]
-        self.tp_per_microbatch = _tp_counts(rows, msg, layout.recompute)
-        self.model_flops = sum(blk.forward_flops for blk in blocks)
-        self.recompute_flops = _recompute_flops(run, blocks, layout)
-        self.total_s = sum(self.block_s)
-        self.slowest_s = max(self.block_s)
-        self.params = sum(r.params for r in rows)
-        self.activation_bytes = sum(r.activation_bytes for r in rows)
+    def __init__(self, run: RunSpec, blocks: Sequence[BlockCost], split: Split, comm: CommTime):
+        unique, pattern, msg = _unique_rows(run, blocks, split, comm)
+        self._unique, self._pattern, self._comm = unique, pattern, comm
+        self.message_bytes = msg
+        counts = [0] * len(unique)
+        for k in pattern:
+            counts[k] += 1
+        self.total_s = sum(n * r.total_s for n, r in zip(counts, unique))
+        self.slowest_s = max(r.total_s for r in unique)
+        self.params = sum(n * r.params for n, r in zip(counts, unique))
+        self.activation_bytes = sum(n * r.activation_bytes for n, r in zip(counts, unique))
+        self.tp_per_microbatch = _tp_counts(unique, counts, msg, split.recompute)
+        distinct = _pattern(blocks)[0]
+        self.model_flops = sum(n * blk.forward_flops for n, blk in zip(counts, distinct))
+        self.recompute_flops = sum(n * f for n, f in zip(
+            counts, _recompute_flops(run, distinct, split)))
+        self._rows = self._send_s = self._prefix = self._block_s = None
+        # what layouts over these rows share, filled by planner.sim.costs
+        self.chunks: dict = {}      # (starts, split backward, placement, pp) -> [Chunk]
+        self.memory: dict = {}      # (data strategy, dims, pipelined) -> MemRows
 
-        def pre(values):
-            return [0.0, *accumulate(values)]
-        self.pre_f = pre(r.forward_s for r in rows)
-        self.pre_f_tp = pre(r.forward_tp_s for r in rows)
-        self.pre_b = pre(r.backward_s for r in rows)
-        self.pre_rec = pre(r.recompute_s for r in rows)
-        self.pre_b_tp = pre(r.backward_tp_s for r in rows)
-        self.pre_w = pre(r.backward_s * r.weight_share for r in rows)
-        self.pre_params = pre(r.params for r in rows)
-        self.pre_act = pre(r.activation_bytes for r in rows)
+    @property
+    def rows(self) -> list[BlockRow]:
+        if self._rows is None:
+            self._rows = [self._unique[k] for k in self._pattern]
+        return self._rows
+
+    @property
+    def block_s(self) -> list[float]:
+        """Per block, its whole micro-batch cost (what the partition balances)."""
+        if self._block_s is None:
+            per = [r.total_s for r in self._unique]
+            self._block_s = [per[k] for k in self._pattern]
+        return self._block_s
+
+    @property
+    def send_s(self) -> list[float]:
+        """Per block, the boundary transfer if the pipeline is cut after it."""
+        if self._send_s is None:
+            comm = self._comm
+            per = [comm("send_recv", r.send_bytes, "pp") for r in self._unique]
+            self._send_s = [per[k] for k in self._pattern]
+        return self._send_s
+
+    def prefixes(self) -> tuple[list[float], ...]:
+        """Prefix sums over blocks of forward_s, forward_tp_s, backward_s, recompute_s,
+        backward_tp_s, the weight-gradient share of backward_s, params, activation_bytes."""
+        if self._prefix is None:
+            rows = self.rows
+
+            def pre(values):
+                return [0.0, *accumulate(values)]
+            self._prefix = (pre(r.forward_s for r in rows), pre(r.forward_tp_s for r in rows),
+                            pre(r.backward_s for r in rows), pre(r.recompute_s for r in rows),
+                            pre(r.backward_tp_s for r in rows),
+                            pre(r.backward_s * r.weight_share for r in rows),
+                            pre(r.params for r in rows), pre(r.activation_bytes for r in rows))
+        return self._prefix
 
 
-def _tp_counts(rows, msg, recompute) -> dict:
+def _tp_counts(unique, counts, msg, recompute) -> dict:
     """(phase, collective, bytes) -> TP collectives per micro-batch."""
     out: dict = {}
-    for r in rows:
+    for r, n in zip(unique, counts):
         for phase, names in (("forward", r.forward_collectives),
                              ("backward", r.backward_collectives)):
             for name in names:
-                out[(phase, name, msg)] = out.get((phase, name, msg), 0) + 1
+                out[(phase, name, msg)] = out.get((phase, name, msg), 0) + n
         if r.recompute_s and recompute == "full":
             for name in r.forward_collectives:   # the recomputed forward issues them again
-                out[("backward", name, msg)] = out.get(("backward", name, msg), 0) + 1
+                out[("backward", name, msg)] = out.get(("backward", name, msg), 0) + n
     return out
 
 
-def _recompute_flops(run, blocks, layout) -> float:
-    rc = layout.recompute
+def _recompute_flops(run, blocks, split: Split) -> list[float]:
+    """Per block, the forward FLOPs recomputation runs again."""
+    rc = split.recompute
     family = families.of(run.model)
     if rc == "none" or (rc == "selective" and not family.selective_recompute):
-        return 0.0
-    return sum(blk.forward_flops * (1.0 if rc == "full" else family.selective_share(
-        blk.forward_flops, run.model, layout.microbatch_size))
-        for blk in blocks if blk.kind == "block")
+        return [0.0] * len(blocks)
+    return [blk.forward_flops * (1.0 if rc == "full" else family.selective_share(
+        blk.forward_flops, run.model, split.microbatch_size)) if blk.kind == "block" else 0.0
+        for blk in blocks]
 
 
 _BUNDLES: dict = {}
 
 
-def rows_bundle(run: RunSpec, blocks: Sequence[BlockCost], layout, comm: CommTime
+def rows_bundle(run: RunSpec, blocks: Sequence[BlockCost], split, comm: CommTime
                 ) -> RowsBundle:
-    """``RowsBundle`` memoised on (run, blocks, comm, tp, sp, recompute, micro-batch size,
-    slowdown). The cache holds the objects it was keyed on, so an id is never reused for
-    another object while its entry lives."""
-    key = (id(run), id(blocks), id(comm), layout.tp, layout.tensor.sequence_parallel,
-           layout.recompute, layout.microbatch_size,
-           compute_slowdown(run.cluster, layout.world_size))
+    """``RowsBundle`` memoised on (run, blocks, comm, split); ``split`` is a ``Split`` or a
+    layout. The cache holds the objects it was keyed on, so an id is never reused for another
+    object while its entry lives."""
+    if not isinstance(split, Split):
+        split = Split.of(split)
+    key = (id(run), id(blocks), id(comm), split.tp, split.sequence_parallel, split.recompute,
+           split.microbatch_size, compute_slowdown(run.cluster, split.world_size))
     hit = _BUNDLES.get(key)
     if hit is not None and hit[0] is run and hit[1] is blocks and hit[2] is comm:
         return hit[3]
-    bundle = RowsBundle(run, blocks, layout, comm)
+    bundle = RowsBundle(run, blocks, split, comm)
     if len(_BUNDLES) > 2048:
         _BUNDLES.clear()
     _BUNDLES[key] = (run, blocks, comm, bundle)
@@ -187,20 +264,22 @@ class Chunk:
     def __init__(self, blocks: range, bundle: RowsBundle, split_backward: bool,
                  param_bytes_each: float, grad_bytes_each: float):
         i, j = blocks.start, blocks.stop
-        b = bundle
-        self.blocks, self.rows, self.split_backward = blocks, b.rows, split_backward
+        rows = bundle.rows
+        self.blocks, self.rows, self.split_backward = blocks, rows, split_backward
         self.param_bytes_each, self.grad_bytes_each = param_bytes_each, grad_bytes_each
         self.send_s = 0.0                 # boundary transfer after this chunk (each way)
-        self.send_bytes = b.rows[j - 1].send_bytes
-        self.f_comp = b.pre_f[j] - b.pre_f[i]
-        self.f_tp = b.pre_f_tp[j] - b.pre_f_tp[i]
-        self.b_comp = b.pre_b[j] - b.pre_b[i]
-        self.b_rec = b.pre_rec[j] - b.pre_rec[i]
-        self.b_tp = b.pre_b_tp[j] - b.pre_b_tp[i]
-        self.w_s = b.pre_w[j] - b.pre_w[i]
+        self.send_bytes = rows[j - 1].send_bytes
+        # sums over blocks i..j-1 from the prefix sums (inlined: thousands of chunks a search)
+        f, f_tp, b, rec, b_tp, w, params, act = bundle.prefixes()
+        self.f_comp = f[j] - f[i]
+        self.f_tp = f_tp[j] - f_tp[i]
+        self.b_comp = b[j] - b[i]
+        self.b_rec = rec[j] - rec[i]
+        self.b_tp = b_tp[j] - b_tp[i]
+        self.w_s = w[j] - w[i]
         self.i_comp = self.b_comp - self.w_s
-        self.params = b.pre_params[j] - b.pre_params[i]
-        self.act_bytes = b.pre_act[j] - b.pre_act[i]
+        self.params = params[j] - params[i]
+        self.act_bytes = act[j] - act[i]
         self.f_s = self.f_comp + self.f_tp
         self.b_s = self.b_rec + self.b_comp + self.b_tp
         self.i_s = self.b_rec + self.i_comp + self.b_tp
@@ -233,3 +312,4 @@ class Chunk:
         durations, forward order), ``b_block_s`` (backward or I durations, backward order),
         ``param_bytes_blocks`` (forward order)."""
         return (self._detail or self._build())[name]
+

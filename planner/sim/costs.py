@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from planner import rules
 from planner.cost.compute import BlockCost
@@ -40,7 +40,7 @@ def layout_costs(run: RunSpec, blocks: Sequence[BlockCost], layout, comm: CommTi
     if len(blocks) < k:
         raise PlannerError(f"pp({layout.pp}) * virtual_stages({layout.pipeline.virtual_stages})"
                            f" = {k} chunks > {len(blocks)} blocks of {run.model.name}")
-    mem_rows = MemRows(run, layout, bundle.rows)
+    mem_rows = memory_rows(run, layout, bundle)
     starts = layout.pipeline.stage_boundaries
     if not starts:
         starts = balanced_partition(bundle.block_s, k, bundle.send_s,
@@ -49,13 +49,33 @@ def layout_costs(run: RunSpec, blocks: Sequence[BlockCost], layout, comm: CommTi
     elif starts[-1] >= len(blocks):
         raise PlannerError(f"stage_boundaries {list(starts)} start a chunk at block {starts[-1]}; "
                            f"{run.model.name} has {len(blocks)} blocks")
-    split = layout.pipeline.kind.split_backward
-    chunks = [Chunk(rng, bundle, split, param_e, grad_e)
-              for rng in chunk_blocks(starts, len(blocks))]
-    chunk_links(chunks, layout, comm)
+    kind = layout.pipeline.kind
+    # Chunks are shared by every layout with this partition, placement and split backward
+    # (ZeRO stages, micro-batch counts): the search prepares many such layouts.
+    key = (tuple(starts), kind.split_backward, kind.placement, layout.pp)
+    chunks = bundle.chunks.get(key)
+    if chunks is None:
+        chunks = bundle.chunks[key] = [Chunk(rng, bundle, kind.split_backward, param_e, grad_e)
+                                       for rng in chunk_blocks(starts, len(blocks))]
+        chunk_links(chunks, layout, comm)
     m = layout.num_microbatches
     tp_counts = {key: k_mb * m for key, k_mb in bundle.tp_per_microbatch.items()}
     return layout, LayoutCosts(chunks, bundle, tp_counts, mem_rows)
+
+
+def with_memory(run: RunSpec, layout, costs: LayoutCosts) -> LayoutCosts:
+    """``costs`` (chunks of the same partition) with the memory terms of ``layout``: layouts
+    that differ only in their data-parallel strategy share chunks, not memory."""
+    return replace(costs, memory=memory_rows(run, layout, costs.bundle))
+
+
+def memory_rows(run: RunSpec, layout, bundle: RowsBundle) -> MemRows:
+    """``MemRows`` of a layout over a bundle's rows, shared by layouts with the same strategy."""
+    key = (layout.data, layout.dims, layout.pp > 1)
+    rows = bundle.memory.get(key)
+    if rows is None:
+        rows = bundle.memory[key] = MemRows(run, layout, bundle.rows)
+    return rows
 
 
 def prepare(run: RunSpec, blocks: Sequence[BlockCost], layout, comm: CommTime | None = None

@@ -192,24 +192,29 @@ class DataParallelHooks:
         pipelining)."""
         layout = self.layout
         zero3, pipelined = layout.data.zero == 3, layout.pp > 1
+        made: dict = {}     # one hook per (chunk, kind): hooks keep no state of their own
         for r, ops in enumerate(sched_plan.ops):
             seen_f: set = set()
             for i, (kind, c, _) in enumerate(ops):
-                if kind == "W":
-                    continue
-                first_f = kind == "F" and c not in seen_f
-                if kind == "F":
-                    seen_f.add(c)
-                gather = zero3 or (kind == "F" and (not pipelined or first_f))
-                plan, ch = self.plans[c], self.chunks[c]
-                rs = plan.rs_block_s if (plan.per_mb and kind in ("B", "I")) else ()
-                if not gather and not rs:
-                    continue
-                fwd = kind == "F"
-                gath = (plan.gather_block_s if fwd else tuple(reversed(plan.gather_block_s))
-                        ) if gather else ()
-                blocks = ch.detail("f_block_s" if fwd else "b_block_s")
-                self._add(r, i, FsdpOp(f"c{c}", gath, rs, blocks, self.timeline))
+                if kind == "W" or (not zero3 and pipelined and (kind != "F" or c in seen_f)):
+                    continue    # ZeRO-2 under pipelining: only a chunk's first F gathers
+                seen_f.add(c)
+                hook = made.get((c, kind))
+                if hook is None:
+                    hook = made[(c, kind)] = self._fsdp_op(c, kind, zero3 or kind == "F")
+                if hook is not False:
+                    self._add(r, i, hook)
+
+    def _fsdp_op(self, c: int, kind: str, gather: bool):
+        plan, ch = self.plans[c], self.chunks[c]
+        rs = plan.rs_block_s if (plan.per_mb and kind in ("B", "I")) else ()
+        if not gather and not rs:
+            return False
+        fwd = kind == "F"
+        gath = (plan.gather_block_s if fwd else tuple(reversed(plan.gather_block_s))
+                ) if gather else ()
+        blocks = ch.detail("f_block_s" if fwd else "b_block_s")
+        return FsdpOp(f"c{c}", gath, rs, blocks, self.timeline)
 
     def finish(self, st, mine: list[int]) -> None:
         """After the rank's last operation: outstanding reductions, optimizer, parameter sync."""

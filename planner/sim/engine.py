@@ -65,7 +65,9 @@ def run(plan, chunks, m: int, hooks, overlap: float, timeline: bool) -> tuple[fl
     ptr = [0] * p
     lens = [len(o) for o in recs]
     done, total = 0, sum(lens)
-    per_op = hooks.per_op
+    # per rank, the hook of each operation (None: none), as a list: read once per operation
+    per_op = [[mine.get(i) for i in range(n)] if mine else None
+              for mine, n in zip(hooks.per_op, lens)]
     while done < total:
         progressed = False
         for r in range(p):
@@ -90,7 +92,7 @@ def run(plan, chunks, m: int, hooks, overlap: float, timeline: bool) -> tuple[fl
                     pp_exp += exposed
                     bub += (t - comp) - exposed
                 end = start + durs[di]
-                hook = mine.get(i) if mine else None
+                hook = mine[i] if mine else None
                 if hook is not None:
                     st.comp = comp
                     end = hook(st, start, end)

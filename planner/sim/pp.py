@@ -16,6 +16,7 @@ from planner import schedules
 from planner.schedules.frontier import live_frontier
 
 KINDS = {"F": 0, "B": 1, "I": 2, "W": 3}    # index of an op kind in the durations table
+_new = tuple.__new__
 
 
 class OpRecord(NamedTuple):
@@ -65,7 +66,9 @@ def schedule_plan(schedule: str, p: int, m: int, v: int) -> SchedulePlan:
                 fills = grad0 + (c - 1) * m + mb if c > 0 else -1
                 if c > 0 and owner[c - 1] != owner[c]:
                     link = c - 1
-            rr.append(OpRecord(waits, KINDS[kind] * nch + c, fills, link, kind, c, mb))
+            # tuple.__new__: NamedTuple's own constructor is several times slower, and a search
+            # builds tens of thousands of these
+            rr.append(_new(OpRecord, (waits, KINDS[kind] * nch + c, fills, link, kind, c, mb)))
         recs.append(tuple(rr))
     last = {}
     for r in range(p):

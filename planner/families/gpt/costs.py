@@ -247,11 +247,14 @@ def _roofline_costs(spec, b: int, dm, dtype: str, e: int, impl: str) -> tuple[Bl
 
     emb, layer, head = times(1, False)[:3]
     act, out = _saved_bytes(spec, b, e), b * s * h * e
+    # one splitter per kind: identical layers must compare equal (the simulator costs each
+    # distinct block once)
+    split_emb, split_layer, split_head = splitter(0), splitter(1), splitter(2)
     blocks = [BlockCost("embedding", "embedding", emb.forward_s, emb.backward_s, 0.0,
-                        (v + s) * h, 0, out, splitter(0))]
+                        (v + s) * h, 0, out, split_emb)]
     blocks += [BlockCost(f"block{i}", "block", layer.forward_s, layer.backward_s,
-                         layer.forward_flops, layer_params(h, f), act, out, splitter(1))
+                         layer.forward_flops, layer_params(h, f), act, out, split_layer)
                for i in range(spec.num_layers)]
     blocks.append(BlockCost("head", "head", head.forward_s, head.backward_s, head.forward_flops,
-                            h * v + 2 * h, b * s * (h + v) * e, b * s * v * e, splitter(2)))
+                            h * v + 2 * h, b * s * (h + v) * e, b * s * v * e, split_head))
     return tuple(blocks)
