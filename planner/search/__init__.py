@@ -13,6 +13,7 @@ it is handed: it knows nothing of FLOPs, links or formulas.
 """
 from __future__ import annotations
 
+import gc
 import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,7 +57,23 @@ class _Blocks:
 def search(run: sim.RunSpec, blocks_for: Callable[[int], Sequence[BlockCost]],
            num_devices: int, global_batch: int, space: Space = Space(), top_k: int = 5,
            comm_for: Callable | None = None) -> Result:
-    """The best ``top_k`` fitting layouts of ``num_devices`` devices for ``global_batch``."""
+    """The best ``top_k`` fitting layouts of ``num_devices`` devices for ``global_batch``.
+
+    Python's cyclic garbage collector is paused while it runs: the search allocates hundreds of
+    thousands of small acyclic objects (rows, chunks, records) that the generational collector
+    would otherwise rescan over and over (15% of a 175B search); nothing it builds needs a
+    cycle collection, and the collector is restored (and runs as usual) afterwards."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _search(run, blocks_for, num_devices, global_batch, space, top_k, comm_for)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _search(run, blocks_for, num_devices: int, global_batch: int, space: Space, top_k: int,
+            comm_for) -> Result:
     comm_for = comm_for or sim.default_comm_time
     spec, cluster = run.model, run.cluster
     nblocks = spec.num_blocks
@@ -106,70 +123,101 @@ def _bundle(run, cache: _Blocks, key, space: Space, comm) -> sim.RowsBundle:
 
 def _best_first(run, cache, comms, heap, res: Result, space: Space, top_k: int, cap) -> None:
     """Pop layouts by bound; cost, check memory, re-bound with the real partition, simulate."""
-    fitting: set = set()      # (dp, tp, pp, b, name, v, zero, sp, rc) that fit
-    prepared: dict = {}       # partition and chunk costs shared by schedules of one shape
-    refined: set = set()
-    sized: set = set()
-    seq = len(heap)
-    while heap:
-        bound, _, key = heapq.heappop(heap)
-        if len(res.ranked) >= top_k and bound >= res.ranked[top_k - 1][1].step_time_s:
-            res.bounded_out += 1 + len(heap)
-            break
-        dp, tp, pp, b, m, name, v, zero, rc, sp = key
-        base = (dp, tp, pp, b, name, v, zero, sp)
-        lighter = RECOMPUTE_ORDER[:RECOMPUTE_ORDER.index(rc)]
-        if space.recompute is None and any(base + (r,) in fitting for r in lighter):
-            res.dominated += 1
-            continue
-        layout = make_layout(key, space)
-        comm = comms[(dp, tp, pp)]
-        if key not in sized:
-            # cheap first refinement: the slowest chunk of any partition is no faster than the
-            # best bottleneck (cached per block costs and chunk count, shared by many layouts)
-            sized.add(key)
-            bundle = _bundle(run, cache, key, space, comm)
-            better = max(bound, m * least_bottleneck(bundle.block_s, pp * v, bundle.send_s))
-            if _defer(heap, better, seq, key, res, top_k):
-                seq += 1
+    _BestFirst(run, cache, comms, heap, res, space, top_k, cap).run()
+    ranked_layouts = {lp[0]: i + 1 for i, lp in enumerate(res.ranked)}
+    res.candidates = [Candidate(c.layout, c.step_time_s, c.peak_memory_bytes, c.fits,
+                                c.breakdown_s, ranked_layouts.get(c.layout, 0), c.note)
+                      for c in res.candidates]
+
+
+class _BestFirst:
+    """The branch and bound's state: what was refined, prepared and found to fit."""
+
+    def __init__(self, run, cache, comms, heap, res: Result, space: Space, top_k: int, cap):
+        self.run_spec, self.cache, self.comms, self.heap = run, cache, comms, heap
+        self.res, self.space, self.top_k, self.cap = res, space, top_k, cap
+        self.fitting: set = set()     # (dp, tp, pp, b, name, v, zero, sp, rc) that fit
+        self.prepared: dict = {}      # partition and chunk costs shared by layouts of one shape
+        self.refined: set = set()
+        self.sized: set = set()
+        self.seq = len(heap)
+
+    def run(self) -> None:
+        heap, res, top_k = self.heap, self.res, self.top_k
+        while heap:
+            bound, _, key = heapq.heappop(heap)
+            if len(res.ranked) >= top_k and bound >= res.ranked[top_k - 1][1].step_time_s:
+                res.bounded_out += 1 + len(heap)
+                break
+            dp, tp, pp, b, m, name, v, zero, rc, sp = key
+            base = (dp, tp, pp, b, name, v, zero, sp)
+            lighter = RECOMPUTE_ORDER[:RECOMPUTE_ORDER.index(rc)]
+            if self.space.recompute is None and any(base + (r,) in self.fitting
+                                                     for r in lighter):
+                res.dominated += 1
                 continue
-        # The partition depends on the schedule only through its memory tie-break (one chunk
-        # per rank, where the ZeRO stage matters too) and its split backward; the memory
-        # terms always depend on the ZeRO stage, so they are rebuilt for it.
+            comm = self.comms[(dp, tp, pp)]
+            if key not in self.sized:
+                # cheap first refinement: the slowest chunk of any partition is no faster than
+                # the best bottleneck (cached per block costs and chunk count)
+                self.sized.add(key)
+                bundle = _bundle(self.run_spec, self.cache, key, self.space, comm)
+                slowest = least_bottleneck(bundle.block_s, pp * v, bundle.send_s)
+                if self._defer(max(bound, m * slowest), key):
+                    continue
+            layout, costs = self._costed(key, comm)
+            if key not in self.refined:
+                self.refined.add(key)
+                if self._defer(max(bound, sim.chain_bound(self.run_spec, layout, costs, comm)),
+                               key):
+                    continue
+            if self._admit(layout, costs, comm):
+                self.fitting.add(base + (rc,))
+
+    def _defer(self, better: float, key) -> bool:
+        moved = _defer(self.heap, better, self.seq, key, self.res, self.top_k)
+        self.seq += moved
+        return moved
+
+    def _costed(self, key, comm):
+        """The layout of ``key`` with its partition and chunk costs. The partition depends on
+        the schedule only through its memory tie-break (one chunk per rank, where the ZeRO
+        stage matters too) and its split backward; the memory terms always depend on the ZeRO
+        stage, so they are rebuilt for it."""
+        dp, tp, pp, b, m, name, v, zero, rc, sp = key
+        layout = make_layout(key, self.space)
         kind = layout.pipeline.kind
         pkey = (dp, tp, pp, b, sp, rc, v, name if v == 1 else kind.split_backward,
                 zero if v == 1 else -1)
-        if pkey not in prepared:
-            prepared[pkey] = sim.prepare(run, cache.blocks(b), layout, comm)[:2]
-        bounds, costs = prepared[pkey]
+        if pkey not in self.prepared:
+            self.prepared[pkey] = sim.prepare(self.run_spec, self.cache.blocks(b), layout,
+                                              comm)[:2]
+        bounds, costs = self.prepared[pkey]
         layout = layout.with_boundaries(bounds.pipeline.stage_boundaries)
         if bounds.data != layout.data:
-            costs = sim.with_memory(run, layout, costs)
-        if key not in refined:
-            refined.add(key)
-            better = max(bound, sim.chain_bound(run, layout, costs, comm))
-            if _defer(heap, better, seq, key, res, top_k):
-                seq += 1
-                continue
-        memory = sim.rank_memory(run, layout, costs)
+            costs = sim.with_memory(self.run_spec, layout, costs)
+        return layout, costs
+
+    def _admit(self, layout, costs, comm) -> bool:
+        """Check the layout's exact memory; if it fits, simulate it and rank it. Returns
+        whether it fits."""
+        res, top_k = self.res, self.top_k
+        memory = sim.rank_memory(self.run_spec, layout, costs)
         peak = max(r.total_bytes for r in memory)
-        if peak > cap:
+        if peak > self.cap:
             res.not_fitting += 1
             res.candidates.append(Candidate(layout, 0.0, peak, False,
                                             note=f"needs {peak / 2**30:.1f} GiB per rank"))
-            continue
-        fitting.add(base + (rc,))
-        pred = sim.predict(run, layout, costs, sim.simulate(run, layout, costs, comm, False))
+            return False
+        result = sim.simulate(self.run_spec, layout, costs, comm, False)
+        pred = sim.predict(self.run_spec, layout, costs, result)
         res.simulated += 1
         res.ranked.append((layout, pred))
         res.ranked.sort(key=lambda lp: (lp[1].step_time_s, lp[1].peak_memory_bytes))
         del res.ranked[top_k:]
         res.candidates.append(Candidate(layout, pred.step_time_s, pred.peak_memory_bytes, True,
                                         breakdown_s=pred.breakdown_s))
-    ranked_layouts = {lp[0]: i + 1 for i, lp in enumerate(res.ranked)}
-    res.candidates = [Candidate(c.layout, c.step_time_s, c.peak_memory_bytes, c.fits,
-                                c.breakdown_s, ranked_layouts.get(c.layout, 0), c.note)
-                      for c in res.candidates]
+        return True
 
 
 def _defer(heap, better: float, seq: int, key, res: Result, top_k: int) -> bool:

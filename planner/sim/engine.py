@@ -42,26 +42,35 @@ class Rank:
         self.comm_busy = 0.0      # comm stream busy time
 
 
+class _Step:
+    """The shared state of one step's events: op durations, links, slots and transfers."""
+    __slots__ = ("durs", "links", "ready", "xfer", "timeline")
+
+    def __init__(self, chunks, m: int, timeline: bool):
+        self.durs = ([ch.f_s for ch in chunks] + [ch.b_s for ch in chunks]
+                     + [ch.i_s for ch in chunks] + [ch.w_s for ch in chunks])
+        self.links = [ch.send_s for ch in chunks]
+        # ready[slot]: when the input of an op is available; xfer[slot]: the transfer that
+        # delivered it (producer end, send start, send end)
+        n = 2 * len(chunks) * m
+        self.ready = [None] * n
+        self.xfer = [None] * n
+        for mb in range(m):
+            self.ready[mb] = 0.0
+        self.timeline = timeline
+
+
 def run(plan, chunks, m: int, hooks, overlap: float, timeline: bool) -> tuple[float, list]:
     """Run the events of ``plan`` (``planner.sim.pp.SchedulePlan``) over ``chunks``.
 
-    Returns (step_time_s, per-rank ``Rank``). A round over all ranks that advances none would be
-    a deadlock (a schedule bug). The loop body is inlined: the search runs it for every layout
-    it simulates.
+    List scheduling over the ranks' fixed orders: each round advances every rank as far as its
+    inputs allow (``_advance``); a round that advances none would be a deadlock (a schedule
+    bug). Returns (step_time_s, per-rank ``Rank``).
     """
     recs, owner = plan.records, plan.owner
-    p = len(recs)
-    nch = len(chunks)
-    durs = ([ch.f_s for ch in chunks] + [ch.b_s for ch in chunks] + [ch.i_s for ch in chunks]
-            + [ch.w_s for ch in chunks])
-    links = [ch.send_s for ch in chunks]
+    p, nch = len(recs), len(chunks)
+    step = _Step(chunks, m, timeline)
     ranks = [Rank() for _ in range(p)]
-    # ready[slot]: when the input of an op is available; xfer[slot]: the transfer that
-    # delivered it (producer end, send start, send end)
-    ready = [None] * (2 * nch * m)
-    xfer = [None] * (2 * nch * m)
-    for mb in range(m):
-        ready[mb] = 0.0
     ptr = [0] * p
     lens = [len(o) for o in recs]
     done, total = 0, sum(lens)
@@ -71,54 +80,11 @@ def run(plan, chunks, m: int, hooks, overlap: float, timeline: bool) -> tuple[fl
     while done < total:
         progressed = False
         for r in range(p):
-            st, rr, i, n_ops = ranks[r], recs[r], ptr[r], lens[r]
-            comp, p2p, sends = st.comp, st.p2p, st.sends
-            pp_exp = bub = 0.0
-            events = st.events
-            mine = per_op[r]
-            while i < n_ops:
-                dep, di, out, li, kind, c, mb = rr[i]
-                t = comp if dep < 0 else ready[dep]
-                if t is None:
-                    break
-                start = comp
-                if t > comp:
-                    start = t
-                    x = xfer[dep]
-                    exposed = 0.0
-                    if x is not None:
-                        lo = x[0] if x[0] > comp else comp
-                        exposed = x[2] - lo if x[2] > lo else 0.0
-                    pp_exp += exposed
-                    bub += (t - comp) - exposed
-                end = start + durs[di]
-                hook = mine[i] if mine else None
-                if hook is not None:
-                    st.comp = comp
-                    end = hook(st, start, end)
-                if timeline:
-                    events.append(("compute", f"{kind}{mb} c{c}", start, end))
-                comp = end
-                if out >= 0:
-                    if li < 0:
-                        ready[out] = end
-                    else:
-                        link = links[li]
-                        s0 = p2p if p2p > end else end
-                        p2p = s0 + link
-                        sends += link
-                        ready[out] = p2p
-                        xfer[out] = (end, s0, p2p)
-                        if timeline:
-                            events.append(("p2p", f"send {'act' if kind == 'F' else 'grad'}{mb}"
-                                                  f" c{c}", s0, p2p))
-                i += 1
-            done += i - ptr[r]
-            progressed = progressed or i > ptr[r]
-            st.comp, st.p2p, st.sends = comp, p2p, sends
-            st.acc["pp_comm_exposed"] += pp_exp
-            st.acc["bubble"] += bub
-            ptr[r] = i
+            i = _advance(step, ranks[r], recs[r], ptr[r], per_op[r])
+            if i > ptr[r]:
+                done += i - ptr[r]
+                progressed = True
+                ptr[r] = i
         if not progressed:
             raise RuntimeError(f"schedule deadlocked at {ptr}")
     for r in range(p):
@@ -126,12 +92,65 @@ def run(plan, chunks, m: int, hooks, overlap: float, timeline: bool) -> tuple[fl
         _account(ranks[r].acc, [chunks[c] for c in mine], m)
         hooks.finish(ranks[r], mine)
     _unoverlapped_comm(overlap, ranks)
-    step = max(st.comp for st in ranks)
+    end = max(st.comp for st in ranks)
     for st in ranks:
-        st.acc["bubble"] += step - st.comp
+        st.acc["bubble"] += end - st.comp
         st.acc["pp_comm_hidden"] = st.sends
         st.acc["dp_comm_hidden"] = st.comm_busy
-    return step, ranks
+    return end, ranks
+
+
+def _advance(step: _Step, st: Rank, rr, i: int, hooks) -> int:
+    """Run rank ``st``'s operations from index ``i`` while their inputs are there; returns the
+    index of the first that must wait. The body is the simulator's hot loop (every simulated
+    layout runs it for every operation): locals, no calls unless a hook is due."""
+    ready, xfer, durs, links, timeline = (step.ready, step.xfer, step.durs, step.links,
+                                          step.timeline)
+    comp, p2p, sends = st.comp, st.p2p, st.sends
+    pp_exp = bub = 0.0
+    events = st.events
+    n_ops = len(rr)
+    while i < n_ops:
+        dep, di, out, li, kind, c, mb = rr[i]
+        t = comp if dep < 0 else ready[dep]
+        if t is None:
+            break
+        start = comp
+        if t > comp:
+            start = t
+            x = xfer[dep]
+            exposed = 0.0
+            if x is not None:
+                lo = x[0] if x[0] > comp else comp
+                exposed = x[2] - lo if x[2] > lo else 0.0
+            pp_exp += exposed
+            bub += (t - comp) - exposed
+        end = start + durs[di]
+        hook = hooks[i] if hooks else None
+        if hook is not None:
+            st.comp = comp
+            end = hook(st, start, end)
+        if timeline:
+            events.append(("compute", f"{kind}{mb} c{c}", start, end))
+        comp = end
+        if out >= 0:
+            if li < 0:
+                ready[out] = end
+            else:
+                link = links[li]
+                s0 = p2p if p2p > end else end
+                p2p = s0 + link
+                sends += link
+                ready[out] = p2p
+                xfer[out] = (end, s0, p2p)
+                if timeline:
+                    events.append(("p2p", f"send {'act' if kind == 'F' else 'grad'}{mb} c{c}",
+                                   s0, p2p))
+        i += 1
+    st.comp, st.p2p, st.sends = comp, p2p, sends
+    st.acc["pp_comm_exposed"] += pp_exp
+    st.acc["bubble"] += bub
+    return i
 
 
 def _account(acc: dict, mine: list, m: int) -> None:
