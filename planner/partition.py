@@ -147,13 +147,25 @@ def _fastest(costs: tuple, k: int, send_s: tuple, rel_tol: float):
     if _pack(prefix, send_s, k, lo) is not None:
         hi = lo
         best = _pack(prefix, send_s, k, lo)
-    while hi - lo > rel_tol * max(hi, 1e-30):
+    # Bisect to a coarse tolerance, then descend: feasibility only changes at chunk costs that
+    # some partition reaches, so probing just below the best one found either fails (it is
+    # optimal to rel_tol) or finds a strictly smaller one; near the optimum few such values
+    # remain, so this takes fewer probes than bisecting all the way.
+    coarse = max(rel_tol, 1e-3)
+    while hi - lo > coarse * max(hi, 1e-30):
         mid = 0.5 * (lo + hi)
         got = _pack(prefix, send_s, k, mid)
         if got is None:
             lo = mid
         else:   # the partition found may be better than asked: jump to its bottleneck
             hi, best = _bottleneck(prefix, send_s, got), got
+    while hi - lo > rel_tol * max(hi, 1e-30):
+        probe = max(lo, hi * (1.0 - rel_tol))
+        got = _pack(prefix, send_s, k, probe)
+        if got is None:
+            lo = probe
+            break
+        hi, best = _bottleneck(prefix, send_s, got), got
     return hi, best, lo
 
 

@@ -25,10 +25,20 @@ def _hints(cls) -> dict:
     return _HINTS[cls]
 
 
+_NAMES: dict[type, tuple[str, ...]] = {}
+_ATOMS = (str, int, float, bool, type(None))
+
+
 def to_dict(obj):
     """Recursively convert dataclasses/tuples/dicts into JSON-ready structures."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    cls = type(obj)
+    if cls in _ATOMS:
+        return obj
+    names = _NAMES.get(cls)
+    if names is None and dataclasses.is_dataclass(obj):
+        names = _NAMES[cls] = tuple(f.name for f in dataclasses.fields(obj))
+    if names is not None:
+        return {name: to_dict(getattr(obj, name)) for name in names}
     if isinstance(obj, (list, tuple)):
         return [to_dict(x) for x in obj]
     if isinstance(obj, dict):
@@ -158,6 +168,21 @@ def load(cls, path: str):
     return from_dict(cls, read_json(path), ctx=str(path))
 
 
+def _dumps(data) -> str:
+    """JSON with each top-level field on a line of its own and small values indented, big ones
+    (timelines, candidate lists) on one line: readable, and written by json's C encoder
+    (``indent`` falls back to the pure-Python one, seconds for a large plan)."""
+    if not isinstance(data, dict):
+        return json.dumps(data) + "\n"
+    lines = []
+    for key, value in data.items():
+        text = json.dumps(value, separators=(",", ":"))
+        if len(text) <= 2000:
+            text = json.dumps(value, indent=2).replace("\n", "\n  ")
+        lines.append(f"  {json.dumps(key)}: {text}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
 def write_json(path: str, data) -> None:
     """Write atomically (temp file + rename) so a failure never leaves half a file behind."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -165,8 +190,7 @@ def write_json(path: str, data) -> None:
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False)
-            fh.write("\n")
+            fh.write(_dumps(data))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -37,6 +37,16 @@ def ddp_buckets(grad_bytes_reverse: Sequence[float], first_cap: float = FIRST_BU
     return buckets
 
 
+def last_bucket_bytes(total_bytes: float, first_cap: float = FIRST_BUCKET_BYTES,
+                      cap: float = BUCKET_CAP_BYTES) -> float:
+    """The size of the last of ``ddp_buckets`` over ``total_bytes`` of gradients, in O(1):
+    the first bucket holds ``first_cap``, the rest ``cap`` each."""
+    if total_bytes <= first_cap:
+        return float(total_bytes)
+    rest = (total_bytes - first_cap) % cap
+    return float(rest if rest > 0 else cap)
+
+
 def powersgd_split(matrices: list[tuple[int, int]], rank: int, min_rate: float = 2.0
                    ) -> tuple[int, int, float]:
     """PowerSGD (Vogels et al., NeurIPS 2019) on a bucket's matrices, as torch's powerSGD_hook.

@@ -52,6 +52,7 @@ def bytes_per_param(dtype: str, optimizer: str) -> tuple[float, float, float]:
     return float(e), float(e), float(e * states)
 
 
+@lru_cache(maxsize=64)
 def optimizer_bytes_touched(dtype: str, optimizer: str) -> float:
     """HBM bytes one optimizer step reads and writes per parameter (fused kernels): the state
     read and written (master weights included under mixed precision), the gradient read, and

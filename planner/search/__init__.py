@@ -47,6 +47,7 @@ class _Blocks:
     def __init__(self, blocks_for: Callable[[int], Sequence[BlockCost]]):
         self.blocks_for = blocks_for
         self._blocks: dict = {}
+        self.bundles: dict = {}    # (dp, tp, pp, b, recompute, sp) -> RowsBundle
 
     def blocks(self, b: int):
         if b not in self._blocks:
@@ -116,9 +117,14 @@ def _search(run, blocks_for, num_devices: int, global_batch: int, space: Space, 
 
 
 def _bundle(run, cache: _Blocks, key, space: Space, comm) -> sim.RowsBundle:
-    """The per-block rows of a search key (memoised in ``planner.sim``)."""
+    """The per-block rows of a search key (memoised here per shape, and in ``planner.sim``)."""
     dp, tp, pp, b, m, name, v, zero, rc, sp = key
-    return sim.rows_bundle(run, cache.blocks(b), sim.Split(tp, sp, rc, b, dp * tp * pp), comm)
+    short = (dp, tp, pp, b, rc, sp)
+    hit = cache.bundles.get(short)
+    if hit is None:
+        hit = cache.bundles[short] = sim.rows_bundle(run, cache.blocks(b),
+                                                     sim.Split(tp, sp, rc, b, dp * tp * pp), comm)
+    return hit
 
 
 def _best_first(run, cache, comms, heap, res: Result, space: Space, top_k: int, cap) -> None:

@@ -83,36 +83,41 @@ def chain_bound(run, layout, costs, comm) -> float:
     chunks = costs.chunks
     kind = layout.pipeline.kind
     split = kind.split_backward
-    owner = [kind.chunk_rank(c, p) for c in range(len(chunks))]
+    g_e = run.bytes_per_param[1]
     work, f_i, params = [0.0] * p, [0.0] * p, [0.0] * p
-    mine: list = [[] for _ in range(p)]
+    smallest = [float("inf")] * p      # the least gradient bytes of one of the rank's chunks
+    last = [float("inf")] * p          # ... and the least last DDP bucket of one
     for c, ch in enumerate(chunks):
-        r = owner[c]
-        work[r] += m * ((ch.f_s + ch.i_s + ch.w_s) if split else (ch.f_s + ch.b_s))
-        f_i[r] += m * (ch.f_s + ch.i_s)
+        r = kind.chunk_rank(c, p)
+        work[r] += (ch.f_s + ch.i_s + ch.w_s) if split else (ch.f_s + ch.b_s)
+        f_i[r] += ch.f_s + ch.i_s
         params[r] += ch.params
-        mine[r].append(ch)
+        grads = ch.params * g_e
+        smallest[r] = min(smallest[r], grads)
+        last[r] = min(last[r], dp_cost.last_bucket_bytes(grads))
     shard = layout.dp if layout.data.zero >= 1 else 1
     total = sum(params)
     best = before = after = 0.0
     for r in range(p):
         tail = optimizer_time(run, params[r] / shard, total) + _after_backward(
-            run, layout, mine[r], params[r], comm)
+            run, layout, smallest[r], last[r], params[r], comm)
         if split:
-            best = max(best, before + work[r] + tail, before + f_i[r] + after)
+            best = max(best, before + m * work[r] + tail, before + m * f_i[r] + after)
         else:
-            best = max(best, before + work[r] + max(after, tail))
+            best = max(best, before + m * work[r] + max(after, tail))
         ch = chunks[r]
         before += ch.f_s + ch.send_s
         after += (ch.i_s if split else ch.b_s) + ch.send_s
     return best
 
 
-def _after_backward(run, layout, mine, params: float, comm) -> float:
+def _after_backward(run, layout, smallest: float, last: float, params: float, comm) -> float:
     """Data-parallel work a rank must still do after its last compute op, at least: all of it
     where the executor reduces only after the backward pass (DDP cannot run, the parameter
-    server), the reduce-scatter of whichever chunk ran last (ZeRO-2/3 under pipelining), or
-    that chunk's last DDP bucket; then ZeRO-1's parameter broadcast."""
+    server), the reduce-scatter of whichever chunk ran last (ZeRO-2/3 under pipelining: at
+    least the rank's smallest chunk's ``smallest`` gradient bytes; collective times grow with
+    bytes), or that chunk's last DDP bucket (at least ``last`` bytes); then ZeRO-1's parameter
+    broadcast."""
     if layout.dp == 1:
         return 0.0
     p_e, g_e, _ = run.bytes_per_param
@@ -123,8 +128,7 @@ def _after_backward(run, layout, mine, params: float, comm) -> float:
     if d.zero >= 2:
         if layout.pp == 1:
             return extra
-        return extra + min(comm("reduce_scatter", ch.params * g_e, "dp") for ch in mine)
+        return extra + comm("reduce_scatter", smallest, "dp")
     if not rules.ddp_runs(layout):
         return extra + comm("all_reduce", params * g_e, "dp")
-    last = min(dp_cost.ddp_buckets([ch.params * g_e])[-1][0] for ch in mine)
     return extra + comm("all_reduce", last, "dp")
