@@ -43,8 +43,9 @@ class Rank:
 
 
 class _Step:
-    """The shared state of one step's events: op durations, links, slots and transfers."""
-    __slots__ = ("durs", "links", "ready", "xfer", "timeline")
+    """The shared state of one step's events: op durations, links, slots, transfers, and which
+    rank waits on which slot (so only a rank whose input arrived is run again)."""
+    __slots__ = ("durs", "links", "ready", "xfer", "timeline", "waiter", "runnable")
 
     def __init__(self, chunks, m: int, timeline: bool):
         self.durs = ([ch.f_s for ch in chunks] + [ch.b_s for ch in chunks]
@@ -55,6 +56,8 @@ class _Step:
         n = 2 * len(chunks) * m
         self.ready = [None] * n
         self.xfer = [None] * n
+        self.waiter = [-1] * n
+        self.runnable: list[int] = []
         for mb in range(m):
             self.ready[mb] = 0.0
         self.timeline = timeline
@@ -63,9 +66,11 @@ class _Step:
 def run(plan, chunks, m: int, hooks, overlap: float, timeline: bool) -> tuple[float, list]:
     """Run the events of ``plan`` (``planner.sim.pp.SchedulePlan``) over ``chunks``.
 
-    List scheduling over the ranks' fixed orders: each round advances every rank as far as its
-    inputs allow (``_advance``); a round that advances none would be a deadlock (a schedule
-    bug). Returns (step_time_s, per-rank ``Rank``).
+    List scheduling over the ranks' fixed orders: a rank runs as far as its inputs allow
+    (``_advance``), then waits until the operation filling its missing input has run; which
+    rank runs first does not change any time (each rank's streams follow its own order). Ranks
+    that cannot run while operations remain would be a deadlock (a schedule bug). Returns
+    (step_time_s, per-rank ``Rank``).
     """
     recs, owner = plan.records, plan.owner
     p, nch = len(recs), len(chunks)
@@ -77,16 +82,14 @@ def run(plan, chunks, m: int, hooks, overlap: float, timeline: bool) -> tuple[fl
     # per rank, the hook of each operation (None: none), as a list: read once per operation
     per_op = [[mine.get(i) for i in range(n)] if mine else None
               for mine, n in zip(hooks.per_op, lens)]
-    while done < total:
-        progressed = False
-        for r in range(p):
-            i = _advance(step, ranks[r], recs[r], ptr[r], per_op[r])
-            if i > ptr[r]:
-                done += i - ptr[r]
-                progressed = True
-                ptr[r] = i
-        if not progressed:
-            raise RuntimeError(f"schedule deadlocked at {ptr}")
+    step.runnable = list(range(p - 1, -1, -1))
+    while step.runnable:
+        r = step.runnable.pop()
+        i = _advance(step, r, ranks[r], recs[r], ptr[r], per_op[r])
+        done += i - ptr[r]
+        ptr[r] = i
+    if done < total:
+        raise RuntimeError(f"schedule deadlocked at {ptr}")
     for r in range(p):
         mine = [c for c in range(nch) if owner[c] == r]
         _account(ranks[r].acc, [chunks[c] for c in mine], m)
@@ -100,12 +103,14 @@ def run(plan, chunks, m: int, hooks, overlap: float, timeline: bool) -> tuple[fl
     return end, ranks
 
 
-def _advance(step: _Step, st: Rank, rr, i: int, hooks) -> int:
-    """Run rank ``st``'s operations from index ``i`` while their inputs are there; returns the
-    index of the first that must wait. The body is the simulator's hot loop (every simulated
-    layout runs it for every operation): locals, no calls unless a hook is due."""
+def _advance(step: _Step, r: int, st: Rank, rr, i: int, hooks) -> int:
+    """Run rank ``r``'s operations from index ``i`` while their inputs are there; returns the
+    index of the first that must wait (and records that it waits, and on what). The body is
+    the simulator's hot loop (every simulated layout runs it for every operation): locals, no
+    calls unless a hook is due."""
     ready, xfer, durs, links, timeline = (step.ready, step.xfer, step.durs, step.links,
                                           step.timeline)
+    waiter, runnable = step.waiter, step.runnable
     comp, p2p, sends = st.comp, st.p2p, st.sends
     pp_exp = bub = 0.0
     events = st.events
@@ -114,6 +119,7 @@ def _advance(step: _Step, st: Rank, rr, i: int, hooks) -> int:
         dep, di, out, li, kind, c, mb = rr[i]
         t = comp if dep < 0 else ready[dep]
         if t is None:
+            waiter[dep] = r
             break
         start = comp
         if t > comp:
@@ -134,6 +140,10 @@ def _advance(step: _Step, st: Rank, rr, i: int, hooks) -> int:
             events.append(("compute", f"{kind}{mb} c{c}", start, end))
         comp = end
         if out >= 0:
+            w = waiter[out]
+            if w >= 0:
+                runnable.append(w)
+                waiter[out] = -1
             if li < 0:
                 ready[out] = end
             else:

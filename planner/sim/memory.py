@@ -19,6 +19,7 @@ Capped: where the executor all-reduces after the backward pass without DDP (tp >
 from __future__ import annotations
 
 from itertools import accumulate
+from operator import mul
 
 from planner.cost import memory as mem
 from planner.grid import RankGrid
@@ -71,6 +72,16 @@ class MemRows:
         self.fsdp = [r.params * (gathered + one_grad) for r in rows]
         self.edge = [2.0 * r.send_bytes for r in rows]
         self.linear_pre = [0.0, *accumulate(self.linear)]
+        self._largest: dict = {}
+
+    def largest(self, name: str, blocks: range) -> float:
+        """The largest ``work`` or ``fsdp`` entry over a chunk's blocks (cached per chunk:
+        layouts sharing a partition ask again)."""
+        key = (name, blocks.start, blocks.stop)
+        hit = self._largest.get(key)
+        if hit is None:
+            hit = self._largest[key] = max(getattr(self, name)[blocks.start:blocks.stop])
+        return hit
 
     def fixed(self, x: int) -> float:
         return self.params[x] * sum(self.states) + self.linear[x]
@@ -113,11 +124,11 @@ def rank_memory(run, layout, costs) -> list[RankMemory]:
         sizes = [chunks[c].act_bytes for c in chunk_ids]
         if states and len(states[0]) > len(sizes):     # split schedules: I-to-W held share
             sizes += [a * W_HELD_SHARE for a in sizes]
-        held = max((sum(n * a for n, a in zip(state, sizes)) for state in states), default=0.0)
+        held = max((sum(map(mul, state, sizes)) for state in states), default=0.0)
         spans = [chunks[c].blocks for c in mine]
-        act = held + max(max(rows.work[b.start:b.stop]) for b in spans)
+        act = held + max(rows.largest("work", b) for b in spans)
         buf = (sum(rows.linear_pre[b.stop] - rows.linear_pre[b.start] for b in spans)
-               + max(max(rows.fsdp[b.start:b.stop]) for b in spans)
+               + max(rows.largest("fsdp", b) for b in spans)
                + sum(rows.edge[chunks[c].blocks[-1]] for c in mine if c < last)
                + rows.capped_bytes(params))
         out.append(RankMemory(rank=grid.rank_of(pp=r), stage=r,
