@@ -44,6 +44,8 @@ WORLD2 = {
     "pp-interleaved": (dict(pp=2, schedule="interleaved-1f1b", virtual_stages=2,
                             stage_boundaries=(0, 1, 3, 5), **MB), {"send@pp": 6, "recv@pp": 6}),
     "pp-zbv": (dict(pp=2, schedule="zbv", virtual_stages=2, **MB), {"send@pp": 4, "recv@pp": 4}),
+    "pp-looped-bfs": (dict(pp=2, schedule="looped-bfs", virtual_stages=2, **MB),
+                      {"send@pp": 6, "recv@pp": 6}),
 }
 
 WORLD4 = {

@@ -60,7 +60,11 @@ def test_in_flight_microbatches_match_formulas():
 
 def _torch_orders(name, p, m, v):
     S = pytest.importorskip("torch.distributed.pipelining.schedules")
-    if name == "interleaved-1f1b":
+    if name == "looped-bfs":
+        o = object.__new__(S.ScheduleLoopedBFS)
+        o.pp_group_size, o._stages, o._n_microbatches = p, [None] * v, m
+        raw = [o._calculate_single_rank_operations(r) for r in range(p)]
+    elif name == "interleaved-1f1b":
         o = object.__new__(S.ScheduleInterleaved1F1B)
         o.pp_group_size, o.n_local_stages, o._n_microbatches = p, v, m
         o.number_of_rounds = max(1, m // p)
@@ -81,7 +85,8 @@ def _torch_orders(name, p, m, v):
 
 
 @pytest.mark.parametrize("name,vs", [("gpipe", [1]), ("1f1b", [1]),
-                                     ("interleaved-1f1b", [1, 2, 3, 4]), ("zbv", [2])])
+                                     ("interleaved-1f1b", [1, 2, 3, 4]), ("zbv", [2]),
+                                     ("looped-bfs", [1, 2, 3])])
 def test_orders_match_torch_pipelining(name, vs):
     for p in (1, 2, 3, 4, 8):
         for m in (1, 2, 3, 4, 5, 8, 12, 16):

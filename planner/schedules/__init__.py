@@ -34,6 +34,7 @@ class Schedule:
     microbatches_multiple_of_pp: bool
     _order: Callable               # (p, m, v) -> per rank list of ops
     _floor: Callable               # (p, m, v) -> per rank micro-batches in flight (a floor)
+    searched: bool = True          # the search tries it (else: only with --schedule)
 
     @property
     def multi_stage(self) -> bool:
@@ -109,6 +110,10 @@ SCHEDULES: dict[str, Schedule] = {s.name: s for s in (
              orders.interleaved_1f1b, _interleaved_floor),
     # before rank r's first backward of its second chunk it has run 2p-1-r forwards of its
     # first chunk and r+1 of its second (both capped at m)
+    # breadth first: a rank holds every micro-batch of every chunk when its backwards begin;
+    # never better than interleaved-1f1b in time or memory, so not searched unless asked
+    Schedule("looped-bfs", "ScheduleLoopedBFS", "loop", False, 1, None, False, False,
+             orders.looped_bfs, lambda p, m, v: (m,) * p, searched=False),
     Schedule("zbv", "ScheduleZBVZeroBubble", "v", True, 2, 2, False, False,
              lambda p, m, v: orders.zbv(p, m),
              lambda p, m, v: tuple(min(2 * p - 1 - r, r + 1, m) for r in range(p))),

@@ -14,6 +14,8 @@ The orders reproduce the schedule classes of ``torch.distributed.pipelining`` (t
   (rank r holds chunks r, r+p, ...), depth-first over rounds of ``m // rounds`` micro-batches
   (Narayanan et al. SC'21, sec. 2.2), including torch's warm-up count
   ``(v-1)*mb_per_round + 2*(p-1-r)`` capped at ``m*v``.
+- ``looped-bfs``: ``ScheduleLoopedBFS`` -- looped placement like interleaved, but each chunk's
+  forwards run for every micro-batch before the next chunk's (breadth first).
 - ``zbv``: ``ScheduleZBVZeroBubble`` -- two chunks per rank in V placement (rank r holds chunks
   r and 2p-1-r), backward split into I and W (Qi et al. 2023, arXiv 2401.10241, sec. 6).
 
@@ -77,6 +79,20 @@ def interleaved_1f1b(p: int, m: int, v: int) -> list[list[Op]]:
                 q, rest = divmod(step - warmup, lap)
                 append(("B", (v - 1 - rest // per_round) * p + r,
                         q * per_round + rest % per_round))
+        out.append(ops)
+    return out
+
+
+def looped_bfs(p: int, m: int, v: int) -> list[list[Op]]:
+    """Port of ``ScheduleLoopedBFS._calculate_single_rank_operations`` (Lamy-Poirier 2022,
+    arXiv 2211.05953: breadth-first pipeline parallelism): looped placement, every micro-batch
+    of a rank's first chunk forward, then of its next, ...; then the backwards, last chunk
+    first and last micro-batch first."""
+    out = []
+    for r in range(p):
+        chunks = range(r, p * v, p)
+        ops = [("F", c, i) for c in chunks for i in range(m)]
+        ops += [("B", c, i) for c in reversed(chunks) for i in reversed(range(m))]
         out.append(ops)
     return out
 

@@ -93,7 +93,8 @@ def schedule_options(pp: int, m: int, num_blocks: int, space: Space) -> list[tup
         return [(kind.name, v)] if v <= num_blocks and not kind.check(pp, v, m) else []
     out = []
     for kind in schedules.SCHEDULES.values():
-        if space.schedule is not None and kind.name != space.schedule:
+        if (space.schedule is not None and kind.name != space.schedule) or (
+                space.schedule is None and not kind.searched):
             continue
         for v in kind.search_virtual_stages(space.max_virtual_stages):
             if space.virtual_stages is not None and v != space.virtual_stages:
