@@ -2,9 +2,8 @@
 
 A zoo model exposes ``blocks`` (an ``nn.ModuleList`` applied in order, so a pipeline can cut it
 at any block boundary), ``synthetic_batch(batch_size, generator)`` returning ``(inputs,
-targets)`` and ``loss(outputs, targets)``. A user's ``package.module:callable`` must return an
-``nn.Module`` that is an ``nn.Sequential`` or has ``blocks``; if it lacks ``synthetic_batch`` /
-``loss``, inputs are ``randn(batch, hidden_size)`` and the loss is the mean square of the output.
+targets)`` and ``loss(outputs, targets)``. A user's ``package.module:callable`` is imported only
+when the command line names it and must keep the contract of ``planner.models.custom``.
 
 The GPT follows nanoGPT/GPT-2 (pre-norm, GELU MLP, learned positions, untied head) with separate
 q/k/v projections so Megatron column splits shard whole heads, and attention that reshapes with
@@ -12,17 +11,14 @@ q/k/v projections so Megatron column splits shard whole heads, and attention tha
 """
 from __future__ import annotations
 
-import importlib
 import math
-import os
-import sys
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from planner.errors import PlannerError
+from planner.models.custom import build_custom
 from planner.specs import ModelSpec
 
 
@@ -164,11 +160,15 @@ def _init_gpt(module: nn.Module, num_layers: int):
             nn.init.zeros_(p)
 
 
-def build_model(spec: ModelSpec, seed: int = 0, dtype: torch.dtype = torch.float32):
-    """Build ``spec`` deterministically from ``seed`` (every rank builds the identical model)."""
+def build_model(spec: ModelSpec, seed: int = 0, dtype: torch.dtype = torch.float32,
+                trusted_callable: str = "", where: str = "plan"):
+    """Build ``spec`` deterministically from ``seed`` (every rank builds the identical model).
+
+    A custom model's code is imported only if ``trusted_callable`` (what the command line's
+    ``--model`` said) is its ``callable_path``: a spec read from a file cannot run code."""
     torch.manual_seed(seed)
     if spec.family == "custom":
-        model = _build_custom(spec)
+        model = build_custom(spec, trusted_callable, where)
     elif spec.family == "gpt":
         blocks = [Embedding(spec.vocab_size, spec.seq_len, spec.hidden_size)]
         blocks += [TransformerBlock(spec.hidden_size, spec.num_heads, spec.ffn_hidden_size)
@@ -184,53 +184,6 @@ def build_model(spec: ModelSpec, seed: int = 0, dtype: torch.dtype = torch.float
         blocks[-1].kind = "head"
         model = SequentialModel(spec, blocks)
     return model.to(dtype)
-
-
-class _CustomWrapper(SequentialModel):
-    def __init__(self, spec, inner, blocks):
-        super().__init__(spec, blocks)
-        self._inner_batch = getattr(inner, "synthetic_batch", None)
-        self._inner_loss = getattr(inner, "loss", None)
-
-    def synthetic_batch(self, batch_size, generator):
-        if self._inner_batch is not None:
-            return self._inner_batch(batch_size, generator)
-        first = next(m for m in self.modules() if isinstance(m, nn.Linear))
-        return torch.randn(batch_size, first.in_features, generator=generator), None
-
-    def loss(self, outputs, targets):
-        if self._inner_loss is not None:
-            return self._inner_loss(outputs, targets)
-        return outputs.float().pow(2).mean()
-
-
-def _build_custom(spec: ModelSpec):
-    module_name, _, attr = spec.callable_path.partition(":")
-    # As `python -m` does: a user's module in the working directory is importable.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise PlannerError(f"--model {spec.callable_path}: cannot import {module_name!r}: "
-                           f"{err}") from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise PlannerError(f"--model {spec.callable_path}: {module_name!r} has no callable "
-                           f"{attr!r}")
-    inner = factory()
-    if isinstance(inner, nn.Sequential):
-        blocks = list(inner)
-    elif isinstance(getattr(inner, "blocks", None), (nn.ModuleList, nn.Sequential)):
-        blocks = list(inner.blocks)
-    else:
-        raise PlannerError(f"--model {spec.callable_path}: returned {type(inner).__name__}, "
-                           "which is neither an nn.Sequential nor exposes 'blocks' "
-                           "(an nn.ModuleList applied in order)")
-    for b in blocks:
-        if not hasattr(b, "kind"):
-            b.kind = "block"
-    return _CustomWrapper(spec, inner, blocks)
 
 
 def custom_spec_from_module(spec: ModelSpec, model) -> ModelSpec:
