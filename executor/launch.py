@@ -103,6 +103,14 @@ def root_cause(failures_by_rank: dict) -> tuple[str, int]:
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:            # Ctrl-C before torchrun's agent took over (imports)
+        print("interrupted", file=sys.stderr, flush=True)
+        return 130
+
+
+def _main(argv) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
