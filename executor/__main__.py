@@ -1,9 +1,11 @@
 import os
 import sys
 
-from executor.main import main
-
-rc = main()
+try:
+    from executor.main import main   # everything after this import reports in one line
+    rc = main()
+except KeyboardInterrupt:            # Ctrl-C while Python was still importing
+    rc = 130
 sys.stdout.flush()
 sys.stderr.flush()
 # Skip C++ static destructors: after tensor-parallel (DTensor) runs on gloo, about 1 exit in 10

@@ -3,23 +3,34 @@
 Runs the plan's layout for ``--steps`` steps on synthetic data (or ``--data tokens.npy``) and
 writes the measured losses, step times, peak memory and throughput as Metrics JSON (rank 0).
 A plan that does not fit this launch (edited model fingerprint, wrong world size, unsupported
-combination) is refused with one ``error: ...`` line and exit status 2.
+combination), a bad flag or an output that cannot be written is refused before the process
+group starts, with one ``error: ...`` line and exit status 2. Whatever else ends a rank is one
+line too (``executor.failures``); ``python -m executor.launch`` wraps torchrun so that the
+whole job ends in one line.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import sys
-import time
 
 from planner.errors import PlannerError
+from planner.models import CONTRACT
 
-QUIET_RANK_EXIT_DELAY_S = 2.0
+
+class _Parser(argparse.ArgumentParser):
+    """Flag errors are PlannerErrors: one line from one rank, not a usage block per rank."""
+
+    def error(self, message):
+        raise PlannerError(f"{self.prog}: {message}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m executor", description=__doc__.split("\n\n")[1])
+    p = _Parser(prog="python -m executor", description=__doc__.split("\n\n")[1])
     p.add_argument("--plan", required=True, help="plan JSON written by `planner plan`")
+    p.add_argument("--model", default="", metavar="MODULE:CALLABLE",
+                   help="required when the plan's model is custom code, and must name the "
+                   "plan's callable_path: the executor imports code only when its command line "
+                   "says so, never because a plan file does. Contract: " + CONTRACT)
     p.add_argument("--steps", type=int, default=10, help="training steps to run (default 10)")
     p.add_argument("--warmup", type=int, default=2,
                    help="first steps left out of step_times_s (losses still kept; default 2)")
@@ -35,7 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "of up to 3 steps after warm-up")
     p.add_argument("--checkpoint-dir", default="", metavar="DIR",
                    help="save model and optimizer state with torch.distributed.checkpoint to "
-                   "DIR/step-K at the end (and every --checkpoint-every steps)")
+                   "DIR/step-K at the end (and every --checkpoint-every steps), signed with "
+                   "HMAC-SHA256 (see --checkpoint-key)")
+    p.add_argument("--checkpoint-key", default="", metavar="FILE",
+                   help="secret key that signs checkpoints and must verify them before "
+                   "--resume loads anything (default $PLANNER_CHECKPOINT_KEY, else "
+                   "$XDG_CONFIG_HOME/planner/checkpoint.key or ~/.config/planner/checkpoint.key; "
+                   "created mode 0600 on the first save; keep it outside DIR)")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
                    help="also checkpoint every K steps (default: only at the end)")
     p.add_argument("--resume", action="store_true",
@@ -52,21 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _report_error(message: str) -> None:
-    """One line per job: from local rank 0 of each node, prefixed by the rank when not 0.
-
-    The other ranks hit the same error (it comes from the plan and flags they share) and wait a
-    moment before exiting: torchrun stops all workers as soon as one exits, which could
-    otherwise kill the reporting rank before it has printed.
-    """
-    if os.environ.get("LOCAL_RANK", "0") != "0":
-        time.sleep(QUIET_RANK_EXIT_DELAY_S)
-        return
-    rank = os.environ.get("RANK", "0")
-    prefix = "" if rank == "0" else f"[rank {rank}] "
-    print(f"error: {prefix}{message}", file=sys.stderr, flush=True)
-
-
 def _cpu_threads() -> None:
     """One intra-op thread per rank unless the user chose (OMP_NUM_THREADS).
 
@@ -80,23 +82,33 @@ def _cpu_threads() -> None:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    from executor import runtime
-    _cpu_threads()
+    """Run; whatever ends a rank early is reported in one line (``executor.failures``)."""
+    from executor import failures
     try:
-        from executor.train import run
-        from planner.specs import Plan
-        plan = Plan.load(args.plan)
-        metrics = run(plan, args.plan, args)
-        if metrics is not None:
-            if args.metrics:
+        return _main(argv)
+    except SystemExit:
+        raise                           # --help
+    except BaseException as err:        # noqa: BLE001 - every rank ends in one line
+        return failures.report(err)
+
+
+def _main(argv) -> int:
+    args = build_parser().parse_args(argv)
+    from executor import preflight, runtime
+    preflight.check_numbers(args)
+    _cpu_threads()
+    from executor.train import run
+    from planner.specs import Plan
+    plan = Plan.load(args.plan)
+    metrics = run(plan, args.plan, args)
+    if metrics is not None:
+        if args.metrics:
+            try:
                 metrics.save(args.metrics)
-            _summary(metrics, args.metrics)
-    except PlannerError as err:
-        _report_error(str(err))
-        return 2      # no barrier: peers may be elsewhere; exiting closes their connections
-    # Any other exception propagates with its traceback: the process exits, its peers' pending
-    # collectives fail at once ("Connection closed by peer") and torchrun stops the job.
+            except OSError as err:
+                raise PlannerError(f"--metrics {args.metrics}: cannot write "
+                                   f"({err.strerror or err})") from None
+        _summary(metrics, args.metrics)
     runtime.shutdown()
     return 0
 

@@ -20,6 +20,14 @@ def full_named_parameters(parts):
 
 
 def save_params(parts, directory: str, rank: int) -> None:
-    os.makedirs(directory, exist_ok=True)
     arrays = {name: t.numpy() for name, t in full_named_parameters(parts)}
-    np.savez(os.path.join(directory, f"params-rank{rank}.npz"), **arrays)
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"params-rank{rank}.npz")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as fh:          # a file object: savez adds no ".npz" suffix
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)                # never half a file under the final name
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -16,7 +16,9 @@ from planner.models.build import build_model
 def train_reference(plan, steps: int, data_path: str = ""):
     """Train ``plan``'s model for ``steps`` steps; returns (losses, final state_dict)."""
     dtype = param_dtype(plan.dtype, torch.device("cpu"))
-    model = build_model(plan.model, seed=plan.seed, dtype=dtype)
+    # The reference is test code on plans the tests made: their custom callables are trusted.
+    model = build_model(plan.model, seed=plan.seed, dtype=dtype,
+                        trusted_callable=plan.model.callable_path)
     optimizer = make_optimizer(plan.optimizer, model.parameters(), plan.learning_rate)
     data = make_data(model, plan, data_path)
     losses = []

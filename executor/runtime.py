@@ -30,6 +30,11 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def env_rank() -> int:
+    """RANK as torchrun sets it; 0 for a plain ``python -m executor`` process."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def pick_device(choice: str) -> torch.device:
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():

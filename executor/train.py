@@ -15,7 +15,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from executor import checkpoint, faults, runtime, trace
+from executor import checkpoint, failures, faults, preflight, runtime, trace
 from executor.collectives import CollectiveCounter, group_names
 from executor.data import dp_rows, make_data
 from executor.memory import PeakMemory
@@ -23,28 +23,50 @@ from executor.parallel import check_layout, parallelize
 from executor.step import train_step
 from planner import families, grid
 from planner.errors import PlannerError
+from planner.models.custom import check_trusted
 from planner.specs import Metrics
 
 
-def check_plan(plan, path: str, world_size: int, args) -> None:
-    """Refuse what this launch cannot run as planned (before any process group exists)."""
+def check_plan(plan, path: str, world_size: int, args):
+    """Refuse what this launch cannot run as planned, before any process group exists: the
+    layout, custom code the command line did not name, outputs that cannot be written, and
+    what --resume would load. Returns the run's ``checkpoint.Checkpoints`` (or None)."""
     try:
         plan.layout.check_world(world_size, "WORLD_SIZE")
     except PlannerError as err:
         raise PlannerError(f"{path}: field 'layout': {err} (launch with --nproc-per-node x "
                            f"--nnodes = {plan.layout.world_size})") from None
+    _check_model_flag(plan, path, args.model)
+    preflight.check_outputs(args, runtime.env_rank())
     if args.resume and not args.checkpoint_dir:
         raise PlannerError("--resume needs --checkpoint-dir (where to resume from)")
+    ckpt = None
     if args.checkpoint_dir:
         checkpoint.check_supported(plan.layout, "--checkpoint-dir")
+        ckpt = checkpoint.prepare(args.checkpoint_dir, args.checkpoint_key, args.resume, plan)
+    first = ckpt.resume_step if ckpt else 0
+    untimed = args.warmup + (1 if args.count_collectives else 0)
+    if args.steps - first <= untimed:
+        raise PlannerError(f"--steps {args.steps} leaves {args.steps - first} step(s) after step "
+                           f"{first}, which must exceed --warmup {args.warmup}"
+                           + (" + 1 counted step" if args.count_collectives else ""))
     if families.of(plan.model).builtin:   # a custom model's blocks are known once it is built
         check_layout(plan.model, plan.layout, path)
+    return ckpt
+
+
+def _check_model_flag(plan, path: str, model_flag: str) -> None:
+    if not families.of(plan.model).builtin:
+        check_trusted(plan.model.callable_path, model_flag, path)
+    elif model_flag:
+        raise PlannerError(f"--model {model_flag}: the plan's model {plan.model.name!r} is not "
+                           "custom code (nothing to import); drop --model")
 
 
 class Job:
     """Everything one rank holds for the run."""
 
-    def __init__(self, plan, path: str, args):
+    def __init__(self, plan, path: str, args, ckpt):
         self.plan, self.args, self.layout = plan, args, plan.layout
         self.device = runtime.pick_device(args.device)
         dtype = runtime.param_dtype(plan.dtype, self.device, path)
@@ -53,13 +75,15 @@ class Job:
         self.memory = PeakMemory(self.device)
         self.memory.start()
         from planner.models.build import build_model
-        self.model = build_model(plan.model, seed=plan.seed, dtype=dtype).to(self.device)
+        self.model = build_model(plan.model, seed=plan.seed, dtype=dtype,
+                                 trusted_callable=args.model, where=path).to(self.device)
         self.data = make_data(self.model, plan, args.data)
         self.par = parallelize(self.model, self.layout, mesh, self.device, path)
         self.optimizer = self.par.dp.build_optimizer(plan.optimizer, plan.learning_rate)
         dp_i = grid.RankGrid(self.layout.dims).coord(self.rt.rank, "dp")
         self.rows = dp_rows(dp_i, self.layout.dp, plan.global_batch_size)
         self.amp = runtime.autocast_dtype(plan.dtype)
+        self.ckpt = ckpt
 
     def batch(self, step: int):
         inputs, targets = self.data.rows(step, *self.rows)
@@ -79,22 +103,18 @@ class Job:
 
 def run(plan, path: str, args) -> Metrics | None:
     """Train ``plan``; returns the Metrics on rank 0 (None elsewhere)."""
-    check_plan(plan, path, runtime.env_world_size(), args)
-    job = Job(plan, path, args)
+    ckpt = check_plan(plan, path, runtime.env_world_size(), args)
+    job = Job(plan, path, args, ckpt)
     first = 0
     if args.resume:
-        first = checkpoint.load(args.checkpoint_dir, job.par.named_parts, job.optimizer, plan)
-    untimed = args.warmup + (1 if args.count_collectives else 0)
-    if args.steps - first <= untimed:
-        raise PlannerError(f"--steps {args.steps} leaves {args.steps - first} step(s) after step "
-                           f"{first}, which must exceed --warmup {args.warmup}"
-                           + (" + 1 counted step" if args.count_collectives else ""))
+        first = checkpoint.load(ckpt, job.par.named_parts, job.optimizer, job.device)
     counter = (CollectiveCounter(group_names(job.mesh, job.layout))
                if args.count_collectives else None)
     loss_sums, times = [], []
     with trace.tracer(args.trace_dir, job.rt.rank, args.warmup, args.steps - first,
                       job.device) as prof:
         for step in range(first, args.steps):
+            failures.at_step(step)
             loss, seconds = job.step(step, counter if step == args.steps - 1 else None)
             loss_sums.append(loss)
             times.append(seconds)
@@ -102,10 +122,10 @@ def run(plan, path: str, args) -> Metrics | None:
             if job.rt.rank == 0 and args.verbose:
                 print(f"step {step + 1}/{args.steps} time {seconds:.4f} s", flush=True)
             done = step + 1
-            if args.checkpoint_dir and (done == args.steps or (
+            if ckpt and (done == args.steps or (
                     args.checkpoint_every and done % args.checkpoint_every == 0)):
-                checkpoint.save(args.checkpoint_dir, done, job.par.named_parts, job.optimizer,
-                                plan)
+                checkpoint.save(ckpt, done, job.par.named_parts, job.optimizer, plan)
+    failures.at_step(None)
     if args.save_params:
         from executor.params import save_params
         save_params(job.par.named_parts, args.save_params, job.rt.rank)

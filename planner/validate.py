@@ -288,13 +288,16 @@ class RunSettings:
     steps: int = 6
     warmup: int = 2
     timeout_s: float = 600.0
+    # The command line's --model when it named custom code: the executor imports a plan's
+    # callable only when its own --model repeats it.
+    model: str = ""
 
 
 def executor_command(nproc: int, plan_path: str, metrics_path: str, s: RunSettings) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone",
             f"--nproc-per-node={nproc}", "-m", "executor", "--plan", plan_path,
             "--steps", str(s.steps), "--warmup", str(s.warmup), "--metrics", metrics_path,
-            "--quiet"]
+            "--quiet"] + (["--model", s.model] if s.model else [])
 
 
 def run_executor(cmd: list[str], log_path: str, timeout_s: float) -> str:

@@ -25,10 +25,11 @@ def test_resumed_run_continues_exactly(layout, tmp_path):
     """3 steps, checkpoint, resume to 5: the last 2 losses and the final parameters are those of
     an uninterrupted run (the reference, which uninterrupted runs equal to ~1e-14)."""
     plan = make_plan(**layout)
-    ckpt = str(tmp_path / "ckpt")
-    first, _, _ = run_plan(plan, tmp_path / "a", steps=3, extra=["--checkpoint-dir", ckpt])
+    ckpt, key = str(tmp_path / "ckpt"), {"PLANNER_CHECKPOINT_KEY": str(tmp_path / "key")}
+    first, _, _ = run_plan(plan, tmp_path / "a", steps=3, extra=["--checkpoint-dir", ckpt],
+                           env=key)
     assert first.returncode == 0, first.stderr[-3000:]
-    proc, metrics, params_dir = run_plan(plan, tmp_path / "b", steps=5,
+    proc, metrics, params_dir = run_plan(plan, tmp_path / "b", steps=5, env=key,
                                          extra=["--checkpoint-dir", ckpt, "--resume"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert metrics.first_step == 3 and len(metrics.losses) == 2
@@ -43,7 +44,8 @@ def test_resume_refuses_another_plan(tmp_path):
         path = tmp_path / f"plan{lr}.json"
         make_plan(lr=lr, **MB).save(str(path))
         proc = subprocess.run([sys.executable, "-m", "executor", "--plan", str(path), "--steps",
-                               "3", "--warmup", "1", "--checkpoint-dir", ckpt, *extra],
+                               "3", "--warmup", "1", "--checkpoint-dir", ckpt,
+                               "--checkpoint-key", str(tmp_path / "key"), *extra],
                               capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.startswith("error: ") and "plan_fingerprint" in proc.stderr
@@ -76,7 +78,9 @@ def test_failing_rank_fails_the_job_with_its_error(tmp_path):
     proc, metrics, _ = run_plan(make_plan(dp=2, **MB), tmp_path, timeout=60, fast=False,
                                 env={"EXECUTOR_FAULT": "raise:1:2"})
     assert proc.returncode != 0 and metrics is None
-    assert "[rank1]: RuntimeError: injected failure (EXECUTOR_FAULT=raise:1:2)" in proc.stderr
+    assert ("error: [rank 1] RuntimeError at step 2: injected failure (EXECUTOR_FAULT=raise:1:2)"
+            in proc.stderr)
+    assert "[rank1]: Traceback" not in proc.stderr and "[rank0]: Traceback" not in proc.stderr
 
 
 def test_hung_rank_fails_the_job_after_the_timeout(tmp_path):

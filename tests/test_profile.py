@@ -121,7 +121,7 @@ def test_custom_model_by_import_path(monkeypatch):
     from planner.profile.compute import profile_model
     monkeypatch.syspath_prepend(TESTS_DIR)
     prof = profile_model(resolve_model("custom_models:make"), 4, optimizer="sgd",
-                         repeats=2, warmup=1)
+                         repeats=2, warmup=1, trusted_callable="custom_models:make")
     assert prof.model.family == "custom"
     assert (prof.model.num_layers, prof.model.hidden_size) == (3, 16)
     assert prof.model_fingerprint == prof.model.fingerprint()

@@ -14,8 +14,8 @@ PROFILES_DIR = "profiles"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", required=True,
-                        help="preset name, architecture .json, or package.module:callable")
+    from planner.models import MODEL_HELP  # torch-free
+    parser.add_argument("--model", required=True, help=MODEL_HELP)
     parser.add_argument("--microbatch-size", type=int, default=1)
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
@@ -47,7 +47,8 @@ def run(args) -> int:
     profile = profile_model(spec, args.microbatch_size, dtype=args.dtype,
                             optimizer=args.optimizer, repeats=args.repeats, warmup=args.warmup,
                             num_threads=args.threads, device=args.device, timer=args.timer,
-                            progress=lambda line: print(line, file=sys.stderr, flush=True))
+                            progress=lambda line: print(line, file=sys.stderr, flush=True),
+                            trusted_callable=args.model)
     profile.save(out)
     print(format_table(profile))
     print(f"wrote {out}")

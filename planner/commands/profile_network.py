@@ -9,6 +9,15 @@ Runs under torchrun, one rank per device:
 ``planner profile --network ...`` outside torchrun launches the first form itself
 (``--nproc-per-node``, default 2). Progress goes to stderr, the file path to stdout; the file is
 a Cluster (``planner plan --cluster c.json``) whose levels and collective fits are measured.
+
+Ending: every rank waits at a barrier until rank 0 has written the file, then the process group
+is destroyed and each rank leaves with ``os._exit`` after flushing: gloo's C++ static
+destructors, after DTensor/FSDP work (the FSDP probe of ``interference``), sometimes abort at
+interpreter exit ("terminate called without an active exception", SIGABRT, as in
+``executor/__main__.py``), which turned finished runs into failures. When launched by
+``planner profile --network``, rank 0 writes ``OUT.partial`` and the launcher renames it to
+``OUT`` only if torchrun exits 0 (else removes it): a failed run never leaves a file that
+looks valid, nor replaces an earlier good one.
 """
 from __future__ import annotations
 
@@ -17,6 +26,7 @@ import subprocess
 import sys
 
 from planner.errors import PlannerError
+from planner.outputs import check_writable
 
 SIZE_UNITS = {"": 1, "B": 1, "K": 2**10, "KIB": 2**10, "M": 2**20, "MIB": 2**20,
               "G": 2**30, "GIB": 2**30}
@@ -86,11 +96,30 @@ def _config(args):
 
 
 def _forwarded(args) -> list[str]:
-    out = []
+    out = ["--staged"]
     for flag in ("out", "cluster", "name", "min_bytes", "max_bytes", "points_per_octave",
                  "time_budget_s", "repeats", "passes", "collectives", "backend", "timeout_s"):
         out += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     return out
+
+
+def staged_path(out: str) -> str:
+    return out + ".partial"
+
+
+def publish(out: str, rc: int) -> int:
+    """After torchrun: ``OUT.partial`` becomes ``OUT`` if every rank succeeded, else goes."""
+    partial = staged_path(out)
+    if rc == 0 and os.path.isfile(partial):
+        os.replace(partial, out)
+        return 0
+    if os.path.exists(partial):
+        os.unlink(partial)
+    if rc == 0:
+        raise PlannerError(f"--out {out}: the ranks ended well but wrote no {partial}")
+    print(f"error: profile --network failed (torchrun exit {rc}); {out} was not written",
+          file=sys.stderr)
+    return rc
 
 
 def _launch(args) -> int:
@@ -98,11 +127,12 @@ def _launch(args) -> int:
     if args.nproc_per_node < 2:
         raise PlannerError(f"--nproc-per-node must be >= 2 to measure a link, "
                            f"got {args.nproc_per_node}")
+    check_writable("--out", args.out)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc-per-node={args.nproc_per_node}", "-m", "planner.commands.profile_network",
            *_forwarded(args)]
     print("launching: " + " ".join(cmd[1:]), file=sys.stderr, flush=True)
-    return subprocess.call(cmd)
+    return publish(args.out, subprocess.call(cmd))
 
 
 def run(args) -> int:
@@ -130,6 +160,8 @@ def _run_rank(args) -> int:
     from planner.profile import interference, network
 
     config = _config(args)
+    if int(os.environ.get("RANK", "0")) == 0:
+        check_writable("--out", args.out)       # before minutes of measuring, not after
     backend = args.backend
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -145,23 +177,28 @@ def _run_rank(args) -> int:
         # in the same job: the ranks' effect on each other's compute, and comm/compute overlap
         device = torch.device("cuda", local) if backend == "nccl" else torch.device("cpu")
         inter = interference.measure(torch, dist, device)
-        if dist.get_rank() != 0:
-            return 0
-        fits = network.fits_from_points(points)
-        base = _base_cluster(args.cluster, info["backend"], info["device"])
-        cluster = network.build_cluster(base, fits, info, args.name, inter)
-        print(f"interference: compute x{inter.compute_slowdown:.2f} with all ranks busy, "
-              f"comm/compute overlap {inter.comm_overlap:.2f}, FSDP2 "
-              f"{inter.fsdp_call_overhead_s * 1e6:.0f} us per collective call "
-              f"({inter.source(backend, info['world'])})", file=sys.stderr)
-        cluster.save(args.out)
-        _summary(fits)
-        print(args.out)
-        print(f"plan with: planner plan --cluster {args.out} --model ... --global-batch ...",
-              file=sys.stderr)
+        if dist.get_rank() == 0:
+            _write(args, points, info, inter, backend)
+        dist.barrier()        # nobody tears the group down while rank 0 still writes
         return 0
     finally:
         dist.destroy_process_group()
+
+
+def _write(args, points, info, inter, backend) -> None:
+    from planner.profile import network
+    fits = network.fits_from_points(points)
+    base = _base_cluster(args.cluster, info["backend"], info["device"])
+    cluster = network.build_cluster(base, fits, info, args.name, inter)
+    print(f"interference: compute x{inter.compute_slowdown:.2f} with all ranks busy, "
+          f"comm/compute overlap {inter.comm_overlap:.2f}, FSDP2 "
+          f"{inter.fsdp_call_overhead_s * 1e6:.0f} us per collective call "
+          f"({inter.source(backend, info['world'])})", file=sys.stderr)
+    cluster.save(staged_path(args.out) if getattr(args, "staged", False) else args.out)
+    _summary(fits)
+    print(args.out)
+    print(f"plan with: planner plan --cluster {args.out} --model ... --global-batch ...",
+          file=sys.stderr)
 
 
 def _summary(fits) -> None:
@@ -182,6 +219,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="planner profile --network",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--network", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--staged", action="store_true", help=argparse.SUPPRESS)
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
@@ -192,4 +230,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    rc = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown and C++ static destructors (see the module docstring).
+    os._exit(rc)

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from planner import inputs as plan_inputs
+from planner import families, inputs as plan_inputs
 from planner.errors import PlannerError
 
 
@@ -139,7 +139,9 @@ def run(args) -> int:
     workdir = args.workdir or os.path.join(
         "out", "validate", f"{inp.model.name}-{inp.cluster.name}-g{inp.num_devices}-"
                            f"b{inp.global_batch_size}")
-    settings = val.RunSettings(workdir, args.steps, args.warmup, args.timeout_s)
+    custom = not families.of(inp.model).builtin and args.model == inp.model.callable_path
+    settings = val.RunSettings(workdir, args.steps, args.warmup, args.timeout_s,
+                               model=args.model if custom else "")
     print(f"{len(plans)} best fitting layouts (of at most {pool} asked of the search); "
           f"running {len(roles)} under torchrun "
           f"({inp.num_devices} rank(s)) in {workdir}", file=sys.stderr)

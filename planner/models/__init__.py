@@ -1,7 +1,8 @@
 """The model zoo: presets and ``--model`` resolution (no torch here; building is in ``build``).
 
 ``--model`` accepts a preset name, a path to a JSON architecture file, or an import path
-``package.module:callable`` returning an ``nn.Module`` (see ``planner.models.build``).
+``package.module:callable`` returning an ``nn.Module`` (``CONTRACT``; checked in
+``planner.models.custom``).
 """
 from __future__ import annotations
 
@@ -35,6 +36,17 @@ PRESETS: dict[str, ModelSpec] = {p.name: p for p in (
               vocab_size=51200),
     ModelSpec("mlp-tiny", "mlp", num_layers=4, hidden_size=64, vocab_size=10),
 )}
+
+# What a custom model must provide (README and --help of --model; planner.models.custom checks it).
+CONTRACT = ("package.module:callable: a no-argument callable returning an nn.Module that is an "
+            "nn.Sequential or has 'blocks' (an nn.ModuleList applied in order; every parameter "
+            "inside them; each block one tensor in, one tensor out), optionally with "
+            "synthetic_batch(batch_size, generator) -> (inputs, targets) and loss(outputs, "
+            "targets) -> scalar (without them: randn inputs for a first nn.Linear block, "
+            "mean-square loss). The module must be importable (installed or on PYTHONPATH; the "
+            "current directory is not searched); the executor imports it only when its own "
+            "--model names the same callable")
+MODEL_HELP = ("preset (" + ", ".join(PRESETS) + "), architecture .json, or " + CONTRACT)
 
 ARCH_FIELDS = ("family", "num_layers", "hidden_size", "num_heads", "seq_len", "vocab_size",
                "ffn_hidden_size")

@@ -3,77 +3,29 @@
 A zoo model comes from its family's ``model`` module (``planner.families``); it exposes
 ``blocks`` (an ``nn.ModuleList`` applied in order, so a pipeline can cut it at any block
 boundary), ``synthetic_batch(batch_size, generator)`` returning ``(inputs, targets)`` and
-``loss(outputs, targets)``. A user's ``package.module:callable`` must return an ``nn.Module``
-that is an ``nn.Sequential`` or has ``blocks``; if it lacks ``synthetic_batch`` / ``loss``,
-inputs are ``randn(batch, hidden_size)`` and the loss is the mean square of the output.
+``loss(outputs, targets)``. A user's ``package.module:callable`` is imported only when the
+command line names it and must keep the contract of ``planner.models.custom``.
 """
 from __future__ import annotations
-
-import importlib
-import os
-import sys
 
 import torch
 from torch import nn
 
 from planner import families
-from planner.errors import PlannerError
-from planner.families.sequential import SequentialModel
 from planner.specs import ModelSpec
 
 
-def build_model(spec: ModelSpec, seed: int = 0, dtype: torch.dtype = torch.float32):
-    """Build ``spec`` deterministically from ``seed`` (every rank builds the identical model):
-    a zoo family's ``model.build`` (``planner.families``), or the user's callable."""
+def build_model(spec: ModelSpec, seed: int = 0, dtype: torch.dtype = torch.float32,
+                trusted_callable: str = "", where: str = "plan"):
+    """Build ``spec`` deterministically from ``seed`` (every rank builds the identical model).
+
+    A custom model's code is imported only if ``trusted_callable`` (what the command line's
+    ``--model`` said) is its ``callable_path``: a spec read from a file cannot run code."""
     torch.manual_seed(seed)
-    return families.of(spec).model_module().build(spec).to(dtype)
-
-
-class _CustomWrapper(SequentialModel):
-    def __init__(self, spec, inner, blocks):
-        super().__init__(spec, blocks)
-        self._inner_batch = getattr(inner, "synthetic_batch", None)
-        self._inner_loss = getattr(inner, "loss", None)
-
-    def synthetic_batch(self, batch_size, generator):
-        if self._inner_batch is not None:
-            return self._inner_batch(batch_size, generator)
-        first = next(m for m in self.modules() if isinstance(m, nn.Linear))
-        return torch.randn(batch_size, first.in_features, generator=generator), None
-
-    def loss(self, outputs, targets):
-        if self._inner_loss is not None:
-            return self._inner_loss(outputs, targets)
-        return outputs.float().pow(2).mean()
-
-
-def _build_custom(spec: ModelSpec):
-    module_name, _, attr = spec.callable_path.partition(":")
-    # As `python -m` does: a user's module in the working directory is importable.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise PlannerError(f"--model {spec.callable_path}: cannot import {module_name!r}: "
-                           f"{err}") from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise PlannerError(f"--model {spec.callable_path}: {module_name!r} has no callable "
-                           f"{attr!r}")
-    inner = factory()
-    if isinstance(inner, nn.Sequential):
-        blocks = list(inner)
-    elif isinstance(getattr(inner, "blocks", None), (nn.ModuleList, nn.Sequential)):
-        blocks = list(inner.blocks)
-    else:
-        raise PlannerError(f"--model {spec.callable_path}: returned {type(inner).__name__}, "
-                           "which is neither an nn.Sequential nor exposes 'blocks' "
-                           "(an nn.ModuleList applied in order)")
-    for b in blocks:
-        if not hasattr(b, "kind"):
-            b.kind = "block"
-    return _CustomWrapper(spec, inner, blocks)
+    family = families.of(spec)
+    module = family.model_module()
+    model = module.build(spec) if family.builtin else module.build(spec, trusted_callable, where)
+    return model.to(dtype)
 
 
 def custom_spec_from_module(spec: ModelSpec, model) -> ModelSpec:

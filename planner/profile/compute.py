@@ -57,12 +57,14 @@ _LEARNING_RATE = 1e-4   # any small value: step time does not depend on it
 def profile_model(spec: ModelSpec, microbatch_size: int, dtype: str = "float32",
                   optimizer: str = "adam", repeats: int = 10, warmup: int = 3,
                   num_threads: int | None = None, device: str = "cpu",
-                  progress=None, timer: str = "wall") -> ModelProfile:
+                  progress=None, timer: str = "wall",
+                  trusted_callable: str = "") -> ModelProfile:
     """Profile ``spec`` at ``microbatch_size`` (see the module docstring for what is measured).
 
     ``timer="cpu"`` (CPU, one thread) times with the process's CPU time instead of the wall
     clock: on an idle core the two agree, on a shared machine CPU time ignores the time other
-    processes hold the core. The profile's ``source`` then says so."""
+    processes hold the core. The profile's ``source`` then says so. A custom model is imported
+    only when ``trusted_callable`` (the command line's ``--model``) names it."""
     _check_args(microbatch_size, dtype, optimizer, repeats, warmup, num_threads, device)
     if timer not in ("wall", "cpu") or (timer == "cpu" and (device != "cpu"
                                                             or (num_threads or 1) != 1)):
@@ -71,7 +73,8 @@ def profile_model(spec: ModelSpec, microbatch_size: int, dtype: str = "float32",
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(num_threads or 1)
     try:
-        model = build_model(spec, seed=0, dtype=_PARAM_DTYPE[dtype]).to(device)
+        model = build_model(spec, seed=0, dtype=_PARAM_DTYPE[dtype],
+                            trusted_callable=trusted_callable, where="--model").to(device)
         if not families.of(spec).builtin:     # its sizes are known once it is built
             spec = custom_spec_from_module(spec, model)
         clock = _Clock(device, timer)
