@@ -34,6 +34,13 @@ def ddp_runs(layout) -> bool:
     return ddp_possible(layout.dims, layout.pipeline.kind)
 
 
+def fsdp_runs(layout) -> bool:
+    """Whether the executor shards with FSDP2 (``executor.parallel.dp``): ZeRO 2/3 over dp > 1.
+    FSDP then sums tp-partial gradients itself, one parameter at a time at each reduce-scatter;
+    otherwise the step sums them over tp in one all-reduce (``Family.partial_grad_params``)."""
+    return layout.dp > 1 and layout.data.zero >= 2
+
+
 def executor_refuses(layout) -> str:
     """Why the executor would refuse this layout ("" if it runs it)."""
     d, pl = layout.data, layout.pipeline
