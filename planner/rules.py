@@ -65,9 +65,16 @@ def executor_refuses(layout) -> str:
     return ""
 
 
+def model_refuses(spec, layout) -> str:
+    """Why the executor would refuse this layout for this model ("" if it runs it): the layout
+    alone (``executor_refuses``), then the family (e.g. a tied head across pipeline stages)."""
+    return executor_refuses(layout) or families.of(spec).layout_problem(spec, layout)
+
+
 def layout_problem(spec, layout, num_blocks: int | None = None) -> str:
     """Why ``layout`` cannot run ``spec`` ("" if it can)."""
-    problem = families.of(spec).tp_problem(spec, layout.tp, layout.tensor.sequence_parallel)
+    family = families.of(spec)
+    problem = family.tp_problem(spec, layout.tp, layout.tensor.sequence_parallel)
     if problem:
         return problem
     blocks = spec.num_blocks if num_blocks is None else num_blocks
@@ -75,7 +82,7 @@ def layout_problem(spec, layout, num_blocks: int | None = None) -> str:
     if k > blocks:
         return (f"pp({layout.pp}) * virtual_stages({layout.pipeline.virtual_stages}) = {k} "
                 f"chunks > {blocks} blocks of {spec.name}")
-    return executor_refuses(layout)
+    return model_refuses(spec, layout)
 
 
 def check_layout(spec, layout, num_blocks: int | None = None, where: str = "") -> None:

@@ -104,8 +104,9 @@ def load_hf_config(path: str, seq_len: int | None = None) -> ModelSpec:
 
 def _check(path, data, mtype, get, seq: int) -> None:
     """Fields allowed only at the values the family models."""
-    def refuse(key, why):
-        raise PlannerError(f"{path}: field '{key}' ({data.get(key)!r}): {why}")
+    def refuse(key, why, value=None):
+        shown = data.get(key) if value is None else value
+        raise PlannerError(f"{path}: field '{key}' ({shown!r}): {why}")
     if data.get("hidden_act", "silu") != "silu":
         refuse("hidden_act", "only SwiGLU (silu) MLPs are modelled")
     for key in ("attention_bias", "mlp_bias"):
@@ -120,7 +121,7 @@ def _check(path, data, mtype, get, seq: int) -> None:
         window = None
     if window is not None and window < seq:
         refuse("sliding_window", f"sliding-window attention narrower than seq_len {seq} is "
-                                 "not modelled (pass a seq_len <= the window)")
+                                 "not modelled (pass a seq_len <= the window)", window)
     kinds = set(data.get("layer_types") or ["full_attention"])
     if kinds != {"full_attention"} and window is not None and window < seq:
         refuse("layer_types", "only full attention layers are modelled")

@@ -177,7 +177,9 @@ class MoeFamily(LlamaFamily):
         h, f = spec.hidden_size, expert_ffn(spec) // tp
         out = [(spec.num_experts, h)] + [(f, h), (f, h), (h, f)] * spec.num_experts
         fs = spec.shared_expert_ffn_hidden_size // tp
-        return out + ([(fs, h), (fs, h), (h, fs)] if fs else [])
+        if fs:
+            out += [(fs, h), (fs, h), (h, fs)] + ([(1, h)] if spec.shared_expert_gate else [])
+        return out
 
     def mlp_ops(self, spec, sh, layer: int):
         if not is_moe_layer(spec, layer):
