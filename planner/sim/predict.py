@@ -6,6 +6,7 @@ breakdown, per-rank memory, TFLOP/s, MFU, collectives, timeline); ``evaluate`` d
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -120,9 +121,10 @@ def _partial_grad_collectives(run: RunSpec, layout, costs: LayoutCosts, owner) -
     fsdp = rules.fsdp_runs(layout)
     times = layout.num_microbatches if layout.pp == 1 else 1
     for sizes in per_stage.values():
-        if fsdp:
-            out += [CollectiveCount("backward", "all_reduce", "tp", layout.tp, times, size * e)
-                    for size in sizes]
+        if fsdp:     # merged by size here: hundreds of parameters, a handful of sizes
+            for size, k in Counter(sizes).items():
+                out.append(CollectiveCount("backward", "all_reduce", "tp", layout.tp,
+                                           times * k, size * e))
         elif sizes:
             out.append(CollectiveCount("backward", "all_reduce", "tp", layout.tp, 1,
                                        sum(sizes) * e))
