@@ -61,8 +61,11 @@ def format_params(counts) -> str:
     if counts is None:
         return "unknown (a custom model: profile it)"
     total, active = counts
-    text = f"{total / 1e9:.2f}B ({total:,})"
-    return text if active == total else text + f", {active / 1e9:.2f}B active per token"
+
+    def short(n):
+        return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
+    text = f"{short(total)} ({total:,})"
+    return text if active == total else text + f", {short(active)} active per token"
 
 
 def summary(plan: Plan, path: str) -> dict:

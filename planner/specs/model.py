@@ -19,9 +19,12 @@ class ModelSpec(Serde):
     """An architecture: enough to build the model here or to cost it analytically.
 
     ``family`` "gpt": token+position embedding, ``num_layers`` pre-norm decoder blocks, final
-    norm and LM head. "mlp": ``num_layers`` residual MLP blocks on ``hidden_size`` features with a
-    classifier head of ``vocab_size`` classes (``seq_len`` 1). "custom": built by importing
-    ``callable_path`` (``package.module:callable``); the other fields then describe the input.
+    norm and LM head. "llama": token embedding, decoder layers with grouped-query attention,
+    rotary positions, RMSNorm and a SwiGLU MLP, final norm and a (tied or untied) head. "moe": a
+    llama whose MLPs are routed experts (``planner.families.moe``). "mlp": ``num_layers``
+    residual MLP blocks on ``hidden_size`` features with a classifier head of ``vocab_size``
+    classes (``seq_len`` 1). "custom": built by importing ``callable_path``
+    (``package.module:callable``); the other fields then describe the input.
     """
     name: str
     family: str

@@ -12,7 +12,8 @@ the torch model and its tensor-parallel plan in ``model``.
 
 Activation memory (elements per token a layer keeps for its backward), derived from what the
 torch model saves with fused GPU kernels (FlashAttention-2 via ``scaled_dot_product_attention``,
-fused RMSNorm), checked against the saved-tensor hooks in ``tests/test_llama_moe.py``:
+fused RMSNorm); the SwiGLU part is checked against saved-tensor hooks in
+``tests/test_moe_model.py``:
 
 - split by sequence parallelism (the residual stream): the two RMSNorm inputs, 2h;
 - whole on every rank (the inputs of the column-parallel matmuls, gathered under sp): 2h;
