@@ -155,6 +155,9 @@ def resolve(args) -> PlanInputs:
             raise PlannerError(f"{path}: profiles model {profile.model.name} "
                                f"({profile.model_fingerprint}), not --model {args.model}")
         model = profile.model
+        if args.seq_len is not None and args.seq_len != model.seq_len:
+            raise PlannerError(f"{path}: profiles seq_len {model.seq_len}, not --seq-len "
+                               f"{args.seq_len}: profile the model at that length")
     else:
         model = resolve_model(args.model, args.seq_len)
         found = find_profiles(model, "cpu" if cpu else "cuda", dtype)

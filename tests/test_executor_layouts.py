@@ -26,8 +26,9 @@ MB = dict(microbatch_size=2, num_microbatches=2)
 # of the layer norms' gradients (Partial over the sequence slices) per step; full recompute
 # reruns a block's forward collectives except the last reduce-scatter (the checkpoint stops once
 # every saved tensor is recomputed); under FSDP the layer norms' partial gradients are summed by
-# FSDP itself, one all-reduce per parameter (4 per block) and micro-batch; PP on rank 0 sends M activations per outgoing boundary and
-# receives M gradients back (and the reverse for boundaries coming in).
+# FSDP itself, one all-reduce per parameter (4 per block) and micro-batch; PP on rank 0 sends M
+# activations per outgoing boundary and receives M gradients back (and the reverse for
+# boundaries coming in).
 WORLD2 = {
     "zero1": (dict(dp=2, zero=1, **MB), {"all_reduce@dp": 1, "broadcast@dp": 2}),
     "zero2+selective": (dict(dp=2, zero=2, recompute="selective", **MB),

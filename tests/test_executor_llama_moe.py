@@ -5,9 +5,12 @@ collectives rank 0 issues.
 Tables as ``test_executor_layouts`` (M = 2 micro-batches, 4 layers, 6 blocks): Megatron's 4 tp
 collectives per layer and micro-batch (the MoE layers' as the dense ones'; under pp rank 0 holds
 2 layers); under sp the head's input gather and the first layer's gradient gather per
-micro-batch; DDP one all-reduce per chunk it wraps (2 chunks per rank when interleaved). Gradients partial over tp
-(norms under sp; the MoE test model's 3 routers and 3 shared-expert gates always) are summed in
-one all-reduce per step, or by FSDP one all-reduce per parameter and micro-batch.
+micro-batch; DDP one all-reduce per chunk it wraps (2 chunks per rank when interleaved); FSDP
+under pipelining one reduce-scatter per block and step (rank 0: 3 blocks), ZeRO-3's gathers 3
+per block under 1F1B with 2 micro-batches.
+Gradients partial over tp (norms under sp; the MoE test model's 3 routers and 3 shared-expert
+gates always) are summed in one all-reduce per step, or by FSDP one all-reduce per parameter
+and micro-batch.
 """
 from __future__ import annotations
 
@@ -49,6 +52,11 @@ LAYOUTS = {
                                  virtual_stages=2, stage_boundaries=(0, 1, 3, 5), **MB),
                        {"all_reduce@dp": 2, "broadcast@dp": 2, "send@pp": 6, "recv@pp": 6}),
     "moe dp x tp": (MOE, dict(dp=2, tp=2, **MB), {"all_reduce@dp": 1, "all_reduce@tp": 33}),
+    "moe fsdp x pp": (MOE, dict(dp=2, pp=2, zero=3, schedule="1f1b", **MB),
+                      {"all_gather@dp": 9, "reduce_scatter@dp": 3, "send@pp": 2, "recv@pp": 2}),
+    "moe pp x tp+sp": (MOE, dict(pp=2, tp=2, sequence_parallel=True, schedule="1f1b", **MB),
+                       {"all_gather@tp": 18, "reduce_scatter@tp": 16, "all_reduce@tp": 1,
+                        "send@pp": 2, "recv@pp": 2}),
 }
 WORLD2 = [n for n, (_, lay, _) in LAYOUTS.items()
           if lay.get("dp", 1) * lay.get("tp", 1) * lay.get("pp", 1) == 2]
