@@ -10,6 +10,7 @@ import torch
 from executor.data import make_data
 from executor.optim import make_optimizer
 from executor.runtime import param_dtype
+from planner.families.sequential import set_aux_loss_scale
 from planner.models.build import build_model
 
 
@@ -21,6 +22,7 @@ def train_reference(plan, steps: int, data_path: str = ""):
                         trusted_callable=plan.model.callable_path)
     optimizer = make_optimizer(plan.optimizer, model.parameters(), plan.learning_rate)
     data = make_data(model, plan, data_path)
+    set_aux_loss_scale(1.0)                     # one micro-batch: auxiliary losses unscaled
     losses = []
     for step in range(steps):
         inputs, targets = data.rows(step, 0, plan.global_batch_size)

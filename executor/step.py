@@ -13,6 +13,8 @@ import contextlib
 import torch
 
 from executor.parallel.tp import reduce_partial_grads
+from planner import rules
+from planner.families.sequential import set_aux_loss_scale
 
 
 def _autocast(device, dtype):
@@ -27,6 +29,9 @@ def _microbatches(inputs, targets, size):
 def forward_backward(par, inputs, targets, layout, loss_fn, device, amp_dtype) -> torch.Tensor:
     """Sum of this rank's micro-batch losses (float64, detached); gradients left in ``.grad``."""
     total = torch.zeros((), dtype=torch.float64, device=device)
+    # auxiliary losses (a MoE router's) are scaled like the loss: the schedule divides the
+    # gradients by num_microbatches afterwards; without one each loss is divided before
+    set_aux_loss_scale(1.0 if par.schedule is not None else 1.0 / layout.num_microbatches)
     if par.schedule is not None:
         losses: list = []
         args = (inputs,) if par.first else ()
@@ -50,7 +55,7 @@ def train_step(par, optimizer, inputs, targets, layout, loss_fn, device,
     """A whole step; returns this rank's share of the global loss sum (0 if it does not count,
     so that a sum over all ranks counts each micro-batch once)."""
     total = forward_backward(par, inputs, targets, layout, loss_fn, device, amp_dtype)
-    if layout.tensor.sequence_parallel and layout.data.zero < 2:
+    if layout.tp > 1 and not rules.fsdp_runs(layout):   # FSDP sums them itself
         reduce_partial_grads(par.parts)
     par.dp.after_backward()
     optimizer.step()

@@ -51,7 +51,11 @@ class PlanInputs:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", help="preset name, architecture .json, or package.module:callable")
+    parser.add_argument("--model", help="preset name, architecture .json, hf:PATH/config.json "
+                                        "(Hugging Face), or package.module:callable")
+    parser.add_argument("--seq-len", type=int,
+                        help="sequence length to plan for (default: the model's; a Hugging "
+                             "Face config's max_position_embeddings)")
     parser.add_argument("--profile", nargs="+",
                         help="ModelProfile JSON(s) from `planner profile`; several micro-batch "
                              "sizes of one model let costs at other sizes be extrapolated")
@@ -147,12 +151,15 @@ def resolve(args) -> PlanInputs:
                 raise PlannerError(f"{other_path}: profiles {other.model.name} on "
                                    f"{other.device}, not {profile.model.name} on "
                                    f"{profile.device} like {path}")
-        if args.model and not same_model(resolve_model(args.model), profile.model):
+        if args.model and not same_model(resolve_model(args.model, args.seq_len), profile.model):
             raise PlannerError(f"{path}: profiles model {profile.model.name} "
                                f"({profile.model_fingerprint}), not --model {args.model}")
         model = profile.model
+        if args.seq_len is not None and args.seq_len != model.seq_len:
+            raise PlannerError(f"{path}: profiles seq_len {model.seq_len}, not --seq-len "
+                               f"{args.seq_len}: profile the model at that length")
     else:
-        model = resolve_model(args.model)
+        model = resolve_model(args.model, args.seq_len)
         found = find_profiles(model, "cpu" if cpu else "cuda", dtype)
         if found:
             (path, profile), others = found[0], tuple(p for _, p in found[1:])

@@ -34,6 +34,13 @@ def ddp_runs(layout) -> bool:
     return ddp_possible(layout.dims, layout.pipeline.kind)
 
 
+def fsdp_runs(layout) -> bool:
+    """Whether the executor shards with FSDP2 (``executor.parallel.dp``): ZeRO 2/3 over dp > 1.
+    FSDP then sums tp-partial gradients itself, one parameter at a time at each reduce-scatter;
+    otherwise the step sums them over tp in one all-reduce (``Family.partial_grad_params``)."""
+    return layout.dp > 1 and layout.data.zero >= 2
+
+
 def executor_refuses(layout) -> str:
     """Why the executor would refuse this layout ("" if it runs it)."""
     d, pl = layout.data, layout.pipeline
@@ -58,9 +65,16 @@ def executor_refuses(layout) -> str:
     return ""
 
 
+def model_refuses(spec, layout) -> str:
+    """Why the executor would refuse this layout for this model ("" if it runs it): the layout
+    alone (``executor_refuses``), then the family (e.g. a tied head across pipeline stages)."""
+    return executor_refuses(layout) or families.of(spec).layout_problem(spec, layout)
+
+
 def layout_problem(spec, layout, num_blocks: int | None = None) -> str:
     """Why ``layout`` cannot run ``spec`` ("" if it can)."""
-    problem = families.of(spec).tp_problem(spec, layout.tp, layout.tensor.sequence_parallel)
+    family = families.of(spec)
+    problem = family.tp_problem(spec, layout.tp, layout.tensor.sequence_parallel)
     if problem:
         return problem
     blocks = spec.num_blocks if num_blocks is None else num_blocks
@@ -68,7 +82,7 @@ def layout_problem(spec, layout, num_blocks: int | None = None) -> str:
     if k > blocks:
         return (f"pp({layout.pp}) * virtual_stages({layout.pipeline.virtual_stages}) = {k} "
                 f"chunks > {blocks} blocks of {spec.name}")
-    return executor_refuses(layout)
+    return model_refuses(spec, layout)
 
 
 def check_layout(spec, layout, num_blocks: int | None = None, where: str = "") -> None:

@@ -21,6 +21,17 @@ from planner.specs import Layout, ModelSpec, Plan, Prediction
 GPT = ModelSpec("gpt-test", "gpt", num_layers=4, hidden_size=32, num_heads=2, seq_len=16,
                 vocab_size=64)
 MLP = ModelSpec("mlp-test", "mlp", num_layers=2, hidden_size=16, vocab_size=8)
+# Llama and MoE at the GPT test model's size: 4 heads on 2 K/V heads (tp 2 splits both), SwiGLU
+# 64; the MoE one with a dense first layer, 4 experts top-2 of 32 columns, a gated shared expert
+# of 32, a capacity of 8 tokens per expert and sequence (so some tokens are dropped) and the
+# load-balancing loss in the objective.
+LLAMA = ModelSpec("llama-test", "llama", num_layers=4, hidden_size=32, num_heads=4,
+                  num_kv_heads=2, ffn_hidden_size=64, seq_len=16, vocab_size=64)
+MOE = ModelSpec("moe-test", "moe", num_layers=4, hidden_size=32, num_heads=4, num_kv_heads=2,
+                ffn_hidden_size=64, seq_len=16, vocab_size=64, num_experts=4,
+                experts_per_token=2, moe_ffn_hidden_size=32, shared_expert_ffn_hidden_size=32,
+                shared_expert_gate=True, moe_capacity_factor=1.0, moe_first_dense_layers=1,
+                moe_aux_loss_coeff=0.1)
 
 # Float tolerances of an exact parallel run against the one-process reference: only the order
 # of floating-point sums differs, so float64 agrees to ~1e-13 and float32 to ~1e-6.

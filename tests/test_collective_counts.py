@@ -19,7 +19,8 @@ import test_executor_layouts as layouts
 
 COMPARED = [("WORLD2", n) for n in ("zero1", "zero2+selective", "zero3+full", "ddp+full", "tp",
                                           "tp+sp")]
-COMPARED += [("WORLD4", n) for n in ("fsdp x tp", "dp(allreduce) x tp", "ps x tp")]
+COMPARED += [("WORLD4", n) for n in ("fsdp x tp", "fsdp x tp+sp", "dp(allreduce) x tp",
+                                      "ps x tp")]
 
 
 @pytest.fixture(scope="module")

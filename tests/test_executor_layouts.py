@@ -25,8 +25,10 @@ MB = dict(microbatch_size=2, num_microbatches=2)
 # head's input gather and the first block's gradient gather per micro-batch, and one all-reduce
 # of the layer norms' gradients (Partial over the sequence slices) per step; full recompute
 # reruns a block's forward collectives except the last reduce-scatter (the checkpoint stops once
-# every saved tensor is recomputed); PP on rank 0 sends M activations per outgoing boundary and
-# receives M gradients back (and the reverse for boundaries coming in).
+# every saved tensor is recomputed); under FSDP the layer norms' partial gradients are summed by
+# FSDP itself, one all-reduce per parameter (4 per block) and micro-batch; PP on rank 0 sends M
+# activations per outgoing boundary and receives M gradients back (and the reverse for
+# boundaries coming in).
 WORLD2 = {
     "zero1": (dict(dp=2, zero=1, **MB), {"all_reduce@dp": 1, "broadcast@dp": 2}),
     "zero2+selective": (dict(dp=2, zero=2, recompute="selective", **MB),
@@ -51,6 +53,9 @@ WORLD2 = {
 WORLD4 = {
     "fsdp x tp": (dict(dp=2, tp=2, zero=3, **MB),
                   {"all_gather@dp": 24, "reduce_scatter@dp": 12, "all_reduce@tp": 32}),
+    "fsdp x tp+sp": (dict(dp=2, tp=2, zero=2, sequence_parallel=True, **MB),
+                     {"all_gather@dp": 12, "reduce_scatter@dp": 12, "all_gather@tp": 36,
+                      "reduce_scatter@tp": 32, "all_reduce@tp": 32}),
     "dp(allreduce) x tp": (dict(dp=2, tp=2, **MB), {"all_reduce@dp": 1, "all_reduce@tp": 32}),
     "ps x tp": (dict(dp=2, tp=2, dp_comm="parameter_server", ps_shards=2, **MB),
                 {"reduce@dp": 2, "broadcast@dp": 2, "all_reduce@tp": 32}),

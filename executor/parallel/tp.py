@@ -22,7 +22,9 @@ def apply_tp(model, layout, tp_mesh) -> None:
 
 def reduce_partial_grads(parts) -> None:
     """Sum, in one all-reduce over tp, the gradients DTensor leaves Partial: those of the
-    layer norms under sequence parallelism (each rank saw only its slice of the sequence).
+    layer norms under sequence parallelism (each rank saw only its slice of the sequence), of a
+    MoE router and Qwen3's q/k norms (each rank's share of the columns or heads feeds them:
+    ``Family.partial_grad_params``).
     Left alone, the optimizer would all-reduce each of them again in every operation that
     reads the gradient (3 times per parameter for Adam). FSDP resolves them itself.
     """

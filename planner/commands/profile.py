@@ -16,6 +16,7 @@ PROFILES_DIR = "profiles"
 def add_arguments(parser) -> None:
     from planner.models import MODEL_HELP  # torch-free
     parser.add_argument("--model", required=True, help=MODEL_HELP)
+    parser.add_argument("--seq-len", type=int, help="sequence length (default: the model's)")
     parser.add_argument("--microbatch-size", type=int, default=1)
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
@@ -42,7 +43,7 @@ def run(args) -> int:
     from planner.models import resolve_model
     from planner.profile.compute import profile_model
 
-    spec = resolve_model(args.model)
+    spec = resolve_model(args.model, args.seq_len)
     out = args.out or default_path(spec.name, args.device, args.microbatch_size, args.dtype)
     profile = profile_model(spec, args.microbatch_size, dtype=args.dtype,
                             optimizer=args.optimizer, repeats=args.repeats, warmup=args.warmup,

@@ -16,9 +16,12 @@ from planner.errors import PlannerError
 from planner.families.base import Family
 from planner.families.custom import CustomFamily
 from planner.families.gpt import GptFamily
+from planner.families.llama import LlamaFamily
 from planner.families.mlp import MlpFamily
+from planner.families.moe import MoeFamily
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (GptFamily(), MlpFamily(), CustomFamily())}
+FAMILIES: dict[str, Family] = {f.name: f for f in (GptFamily(), LlamaFamily(), MoeFamily(),
+                                                    MlpFamily(), CustomFamily())}
 NAMES = tuple(FAMILIES)
 
 

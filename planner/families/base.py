@@ -20,6 +20,9 @@ class Family:
     selective_recompute = False
     # a torch package of ours builds it (so the executor may shard it by the family's TP plan)
     builtin = True
+    # ModelSpec fields added after version 1 that this family reads; any other one set to a
+    # non-default value is refused by ModelSpec (a gpt spec with num_experts=8 is an error)
+    fields: tuple[str, ...] = ()
 
     # -- the spec ------------------------------------------------------------------------------
     def validate(self, spec) -> None:
@@ -32,6 +35,16 @@ class Family:
     def block_kinds(self, spec) -> list[str]:
         """Kind of each block in order: "embedding", "block" (a repeated layer), "head"."""
         return ["embedding"] + ["block"] * spec.num_layers + ["head"]
+
+    def param_counts(self, spec) -> tuple[int, int] | None:
+        """(total, active per token) parameters; None when known only once built (custom).
+        Active differs from total only where tokens skip parameters (mixture of experts)."""
+        return None
+
+    def layout_problem(self, spec, layout) -> str:
+        """Why the executor cannot run ``layout`` for this family beyond tensor-parallel
+        divisibility ("" if it can); ``planner.rules`` asks, so the search never proposes it."""
+        return ""
 
     # -- tensor parallelism ----------------------------------------------------------------------
     def tp_problem(self, spec, tp: int, sequence_parallel: bool) -> str:
@@ -51,23 +64,33 @@ class Family:
         """Whether a block of ``kind`` has its weights and matmuls divided over tp ranks."""
         return False
 
-    def layer_norm_grad_bytes(self, spec, layers: int, element_bytes: int) -> int:
-        """Bytes of the once-per-step tp all-reduce of sequence-parallel norm gradients."""
-        return 0
+    def partial_grad_params(self, spec, layer: int, sequence_parallel: bool
+                            ) -> tuple[int, ...]:
+        """Elements of each parameter of decoder layer ``layer`` (0-based) that is replicated
+        over tp ranks but whose gradient each rank holds only a partial sum of (layer norms
+        under sequence parallelism, a MoE router), tp > 1. The executor sums them over tp:
+        in one all-reduce per step (``executor.parallel.tp.reduce_partial_grads``), or, under
+        FSDP, one all-reduce per parameter at each reduce-scatter (FSDP2 redistributes the
+        Partial gradient to the parameter's Replicate placement)."""
+        return ()
 
     # -- memory --------------------------------------------------------------------------------
     def activation_bytes(self, saved: float, output: float, kind: str, spec, tp: int,
-                         sequence_parallel: bool, recompute: str) -> float:
-        """Activation bytes one block keeps per micro-batch on one rank."""
+                         sequence_parallel: bool, recompute: str, block: int | None = None
+                         ) -> float:
+        """Activation bytes one block keeps per micro-batch on one rank (``block``: its index
+        in the model's blocks, for families whose layers differ)."""
         if kind == "block" and recompute == "full":
             return output
         return saved
 
     def recompute_working_bytes(self, saved: float, output: float, kind: str, spec, tp: int,
-                                sequence_parallel: bool, recompute: str) -> float:
+                                sequence_parallel: bool, recompute: str,
+                                block: int | None = None) -> float:
         """Transient bytes while a recomputed block runs its backward."""
         if kind == "block" and recompute == "full":
-            return self.activation_bytes(saved, output, kind, spec, tp, sequence_parallel, "none")
+            return self.activation_bytes(saved, output, kind, spec, tp, sequence_parallel, "none",
+                                         block)
         return 0.0
 
     def selective_share(self, forward_flops: float, spec, microbatch_size: int) -> float:
@@ -75,7 +98,8 @@ class Family:
         return 0.0
 
     # -- compute -------------------------------------------------------------------------------
-    def block_matrices(self, kind: str, spec, tp: int) -> list[tuple[int, int]]:
+    def block_matrices(self, kind: str, spec, tp: int, block: int | None = None
+                       ) -> list[tuple[int, int]]:
         """(rows, cols) of a block's weight matrices on one tp rank (PowerSGD's compression)."""
         return []
 

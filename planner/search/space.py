@@ -117,7 +117,7 @@ def leaves(spec, dp, tp, pp, b, m, name, v, space: Space, res=None):
     else:
         sps = [False] + ([True] if tp > 1 and not family.tp_problem(spec, tp, True) else [])
     for zero in zeros:
-        if _refused(space, dp, tp, pp, name, v, zero):
+        if _refused(spec, space, dp, tp, pp, name, v, zero):
             if res is not None:
                 res.refused += len(rcs) * len(sps)
             continue
@@ -127,12 +127,12 @@ def leaves(spec, dp, tp, pp, b, m, name, v, space: Space, res=None):
 
 
 @lru_cache(maxsize=4096)
-def _refused(space: Space, dp, tp, pp, name, v, zero) -> str:
-    """``rules.executor_refuses`` of a layout of this shape (it does not depend on the batch
+def _refused(spec, space: Space, dp, tp, pp, name, v, zero) -> str:
+    """``rules.model_refuses`` of a layout of this shape (it does not depend on the batch
     split: m is checked by the schedule, so one valid m stands for all)."""
     probe = Layout(dims=dims_of(dp, tp, pp), num_microbatches=pp, data=space.data(dp, zero),
                    pipeline=_pipeline(name, v))
-    return rules.executor_refuses(probe)
+    return rules.model_refuses(spec, probe)
 
 
 @lru_cache(maxsize=256)

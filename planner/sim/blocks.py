@@ -75,22 +75,34 @@ _PATTERNS: dict = {}
 def _pattern(blocks: Sequence[BlockCost]) -> tuple[tuple, tuple[int, ...]]:
     """The distinct blocks of a model (decoder layers are usually identical) and, per block,
     the index of its distinct one; cached per blocks object (held, so its id stays its own)."""
+    hit = _cached(blocks)
+    return hit[1], hit[2]
+
+
+def _first_indices(blocks: Sequence[BlockCost]) -> tuple[int, ...]:
+    """Per distinct block, the index of its first occurrence (the family may treat layers
+    differently: a MoE model's dense layers, which differ in parameter count too)."""
+    return _cached(blocks)[3]
+
+
+def _cached(blocks):
     hit = _PATTERNS.get(id(blocks))
     if hit is not None and hit[0] is blocks:
-        return hit[1], hit[2]
+        return hit
     index: dict = {}
-    unique, pattern = [], []
-    for blk in blocks:
+    unique, pattern, first = [], [], []
+    for x, blk in enumerate(blocks):
         same = blk[1:]
         k = index.get(same)
         if k is None:
             k = index[same] = len(unique)
             unique.append(blk)
+            first.append(x)
         pattern.append(k)
     if len(_PATTERNS) > 256:
         _PATTERNS.clear()
-    _PATTERNS[id(blocks)] = (blocks, tuple(unique), tuple(pattern))
-    return tuple(unique), tuple(pattern)
+    hit = _PATTERNS[id(blocks)] = (blocks, tuple(unique), tuple(pattern), tuple(first))
+    return hit
 
 
 def block_rows(run: RunSpec, blocks: Sequence[BlockCost], split: Split, comm: CommTime
@@ -108,11 +120,12 @@ def _unique_rows(run, blocks, split: Split, comm) -> tuple[list[BlockRow], tuple
     msg = tp_cost.activation_message_bytes(split.microbatch_size, spec.seq_len,
                                            spec.hidden_size, ELEMENT_BYTES[run.dtype])
     unique, pattern = _pattern(blocks)
-    rows = [_row(run, family, blk, split, comm, msg, slow) for blk in unique]
+    rows = [_row(run, family, blk, split, comm, msg, slow, x)
+            for blk, x in zip(unique, _first_indices(blocks))]
     return rows, pattern, msg
 
 
-def _row(run, family, blk: BlockCost, split: Split, comm, msg, slow) -> BlockRow:
+def _row(run, family, blk: BlockCost, split: Split, comm, msg, slow, x: int) -> BlockRow:
     spec, t, sp, rc = run.model, split.tp, split.sequence_parallel, split.recompute
     fwd_names, bwd_names = tp_cost.block_collectives(family, blk.kind, sp, t)
     f_tp = tp_cost.collective_time(fwd_names, msg, comm)
@@ -133,9 +146,9 @@ def _row(run, family, blk: BlockCost, split: Split, comm, msg, slow) -> BlockRow
             blk.forward_flops, spec, split.microbatch_size)
     params = blk.param_count / t if divided else blk.param_count
     act = family.activation_bytes(blk.saved_activation_bytes, blk.output_bytes, blk.kind,
-                                  spec, t, sp, rc)
+                                  spec, t, sp, rc, x)
     work = family.recompute_working_bytes(blk.saved_activation_bytes, blk.output_bytes,
-                                          blk.kind, spec, t, sp, rc)
+                                          blk.kind, spec, t, sp, rc, x)
     return BlockRow(f, f_tp, b, rec, b_tp, WEIGHT_GRAD_SHARE.get(blk.kind, 0.5), params, act,
                     work, pp_cost.boundary_bytes(blk.output_bytes, t, sp), fwd_names, bwd_names)
 

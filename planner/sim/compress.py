@@ -59,5 +59,5 @@ def _chunk_matrices(run, layout, chunk) -> list[tuple[int, int]]:
     kinds = family.block_kinds(run.model)
     out = []
     for x in chunk.blocks:
-        out += family.block_matrices(kinds[x], run.model, layout.tp)
+        out += family.block_matrices(kinds[x], run.model, layout.tp, x)
     return out

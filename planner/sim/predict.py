@@ -6,10 +6,11 @@ breakdown, per-rank memory, TFLOP/s, MFU, collectives, timeline); ``evaluate`` d
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from planner import families
+from planner import families, rules
 from planner.cost.compute import BlockCost
 from planner.cost.precision import ELEMENT_BYTES
 from planner.grid import RankGrid
@@ -88,19 +89,46 @@ def collectives(run: RunSpec, layout, costs: LayoutCosts, result: StepResult) ->
                                            layout.num_microbatches, int(nb)))
     for (phase, name, group, size, nbytes), k in sorted(result.dp_counts.items()):
         out.append(CollectiveCount(phase, name, group, size, k, int(nbytes)))
-    if layout.tensor.sequence_parallel:
-        # One per pipeline stage and step; a few KiB per layer, so its time is not simulated.
-        layers = -(-run.model.num_layers // layout.pp)
-        ln_bytes = families.of(run.model).layer_norm_grad_bytes(run.model, layers,
-                                                                ELEMENT_BYTES[run.dtype])
-        out.append(CollectiveCount("backward", "all_reduce", "tp", layout.tp, layout.pp,
-                                   ln_bytes))
+    if layout.tp > 1:
+        out += _partial_grad_collectives(run, layout, costs, owner)
     merged: dict = {}
     for cc in out:
         key = (cc.phase, cc.collective, cc.group, cc.group_size, cc.bytes_each)
         merged[key] = merged.get(key, 0) + cc.count
     return tuple(CollectiveCount(phase, coll, group, size, count=k, bytes_each=nbytes)
                  for (phase, coll, group, size, nbytes), k in merged.items())
+
+
+def _partial_grad_collectives(run: RunSpec, layout, costs: LayoutCosts, owner) -> list:
+    """The tp all-reduces of gradients that are partial over tp ranks (``Family.
+    partial_grad_params``: sequence-parallel norms, routers): one per pipeline stage and step,
+    or under FSDP one per parameter at each of its block's reduce-scatters (every micro-batch
+    without pipelining, once per step with it). A few KiB to a few hundred KiB per layer, so
+    their time is not simulated."""
+    family, spec = families.of(run.model), run.model
+    e, sp = ELEMENT_BYTES[run.dtype], layout.tensor.sequence_parallel
+    layer_of, n = {}, 0
+    for x, kind in enumerate(family.block_kinds(spec)):
+        if kind == "block":
+            layer_of[x], n = n, n + 1
+    per_stage: dict = {}
+    for c, chunk in enumerate(costs.chunks):
+        for x in chunk.blocks:
+            if x in layer_of:
+                per_stage.setdefault(owner[c], []).extend(
+                    family.partial_grad_params(spec, layer_of[x], sp))
+    out = []
+    fsdp = rules.fsdp_runs(layout)
+    times = layout.num_microbatches if layout.pp == 1 else 1
+    for sizes in per_stage.values():
+        if fsdp:     # merged by size here: hundreds of parameters, a handful of sizes
+            for size, k in Counter(sizes).items():
+                out.append(CollectiveCount("backward", "all_reduce", "tp", layout.tp,
+                                           times * k, size * e))
+        elif sizes:
+            out.append(CollectiveCount("backward", "all_reduce", "tp", layout.tp, 1,
+                                       sum(sizes) * e))
+    return out
 
 
 def evaluate(run: RunSpec, blocks: Sequence[BlockCost], layout, comm: CommTime | None = None,

@@ -19,9 +19,12 @@ class ModelSpec(Serde):
     """An architecture: enough to build the model here or to cost it analytically.
 
     ``family`` "gpt": token+position embedding, ``num_layers`` pre-norm decoder blocks, final
-    norm and LM head. "mlp": ``num_layers`` residual MLP blocks on ``hidden_size`` features with a
-    classifier head of ``vocab_size`` classes (``seq_len`` 1). "custom": built by importing
-    ``callable_path`` (``package.module:callable``); the other fields then describe the input.
+    norm and LM head. "llama": token embedding, decoder layers with grouped-query attention,
+    rotary positions, RMSNorm and a SwiGLU MLP, final norm and a (tied or untied) head. "moe": a
+    llama whose MLPs are routed experts (``planner.families.moe``). "mlp": ``num_layers``
+    residual MLP blocks on ``hidden_size`` features with a classifier head of ``vocab_size``
+    classes (``seq_len`` 1). "custom": built by importing ``callable_path``
+    (``package.module:callable``); the other fields then describe the input.
     """
     name: str
     family: str
@@ -33,6 +36,26 @@ class ModelSpec(Serde):
     ffn_hidden_size: int = 0
     callable_path: str = ""
     schema_version: int = SCHEMA_VERSION
+    # Added after version 1 (left out of the fingerprint at their defaults). Each family says
+    # which of them it understands (``Family.fields``); any other one set to a non-default
+    # value is refused. Llama-style decoders ("llama", "moe"):
+    num_kv_heads: int = 0            # key/value heads (grouped-query attention); 0: num_heads
+    head_dim: int = 0                # per head; 0: hidden_size / num_heads
+    tie_embeddings: bool = False     # the LM head reuses the token embedding's weight
+    rope_theta: float = 10000.0      # rotary position embedding base (Su et al. 2021)
+    qkv_bias: bool = False           # biases on q, k, v (Qwen2)
+    qk_norm: bool = False            # RMSNorm of each query and key head (Qwen3)
+    # Mixture of experts ("moe"):
+    num_experts: int = 0             # routed experts per MoE layer
+    experts_per_token: int = 0       # top-k
+    moe_ffn_hidden_size: int = 0     # each routed expert's SwiGLU width; 0: ffn_hidden_size
+    shared_expert_ffn_hidden_size: int = 0   # one always-on SwiGLU expert (0: none)
+    shared_expert_gate: bool = False  # sigmoid gate on the shared expert's output (Qwen2-MoE)
+    moe_capacity_factor: float = 0.0  # tokens per expert per sequence = cf*s*k/E; 0: dropless
+    moe_aux_loss_coeff: float = 0.0  # load-balancing loss weight in the training loss
+    moe_renormalize: bool = True     # top-k gate weights renormalised to sum to 1
+    moe_first_dense_layers: int = 0  # the first k layers have a dense MLP
+    moe_layer_step: int = 1          # after them, layer i is MoE iff (i + 1) % step == 0
 
     def __post_init__(self):
         choice("family", self.family, FAMILIES)
@@ -41,7 +64,16 @@ class ModelSpec(Serde):
         if self.ffn_hidden_size == 0:
             object.__setattr__(self, "ffn_hidden_size", 4 * self.hidden_size)
         positive("ffn_hidden_size", self.ffn_hidden_size)
-        families.get(self.family).validate(self)
+        family = families.get(self.family)
+        for f in fields(self):
+            if f.name in _V1_FIELDS or f.name in family.fields:
+                continue
+            value = getattr(self, f.name)
+            if value != f.default:
+                raise PlannerError(f"field '{f.name}' ({value!r}) is not part of family "
+                                   f"{self.family!r}, which understands: "
+                                   f"{', '.join(family.fields) or 'none of the newer fields'}")
+        family.validate(self)
 
     @property
     def num_blocks(self) -> int:

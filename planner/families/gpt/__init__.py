@@ -9,6 +9,7 @@ are in ``costs``, the torch model and its tensor-parallel plan in ``model``.
 from __future__ import annotations
 
 from planner.errors import PlannerError
+from planner.families import megatron
 from planner.families.base import Family
 
 # Per decoder layer, in units of s*b*h bytes at 16 bits (Korthikanti et al. 2022, arXiv
@@ -19,14 +20,6 @@ from planner.families.base import Family
 # well; selective recompute drops the 5*a*s/h; full recompute keeps only the layer input (2
 # units = the block's output bytes).
 WHOLE_UNITS, SPLIT_UNITS = 10.0, 24.0
-
-# Megatron's tensor-parallel collectives per block (Shoeybi et al. 2019, sec. 3): an all-reduce
-# after attention and after the MLP in forward, the conjugate ones in backward; with sequence
-# parallelism (Korthikanti sec. 4.2.2) each becomes an all-gather before and a reduce-scatter
-# after the split region, the same volume.
-_BLOCK = (("all_reduce", "all_reduce"), ("all_reduce", "all_reduce"))
-_BLOCK_SP = (("all_gather", "reduce_scatter", "all_gather", "reduce_scatter"),
-             ("all_gather", "reduce_scatter", "all_gather", "reduce_scatter"))
 
 
 def attention_core_units(spec) -> float:
@@ -54,6 +47,13 @@ class GptFamily(Family):
     has_sequence = True
     selective_recompute = True
 
+    def param_counts(self, spec):
+        """Token and position embeddings, the layers, final LayerNorm and the untied head."""
+        h, v = spec.hidden_size, spec.vocab_size
+        total = (v + spec.seq_len) * h + spec.num_layers * layer_params(h, spec.ffn_hidden_size) \
+            + 2 * h + v * h
+        return total, total
+
     def validate(self, spec) -> None:
         if spec.hidden_size % spec.num_heads:
             raise PlannerError(f"hidden_size({spec.hidden_size}) % num_heads({spec.num_heads}) "
@@ -74,28 +74,19 @@ class GptFamily(Family):
         return ""
 
     def tp_collectives(self, kind: str, sequence_parallel: bool):
-        if kind == "block":
-            return _BLOCK_SP if sequence_parallel else _BLOCK
-        if sequence_parallel and kind == "head":
-            # The head all-gathers its sequence-sharded input; the backward of that gather is a
-            # local slice (no collective), as counted on the executor.
-            return ("all_gather",), ()
-        if sequence_parallel and kind == "embedding":
-            # The replicated embedding output is sliced into the first block's sequence shard;
-            # the backward of the slice all-gathers the gradient (counted here, at the boundary).
-            return (), ("all_gather",)
-        return (), ()
+        return megatron.block_collectives(kind, sequence_parallel)
 
     def tp_splits(self, kind: str) -> bool:
         return kind == "block"
 
-    def layer_norm_grad_bytes(self, spec, layers: int, element_bytes: int) -> int:
+    def partial_grad_params(self, spec, layer, sequence_parallel):
         """Under sequence parallelism each rank holds a partial sum over its sequence shard of
-        the replicated norms' gradients (Korthikanti sec. 4.2.2): two LayerNorms of 2h
-        parameters per block, all-reduced once per step."""
-        return layers * 4 * spec.hidden_size * element_bytes
+        the replicated norms' gradients (Korthikanti sec. 4.2.2): two LayerNorms, weight and
+        bias of h each."""
+        return (spec.hidden_size,) * 4 if sequence_parallel else ()
 
-    def activation_bytes(self, saved, output, kind, spec, tp, sequence_parallel, recompute):
+    def activation_bytes(self, saved, output, kind, spec, tp, sequence_parallel, recompute,
+                         block=None):
         """``saved`` (measured, or Korthikanti's s*b*h*(34 + 5as/h)) divided among Korthikanti's
         parts in the proportions above, each scaled as his Table 2 says. Embedding and head are
         not split or recomputed by the executor, so they keep ``saved`` (the head's logits)."""
@@ -110,7 +101,7 @@ class GptFamily(Family):
         return unit * (WHOLE_UNITS / rest + (SPLIT_UNITS + kept_core) / tp)
 
     def recompute_working_bytes(self, saved, output, kind, spec, tp, sequence_parallel,
-                                recompute):
+                                recompute, block=None):
         """Full recompute brings a block's activations back for its backward; selective the
         attention core's."""
         if kind != "block" or recompute == "none":
@@ -128,7 +119,7 @@ class GptFamily(Family):
         core = 4.0 * microbatch_size * spec.seq_len ** 2 * spec.hidden_size
         return min(1.0, core / forward_flops)
 
-    def block_matrices(self, kind, spec, tp):
+    def block_matrices(self, kind, spec, tp, block=None):
         """q, k, v and attention output h x h, MLP fc ffn x h and proj h x ffn (the split
         dimension divided by t); embedding: vocab x h and positions seq x h; head: vocab x h."""
         h, f, t = spec.hidden_size, spec.ffn_hidden_size, tp

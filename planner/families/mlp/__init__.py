@@ -14,6 +14,12 @@ from planner.families.base import Family
 class MlpFamily(Family):
     name = "mlp"
 
+    def param_counts(self, spec):
+        """Input projection h x h + h; per block LayerNorm 2h, fc and proj with biases; head."""
+        h, f, v = spec.hidden_size, spec.ffn_hidden_size, spec.vocab_size
+        total = h * h + h + spec.num_layers * (2 * h + 2 * h * f + f + h) + h * v + v
+        return total, total
+
     def tp_problem(self, spec, tp: int, sequence_parallel: bool) -> str:
         if tp == 1:
             return ""
@@ -30,7 +36,8 @@ class MlpFamily(Family):
     def tp_splits(self, kind: str) -> bool:
         return kind == "block"
 
-    def activation_bytes(self, saved, output, kind, spec, tp, sequence_parallel, recompute):
+    def activation_bytes(self, saved, output, kind, spec, tp, sequence_parallel, recompute,
+                         block=None):
         """The layer-norm and fc inputs stay whole (2h per row), the GELU input and output are
         split over tp (2*ffn)."""
         if kind != "block":
@@ -40,7 +47,7 @@ class MlpFamily(Family):
         whole, split = 2.0 * spec.hidden_size, 2.0 * spec.ffn_hidden_size
         return saved / (whole + split) * (whole + split / tp)
 
-    def block_matrices(self, kind, spec, tp):
+    def block_matrices(self, kind, spec, tp, block=None):
         h, f, t = spec.hidden_size, spec.ffn_hidden_size, tp
         if kind == "block":
             return [(f // t, h), (h, f // t)]
