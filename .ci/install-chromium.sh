@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs Debian's chromium for tests/test_report.py, which drives it headless over the
-# DevTools protocol on a pipe (tests/chromium_cdp.py): no chromedriver, selenium or browser
-# download needed. Idempotent: does nothing when /usr/bin/chromium is already there.
+# Installs Debian's chromium for tests/test_report.py, which drives it headless with the
+# playwright package (the test extra) through executable_path=/usr/bin/chromium: no
+# chromedriver, selenium or `playwright install` browser download needed. Idempotent: does
+# nothing when /usr/bin/chromium is already there.
 set -euo pipefail
 if [ -x /usr/bin/chromium ]; then
   echo "chromium already installed: $(/usr/bin/chromium --version 2>/dev/null || true)"

@@ -1,11 +1,12 @@
 """Predicted against measured: statistics, layout sampling, calibration, and the runs.
 
-The statistics are pure functions of plain numbers (no numpy needed for them):
+The statistics are pure functions of plain numbers:
 
 - absolute percentage error ``|predicted - measured| / measured * 100`` per layout, summarised
   by its median and maximum;
 - Spearman's rank correlation of predicted and measured step times (Spearman 1904): the
-  Pearson correlation of the ranks, ties given their average rank;
+  Pearson correlation of the ranks, ties given their average rank (``scipy.stats.spearmanr``,
+  after values equal up to rounding are made equal);
 - regret of the planner's pick: ``measured(pick) / min(measured) - 1`` (0 when the pick was
   also the fastest measured layout).
 
@@ -57,45 +58,31 @@ def median_max(values) -> tuple[float | None, float | None]:
 TIE_REL_TOL = 1e-9
 
 
-def average_ranks(values) -> list[float]:
-    """1-based ranks; tied values share the mean of the ranks they span.
-
-    Values within ``TIE_REL_TOL`` (relative) of the first of a run are ties: two predictions
-    that differ only by floating-point rounding of the same sum must not get an order.
-    """
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        first = values[order[i]]
-        while j + 1 < len(order) and math.isclose(values[order[j + 1]], first,
-                                                  rel_tol=TIE_REL_TOL):
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
-def pearson(x, y) -> float | None:
-    n = len(x)
-    if n != len(y) or n < 2:
-        return None
-    mx, my = sum(x) / n, sum(y) / n
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
-    sxx = sum((a - mx) ** 2 for a in x)
-    syy = sum((b - my) ** 2 for b in y)
-    if sxx == 0 or syy == 0:
-        return None
-    return sxy / math.sqrt(sxx * syy)
+def snap_ties(values) -> list[float]:
+    """``values`` with each one within ``TIE_REL_TOL`` (relative) of the first of its run in
+    sorted order replaced by that first value: two predictions that differ only by
+    floating-point rounding of the same sum must tie, not get an order."""
+    out = [float(v) for v in values]
+    first = None
+    for i in sorted(range(len(out)), key=out.__getitem__):
+        if first is not None and math.isclose(out[i], first, rel_tol=TIE_REL_TOL):
+            out[i] = first
+        else:
+            first = out[i]
+    return out
 
 
 def spearman(x, y) -> float | None:
-    """Spearman's rho: Pearson's r of the average ranks. None if undefined (n < 2, constant)."""
+    """Spearman's rho (``scipy.stats.spearmanr``: Pearson's r of the average ranks) after
+    ``snap_ties``. None if undefined: fewer than 2 points or a constant series (checked here,
+    so scipy never warns)."""
     if len(x) != len(y):
         raise ValueError(f"spearman needs equal lengths, got {len(x)} and {len(y)}")
-    return pearson(average_ranks(list(x)), average_ranks(list(y)))
+    xs, ys = snap_ties(x), snap_ties(y)
+    if len(xs) < 2 or len(set(xs)) < 2 or len(set(ys)) < 2:
+        return None
+    from scipy.stats import spearmanr   # ~0.3 s to import: only when validating
+    return float(spearmanr(xs, ys).statistic)
 
 
 def regret(pick_measured: float, all_measured) -> float:

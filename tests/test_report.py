@@ -263,32 +263,63 @@ def test_report_command_imports_no_pandas_or_matplotlib_at_cli_start():
 # --------------------------------------------------------------------------------------------
 # The page in a real browser
 # --------------------------------------------------------------------------------------------
+CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
+# Playwright drives the system chromium: no browser download (never `playwright install`), no
+# network, nothing left running.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio"]
+
+
+def find_chromium() -> str | None:
+    for path in CHROMIUM:
+        if os.access(path, os.X_OK):
+            return path
+    return shutil.which("chromium")
+
+
 def test_report_in_headless_chromium(tmp_path):
-    from chromium_cdp import Browser, find_chromium
+    from playwright.sync_api import sync_playwright
 
     binary = find_chromium()
     if binary is None:
         pytest.skip("chromium is not installed here (CI installs it: .ci/install-chromium.sh)")
     plan = make_plan()
     files = render(tmp_path, plan, metrics=[("m.json", make_metrics(plan, 0.02, 30 * MIB))])
-    profile_dir = tmp_path / "chromium-profile"
-    profile_dir.mkdir()
+    embedded = [_png_size(base64.b64decode(d)) for d in re.findall(
+        r'<img src="data:image/png;base64,([^"]+)"', open(files.html, encoding="utf-8").read())]
     shot = tmp_path / "report-screenshot.png"
-    with Browser(binary, str(profile_dir)) as browser:
-        browser.open("file://" + os.path.abspath(files.html))
-        images = browser.evaluate(
-            "Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, "
-            "i.naturalHeight])")
-        title = browser.evaluate("document.title")
-        browser.screenshot(str(shot))
-        errors = browser.console_errors()
-        urls = browser.request_urls()
+    # Console errors and asserts (Playwright also reports the browser's own log errors, e.g. a
+    # refused load, as console errors), uncaught exceptions, failed loads, every request.
+    errors, urls = [], []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=binary, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1024})
+            page.set_default_timeout(60_000)
+            page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}")
+                    if m.type in ("error", "assert") else None)
+            page.on("pageerror", lambda e: errors.append(f"exception: {e}"))
+            page.on("requestfailed", lambda r: errors.append(f"load failed: {r.url[:200]} "
+                                                             f"{r.failure}"))
+            page.on("crash", lambda _: errors.append("page crashed"))
+            page.on("request", lambda r: urls.append(r.url))
+            page.goto("file://" + os.path.abspath(files.html), wait_until="load")
+            images = page.evaluate(
+                "Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, "
+                "i.naturalHeight])")
+            title = page.title()
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
     assert errors == []
     assert len(images) == 5, images
     assert all(done and w > 0 and h > 0 for _, done, w, h in images), images
+    # Each image decoded at the size of the PNG embedded for it.
+    assert [(w, h) for _, _, w, h in images] == embedded, (images, embedded)
     assert title.startswith("planner report: gpt-tiny")
     # Nothing but the file itself and its data: URIs was requested (no network).
-    assert all(u.startswith(("file://", "data:")) for u in urls), urls
+    assert urls and all(u.startswith(("file://", "data:")) for u in urls), urls
     w, h = _png_size(shot.read_bytes())
     assert w > 500 and h > 1000  # the whole page, not an empty viewport
     keep = os.environ.get("PLANNER_KEEP_SCREENSHOT")

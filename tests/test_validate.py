@@ -29,8 +29,9 @@ def test_pct_error_and_summary_by_hand():
         val.pct_error(1.0, 0.0)
 
 
-def test_average_ranks_share_ties():
-    assert val.average_ranks([30, 10, 20, 10]) == [4.0, 1.5, 3.0, 1.5]
+def test_snap_ties_joins_values_equal_up_to_rounding():
+    assert val.snap_ties([30, 10, 20, 10 * (1 + 1e-12)]) == [30.0, 10.0, 20.0, 10.0]
+    assert val.snap_ties([1.0, 1.0 + 1e-6]) == [1.0, 1.0 + 1e-6]
 
 
 def test_spearman_by_hand():
@@ -39,11 +40,28 @@ def test_spearman_by_hand():
     assert val.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     # No ties: rho = 1 - 6 sum d^2 / (n (n^2 - 1)). Ranks x 1..5, y 2,1,4,3,5: sum d^2 = 4.
     assert val.spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(1 - 6 * 4 / (5 * 24))
+    # Ties share their average rank: x ranks 1, 2.5, 2.5, 4 against 1..4 give
+    # r = 4.5 / sqrt(4.5 * 5) = sqrt(0.9); a near-tie (rounding) is the same tie.
+    assert val.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9**0.5)
+    assert val.spearman([1, 2, 2 * (1 + 1e-12), 3], [1, 2, 3, 4]) == pytest.approx(0.9**0.5)
     # Undefined: one point, or a constant series.
     assert val.spearman([1], [2]) is None
     assert val.spearman([1, 2, 3], [5, 5, 5]) is None
     # Values equal up to float rounding are ties, not an order (0.1 + 0.2 != 0.3).
     assert val.spearman([0.1 + 0.2, 0.3, 0.3], [1, 2, 3]) is None
+    with pytest.raises(ValueError, match="equal lengths"):
+        val.spearman([1, 2], [1, 2, 3])
+
+
+def test_spearman_undefined_cases_warn_nothing():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert val.spearman([], []) is None
+        assert val.spearman([2.0, 2.0], [1.0, 3.0]) is None
+        assert val.spearman([1.0, 2.0], [3.0, 3.0 * (1 + 1e-12)]) is None
+        assert val.spearman([1.0, 2.0], [3.0, 4.0]) == pytest.approx(1.0)
 
 
 @settings(max_examples=50, deadline=None)

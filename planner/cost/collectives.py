@@ -50,20 +50,14 @@ DEFAULT_POLICY = AlgorithmPolicy()
 # --------------------------------------------------------------------------------------------
 def monotone(times: list[float]) -> list[float]:
     """The non-decreasing sequence nearest to ``times`` in log space (pool adjacent violators,
-    Ayer et al. 1955): medians still wobble -- gloo's jump 3-4x at 256 KiB-1 MiB
-    (../shared/notes/torch-on-cpu.md) -- and a bigger message must not cost less. A lone spike
-    is averaged with the points after it instead of lifting all of them to its height."""
-    blocks: list[list[float]] = []  # [mean of log t, count]
-    for t in times:
-        blocks.append([math.log(t), 1])
-        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
-            m2, c2 = blocks.pop()
-            m1, c1 = blocks[-1]
-            blocks[-1] = [(m1 * c1 + m2 * c2) / (c1 + c2), c1 + c2]
-    out = []
-    for m, c in blocks:
-        out += [math.exp(m)] * int(c)
-    return out
+    Ayer et al. 1955; ``scipy.optimize.isotonic_regression``): medians still wobble -- gloo's
+    jump 3-4x at 256 KiB-1 MiB (../shared/notes/torch-on-cpu.md) -- and a bigger message must not
+    cost less. A lone spike is averaged with the points after it instead of lifting all of them
+    to its height."""
+    # Imported here, not at module level: scipy.optimize costs ~0.3 s and only measured curves
+    # need it (presets plan without it).
+    from scipy.optimize import isotonic_regression
+    return [math.exp(v) for v in isotonic_regression([math.log(t) for t in times]).x]
 
 
 class _Curve:
