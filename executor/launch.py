@@ -123,6 +123,7 @@ def _main(argv) -> int:
     os.environ[failures.LAUNCHER_ENV] = "1"          # inherited by every rank
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.run import parse_args, run
     _quiet_logging()              # after torch's import, which sets up its log handlers
     args = parse_args([*launcher_args, "-m", "executor", *executor_args])
@@ -132,6 +133,12 @@ def _main(argv) -> int:
         text, status = root_cause(err.failures)
         print(text, file=sys.stderr, flush=True)
         return status
+    except RendezvousError as err:       # no job started: the ranks never met
+        cause = err.__cause__ or err
+        print(f"error: rendezvous failed ({args.rdzv_endpoint or 'default endpoint'}): "
+              f"{str(cause).splitlines()[0] if str(cause) else type(cause).__name__}",
+              file=sys.stderr, flush=True)
+        return 1
     except (KeyboardInterrupt, SignalException) as err:
         sig = getattr(err, "sigval", signal.SIGINT)
         print("interrupted" if sig == signal.SIGINT else f"stopped by {sig.name}",
