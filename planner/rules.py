@@ -54,15 +54,20 @@ def partial_grads_by(layout) -> str:
     return "step"
 
 
-def reduction_overlaps_backward(layout) -> bool:
+def reduction_overlaps(dims, schedule, zero: int) -> bool:
     """Whether the data-parallel gradient reductions of zero 0/1 start during the backward
-    pass, each bucket when its last gradient is ready: DDP's hooks for zero 0 (``ddp_runs``);
-    for zero 1 the distributed optimizer's post-accumulate-grad hooks, which hold DTensors (any
-    tp) but, like DDP's, never see the gradients of a split weight-gradient pass. Otherwise the
-    executor reduces after the backward pass."""
-    if layout.data.zero == 1:
-        return not (layout.pp > 1 and layout.pipeline.kind.split_backward)
-    return ddp_runs(layout)
+    pass, each bucket when its last gradient is ready: DDP's hooks for zero 0
+    (``ddp_possible``); for zero 1 the distributed optimizer's post-accumulate-grad hooks, which
+    hold DTensors (any tp) but, like DDP's, never see the gradients of a split weight-gradient
+    pass. Otherwise the executor reduces after the backward pass."""
+    if zero == 1:
+        return not (dims.pp > 1 and schedule.split_backward)
+    return ddp_possible(dims, schedule)
+
+
+def reduction_overlaps_backward(layout) -> bool:
+    """``reduction_overlaps`` for a layout."""
+    return reduction_overlaps(layout.dims, layout.pipeline.kind, layout.data.zero)
 
 
 def executor_refuses(layout) -> str:

@@ -23,10 +23,11 @@ def test_each_element_is_owned_once(dp):
     for rank in range(dp):
         bucket = Bucket(params, dp, rank)
         assert bucket.shard == -(-16 // dp)
-        for (i, a, b, s), view in zip(bucket.pieces, bucket.views):
-            assert rank * bucket.shard + s == sum(p.numel() for p in params[:i]) + a
-            assert view.data_ptr() == params[i].data_ptr() + a * 8     # a view, not a copy
-            owned[i] += range(a, b)
+        for x, view in zip(bucket.pieces, bucket.views):
+            assert (rank * bucket.shard + x.shard_start
+                    == sum(p.numel() for p in params[:x.param]) + x.start)
+            assert view.data_ptr() == params[x.param].data_ptr() + x.start * 8   # a view
+            owned[x.param] += range(x.start, x.end)
     for i, p in enumerate(params):
         assert sorted(owned[i]) == list(range(p.numel()))
 

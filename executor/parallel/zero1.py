@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 from itertools import accumulate
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -68,6 +69,18 @@ class _NoShard:
         pass
 
 
+class Piece(NamedTuple):
+    """The part of parameter ``param`` (an index into the bucket) a rank owns: its elements
+    [start, end), at ``shard_start`` in the rank's shard of the bucket."""
+    param: int
+    start: int
+    end: int
+    shard_start: int
+
+    def of_shard(self, shard: torch.Tensor) -> torch.Tensor:
+        return shard[self.shard_start:self.shard_start + self.end - self.start]
+
+
 class Bucket:
     """Consecutive parameters of one part, flattened; this rank's slice of it."""
 
@@ -79,15 +92,16 @@ class Bucket:
         self.shard = -(-self.total // dp)
         self.dtype = self.flat_views[0].dtype
         lo, hi = rank * self.shard, (rank + 1) * self.shard
-        # (param index, start, end in the parameter, start in the shard) of each owned piece
         self.pieces = []
         for i, (start, n) in enumerate(zip(accumulate([0, *self.sizes]), self.sizes)):
             a, b = max(start, lo), min(start + n, hi)
             if a < b:
-                self.pieces.append((i, a - start, b - start, a - lo))
-        self.views = [self.flat_views[i][a:b] for i, a, b, _ in self.pieces]
+                self.pieces.append(Piece(i, a - start, b - start, a - lo))
+        # what the optimizer steps: views into the parameters' own storage
+        self.views = [self.flat_views[x.param][x.start:x.end] for x in self.pieces]
         self.ready = 0            # parameter gradients accumulated this step (hooks)
-        self.work = None          # (async work, flat input, output, in_backward)
+        self.work = None          # the reduce-scatter in flight, with its input and output
+        self.sent = self.received = None
         self.grad_shard = None
 
     def launch(self, group, divisor: float, compression: str) -> None:
@@ -100,30 +114,28 @@ class Bucket:
         flat.div_(divisor)
         if compression in _HALF:
             flat = flat.to(_HALF[compression])
-        out = flat.new_empty(self.shard)
-        work = dist.reduce_scatter_single(out, flat, group=group, async_op=True)
-        self.work = (work, flat, out)
+        self.sent, self.received = flat, flat.new_empty(self.shard)
+        self.work = dist.reduce_scatter_single(self.received, flat, group=group, async_op=True)
 
     def finish(self) -> None:
-        work, _, out = self.work
-        work.wait()
-        self.grad_shard = out.to(self.dtype)
-        self.work = None
+        self.work.wait()
+        self.grad_shard = self.received.to(self.dtype)
+        self.work = self.sent = self.received = None
 
     def partial_pieces(self) -> list[torch.Tensor]:
         """Views of the owned gradient pieces of parameters whose gradient is Partial."""
-        return [self.grad_shard[s:s + b - a] for i, a, b, s in self.pieces
-                if _is_partial(self.params[i].grad)]
+        return [x.of_shard(self.grad_shard) for x in self.pieces
+                if _is_partial(self.params[x.param].grad)]
 
     def set_grads(self) -> None:
-        for view, (_, a, b, s) in zip(self.views, self.pieces):
-            view.grad = self.grad_shard[s:s + b - a]
+        for view, x in zip(self.views, self.pieces):
+            view.grad = x.of_shard(self.grad_shard)
 
     def gather(self, group) -> None:
         """All-gather the updated owned elements; copy them into every parameter."""
         inp = self.grad_shard.new_zeros(self.shard)
-        for view, (_, a, b, s) in zip(self.views, self.pieces):
-            inp[s:s + b - a].copy_(view)
+        for view, x in zip(self.views, self.pieces):
+            x.of_shard(inp).copy_(view)
             view.grad = None
         out = inp.new_empty(self.shard * dist.get_world_size(group))
         dist.all_gather_single(out, inp, group=group)
@@ -152,9 +164,9 @@ class DistributedOptimizer:
             params = [p for p in part.parameters() if p.requires_grad]
             locals_ = [_local(p).detach() for p in params]
             owner = dict(zip(map(id, locals_), params))
-            self.parts_buckets.append([
-                Bucket([owner[id(t)] for t in run], self.dp, rank)
-                for run in ddp_sized_runs(locals_, rules.FIRST_BUCKET_BYTES, rules.BUCKET_CAP_BYTES)])
+            runs = ddp_sized_runs(locals_, rules.FIRST_BUCKET_BYTES, rules.BUCKET_CAP_BYTES)
+            self.parts_buckets.append([Bucket([owner[id(t)] for t in run], self.dp, rank)
+                                       for run in runs])
         self.next = [0] * len(parts)
         if self.overlap:
             for pi, buckets in enumerate(self.parts_buckets):

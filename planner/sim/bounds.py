@@ -38,9 +38,9 @@ def step_floor(run, dims, data, schedule, m: int, total_s: float, slowest_s: flo
 
     Compute: the average rank does m * total/pp of block time, followed by what must come after
     its last backward: the optimizer step on its parameters and the collectives the executor
-    runs only after the backward pass (all of them where the executor cannot hook the backward
-    pass; ZeRO-1's parameter all-gathers; the parameter server). The rank holding the slowest block does at least m times
-    that block; flushing schedules with one chunk per rank obey the bubble bound of
+    runs only after the backward pass (all reductions where the executor cannot hook the
+    backward pass; ZeRO-1's parameter all-gathers; the parameter server). The rank holding the
+    slowest block does at least m times that block; flushing schedules with one chunk per rank obey the bubble bound of
     ``planner.cost.pp.balanced_lower_bound``. ZeRO-3 (and ZeRO-2 without pipelining) also puts
     m gathers of the rank's parameters on the comm stream, a bound of its own. Collective times
     are affine in bytes, so the average rank's bytes give the average rank's time.
@@ -58,15 +58,14 @@ def step_floor(run, dims, data, schedule, m: int, total_s: float, slowest_s: flo
     if dp > 1:
         if data.parameter_server:
             tail += comm("parameter_server", per_rank * g_e, "dp")
-        elif zero == 0 and not rules.ddp_possible(dims, schedule):
-            tail += comm("all_reduce", per_rank * g_e, "dp")   # executor: after the backward
-        elif zero == 1:
-            # all-gathers after the step (one per bucket: at least one call of all the bytes,
-            # times being affine with a non-negative intercept), reduce-scatters after the
-            # backward pass where the executor cannot hook it
+        elif zero <= 1 and not rules.reduction_overlaps(dims, schedule, zero):
+            # the executor reduces after the backward pass
+            tail += comm("reduce_scatter" if zero == 1 else "all_reduce", per_rank * g_wire,
+                         "dp")
+        if zero == 1:
+            # all-gathers after the step: one per bucket, at least one call of all the bytes
+            # (times are affine in bytes with a non-negative intercept)
             tail += comm("all_gather", per_rank * p_e, "dp")
-            if pp > 1 and schedule.split_backward:
-                tail += comm("reduce_scatter", per_rank * g_wire, "dp")
         if zero == 3:
             busy = 2 * m * comm("all_gather", per_rank * p_e, "dp") + (
                 m if pp == 1 else 1) * comm("reduce_scatter", per_rank * g_e, "dp")
