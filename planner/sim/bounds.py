@@ -10,7 +10,7 @@ from __future__ import annotations
 from planner import rules
 from planner.cost import dp as dp_cost, pp as pp_cost
 from planner.sim.compress import wire_share
-from planner.sim.memory import state_bytes_per_param
+from planner.sim.memory import buffer_bytes_per_param, state_bytes_per_param
 from planner.sim.run import optimizer_time
 
 
@@ -21,10 +21,12 @@ def memory_floor(run, dims, data, schedule, m: int, v: int, params: float, acts:
     blocks. Rank r holds S_r + n_r*A_r at some moment, n_r micro-batches of each of its chunks
     (``Schedule.in_flight_floor``); the fullest rank holds at least any weighted mean of these.
     Weights (1/n_r)/H, H = sum 1/n_r, give A/H + S/(max n * H); equal weights give
-    (S + min n * A)/p. Buffers only add.
+    (S + min n * A)/p. S includes the gradient-sized buffers that scale with the rank's
+    parameters (``buffer_bytes_per_param``); the other buffers only add.
     """
     pp = dims.pp
-    states = params * sum(state_bytes_per_param(run, dims, data, pp > 1))
+    states = params * (sum(state_bytes_per_param(run, dims, data, pp > 1))
+                       + buffer_bytes_per_param(run, dims, data))
     flight = schedule.in_flight_floor(pp, m, v)
     if min(flight) == 0:
         return states / pp

@@ -48,6 +48,23 @@ def state_bytes_per_param(run, dims, data, pipelined: bool) -> tuple[float, floa
     return ps, gs, os_
 
 
+def buffer_bytes_per_param(run, dims, data) -> float:
+    """Gradient-sized buffers per parameter on one rank (module docstring): DDP's bucket copy
+    (tp 1) and PowerSGD's error feedback; ZeRO-1's flat buckets and 1/dp shards; the parameter
+    server's flat messages. The search's memory floor counts them too."""
+    if dims.dp <= 1:
+        return 0.0
+    e_grad = run.bytes_per_param[1]
+    if data.parameter_server:
+        return 2.0 * e_grad / data.ps_shards
+    if data.zero == 1:
+        return e_grad * (1.0 + 1.0 / dims.dp)
+    if data.zero == 0:
+        return (e_grad if dims.tp == 1 else 0.0) + (
+            e_grad if data.compression == "powersgd" else 0.0)
+    return 0.0
+
+
 class MemRows:
     """Per block, the bytes it adds to the rank holding it (module docstring)."""
 
@@ -57,14 +74,7 @@ class MemRows:
         self.states = state_bytes_per_param(run, dims, d, layout.pp > 1)
         dp = dims.dp > 1
         server = dp and d.parameter_server
-        lin = 0.0
-        if server:
-            lin = 2.0 * e_grad / d.ps_shards
-        elif dp and d.zero == 1:
-            lin = e_grad * (1.0 + 1.0 / dims.dp)
-        elif dp and d.zero == 0:
-            lin = (e_grad if layout.tp == 1 else 0.0) + (
-                e_grad if d.compression == "powersgd" else 0.0)
+        lin = buffer_bytes_per_param(run, dims, d)
         gathered = 2.0 * e_param if dp and d.zero == 3 else 0.0
         one_grad = e_grad if dp and d.zero >= 2 and layout.pp == 1 and not server else 0.0
         self.capped = dp and not server and d.zero == 0 and layout.tp > 1
