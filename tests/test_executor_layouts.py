@@ -104,6 +104,16 @@ MIXED = {
                 {"reduce@dp": 1, "broadcast@dp": 1, "send@pp": 2, "recv@pp": 2}),
     "zero1 x pp adamw": (GPT, "float64", "adamw", dict(dp=2, pp=2, zero=1, schedule="gpipe", **MB),
                          {"reduce_scatter@dp": 1, "all_gather@dp": 1, "send@pp": 2, "recv@pp": 2}),
+    # one bucket per chunk, each reduce-scattered during its chunk's last backward
+    "zero1 x pp-interleaved": (GPT, "float64", "adam",
+                               dict(dp=2, pp=2, zero=1, schedule="interleaved-1f1b",
+                                    virtual_stages=2, **MB),
+                               {"reduce_scatter@dp": 2, "all_gather@dp": 2, "send@pp": 6,
+                                "recv@pp": 6}),
+    # 4 replicas: each bucket padded to a multiple of 4, pieces cut inside parameters
+    "mlp zero1 dp4": (MLP, "float64", "adamw", dict(dp=4, zero=1, microbatch_size=1,
+                                                    num_microbatches=2),
+                      {"reduce_scatter@dp": 1, "all_gather@dp": 1}),
     # 4 units, one bucket: the model's ~2 KiB of gradients
     "mlp zero1 x tp sgd-momentum": (MLP, "float64", "sgd-momentum", dict(dp=2, tp=2, zero=1, **MB),
                                     {"reduce_scatter@dp": 1, "all_gather@dp": 1,
