@@ -142,8 +142,6 @@ def resolve(args) -> PlanInputs:
         raise PlannerError("give --model (preset, .json or module:callable) or --profile")
     cluster = resolve_cluster(args.cluster)
     n = args.gpus or cluster.num_devices
-    if args.cluster == localhost.PRESET:
-        cluster = localhost.resolve(n, getattr(args, "no_measure", False))
     cluster = cluster.with_size(n)
     cpu = cluster.backend == "gloo"
     dtype = args.dtype or ("float32" if cpu else "bf16-mixed")
@@ -176,5 +174,7 @@ def resolve(args) -> PlanInputs:
                 f"--model {args.model} --dtype {dtype}` first, or pass --profile")
     if args.global_batch < 1:
         raise PlannerError(f"--global-batch must be >= 1, got {args.global_batch}")
+    if args.cluster == localhost.PRESET:    # last: bad input fails before a measurement
+        cluster = localhost.resolve(n, getattr(args, "no_measure", False)).with_size(n)
     return PlanInputs(model, cluster, n, args.global_batch, dtype, args.optimizer, args.lr,
                       args.seed, profile, path or "", others)

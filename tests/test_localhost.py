@@ -61,9 +61,24 @@ def test_planning_commands_resolve_the_preset_through_it(cache, monkeypatch):
     monkeypatch.setattr(localhost, "resolve", fake)
     parser = argparse.ArgumentParser()
     inputs.add_arguments(parser)
+    args = parser.parse_args(["--model", "mlp-tiny", "--global-batch", "4", "--gpus", "2"])
+    with pytest.raises(PlannerError, match="no profile"):
+        inputs.resolve(args)              # bad input fails before any measurement
+    assert seen == []
     for flags in ([], ["--no-measure"]):
         args = parser.parse_args(["--model", "mlp-tiny", "--global-batch", "4", "--gpus", "2",
-                                  *flags])
-        with pytest.raises(PlannerError, match="no profile"):
-            inputs.resolve(args)          # the cluster comes first, then the missing profile
+                                  "--dtype", "float32", *flags])
+        monkeypatch.setattr(inputs, "find_profiles", lambda *a: [("p.json", _profile())])
+        inp = inputs.resolve(args)
+        assert inp.cluster.name == "localhost-cpu" and inp.num_devices == 2
     assert seen == [(2, False), (2, True)]
+
+
+def _profile():
+    """A stand-in for a ModelProfile: what ``inputs.resolve`` reads of one."""
+    from planner.models import resolve_model
+
+    class Profile:
+        model = resolve_model("mlp-tiny")
+        microbatch_size = 1
+    return Profile()
