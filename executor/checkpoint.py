@@ -55,8 +55,9 @@ class Checkpoints:
 
 def check_supported(layout, flag: str) -> None:
     if layout.data.zero == 1 and layout.dp > 1:
-        raise PlannerError(f"{flag}: zero 1 (ZeroRedundancyOptimizer) keeps optimizer shards that "
-                           "DCP's get_state_dict cannot read; checkpoint zero 0, 2 or 3 layouts")
+        raise PlannerError(f"{flag}: zero 1 (the distributed optimizer) keeps optimizer state "
+                           "for views of parameter shards, which DCP's get_state_dict cannot "
+                           "name; checkpoint zero 0, 2 or 3 layouts")
 
 
 def prepare(directory: str, key_flag: str, resume: bool, plan) -> Checkpoints:

@@ -55,7 +55,7 @@ def train_step(par, optimizer, inputs, targets, layout, loss_fn, device,
     """A whole step; returns this rank's share of the global loss sum (0 if it does not count,
     so that a sum over all ranks counts each micro-batch once)."""
     total = forward_backward(par, inputs, targets, layout, loss_fn, device, amp_dtype)
-    if layout.tp > 1 and not rules.fsdp_runs(layout):   # FSDP sums them itself
+    if layout.tp > 1 and rules.partial_grads_by(layout) == "step":
         reduce_partial_grads(par.parts)
     par.dp.after_backward()
     optimizer.step()

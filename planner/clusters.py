@@ -6,8 +6,9 @@ A cluster file is JSON or TOML with the fields of ``planner.specs.Cluster`` (see
 Presets:
 - ``localhost-cpu``: this machine, one rank per core, gloo over loopback. Memory per rank is
   this machine's MemTotal / cores (read from /proc/meminfo). Link figures are the gloo 2-rank
-  measurements in ../shared/notes/torch-on-cpu.md until ``planner profile --network`` measures
-  them here (its output file replaces them, with collective fits).
+  measurements in ../shared/notes/torch-on-cpu.md; planning commands for more than one rank
+  replace the preset by ``planner profile --network`` figures of this machine, measured on
+  first use and cached (``planner.localhost``), unless ``--no-measure``.
 - ``dgx-a100-80gb`` / ``dgx-h100-80gb``: 8 GPUs per node over NVSwitch, one InfiniBand NIC per
   GPU; peaks, memory and InfiniBand bandwidth are datasheet figures from
   ../shared/reference/hardware.md; compute comes from the device models

@@ -10,7 +10,7 @@ import glob
 import os
 from dataclasses import dataclass
 
-from planner import families
+from planner import families, localhost
 from planner.clusters import resolve_cluster
 from planner.cost import compute
 from planner.cost.memory import ELEMENT_BYTES
@@ -62,6 +62,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cluster", default="localhost-cpu",
                         help="preset (localhost-cpu, dgx-a100-80gb, dgx-h100-80gb) or .json/.toml")
     parser.add_argument("--gpus", type=int, help="devices to plan for (default: the cluster's)")
+    parser.add_argument("--no-measure", action="store_true",
+                        help="with --cluster localhost-cpu: plan on the preset's assumed figures "
+                             "(a warning says so) instead of measuring this machine's links on "
+                             "first use (about a minute, cached)")
     parser.add_argument("--global-batch", type=int, required=True, help="sequences per step")
     parser.add_argument("--dtype", choices=DTYPES,
                         help="default: float32 on gloo/CPU clusters, bf16-mixed on GPUs")
@@ -170,5 +174,7 @@ def resolve(args) -> PlanInputs:
                 f"--model {args.model} --dtype {dtype}` first, or pass --profile")
     if args.global_batch < 1:
         raise PlannerError(f"--global-batch must be >= 1, got {args.global_batch}")
+    if args.cluster == localhost.PRESET:    # last: bad input fails before a measurement
+        cluster = localhost.resolve(n, getattr(args, "no_measure", False)).with_size(n)
     return PlanInputs(model, cluster, n, args.global_batch, dtype, args.optimizer, args.lr,
                       args.seed, profile, path or "", others)

@@ -7,6 +7,7 @@ models what the executor does:
 - ``check_layout``: divisibility (the model family's tensor-parallel rules), chunks against
   blocks, and the combinations the executor refuses (``executor_refuses``);
 - ``ddp_runs``: whether gradients are reduced by DDP during backward, or all-reduced after it;
+- ``reduction_overlaps_backward``: whether zero 0/1 gradient reductions run during backward;
 - ``chunk_starts``: where each pipeline chunk starts when the layout does not say;
 - DDP's bucket caps, which both the simulator and the executor's manual all-reduce use.
 """
@@ -36,9 +37,37 @@ def ddp_runs(layout) -> bool:
 
 def fsdp_runs(layout) -> bool:
     """Whether the executor shards with FSDP2 (``executor.parallel.dp``): ZeRO 2/3 over dp > 1.
-    FSDP then sums tp-partial gradients itself, one parameter at a time at each reduce-scatter;
-    otherwise the step sums them over tp in one all-reduce (``Family.partial_grad_params``)."""
+    FSDP then sums tp-partial gradients itself (``partial_grads_by``)."""
     return layout.dp > 1 and layout.data.zero >= 2
+
+
+def partial_grads_by(layout) -> str:
+    """Who sums the gradients that are partial over tp (``Family.partial_grad_params``):
+    "fsdp" (``fsdp_runs``: one parameter at a time at each reduce-scatter), "zero1" (the
+    distributed optimizer, after its reduce-scatter: the pieces each dp rank owns, one
+    all-reduce per step, about 1/dp of the bytes; ``executor.parallel.zero1``) or "step" (one
+    all-reduce of all of them before the data-parallel reduction)."""
+    if fsdp_runs(layout):
+        return "fsdp"
+    if layout.dp > 1 and layout.data.zero == 1:
+        return "zero1"
+    return "step"
+
+
+def reduction_overlaps(dims, schedule, zero: int) -> bool:
+    """Whether the data-parallel gradient reductions of zero 0/1 start during the backward
+    pass, each bucket when its last gradient is ready: DDP's hooks for zero 0
+    (``ddp_possible``); for zero 1 the distributed optimizer's post-accumulate-grad hooks, which
+    hold DTensors (any tp) but, like DDP's, never see the gradients of a split weight-gradient
+    pass. Otherwise the executor reduces after the backward pass."""
+    if zero == 1:
+        return not (dims.pp > 1 and schedule.split_backward)
+    return ddp_possible(dims, schedule)
+
+
+def reduction_overlaps_backward(layout) -> bool:
+    """``reduction_overlaps`` for a layout."""
+    return reduction_overlaps(layout.dims, layout.pipeline.kind, layout.data.zero)
 
 
 def executor_refuses(layout) -> str:
@@ -51,7 +80,10 @@ def executor_refuses(layout) -> str:
     if d.compression != "none" and d.zero >= 2:
         return (f"compression {d.compression} is a DDP hook; FSDP (zero {d.zero}) has none: "
                 f"needs zero 0 or 1")
-    if d.compression != "none" and dp and not ddp_runs(layout):
+    if d.compression == "powersgd" and d.zero == 1:
+        return ("compression powersgd is a DDP all-reduce hook; zero 1 (the distributed "
+                "optimizer) reduce-scatters: use fp16/bf16 with zero 1, or powersgd with zero 0")
+    if d.compression != "none" and d.zero == 0 and dp and not ddp_runs(layout):
         return (f"compression {d.compression} is a DDP hook, and DDP cannot run with tp > 1 "
                 f"(DTensor parameters) or under {pl.schedule}'s split weight-gradient pass "
                 f"(tp {layout.tp}, schedule {pl.schedule})")
@@ -59,9 +91,6 @@ def executor_refuses(layout) -> str:
         return (f"zero {d.zero} (FSDP2) under schedule {pl.schedule} trains wrong parameters in "
                 f"torch 2.13 (FSDP reduce-scatters before the weight-gradient pass has run): use "
                 f"zero 0 or 1 with {pl.schedule}, or another schedule")
-    if d.zero == 1 and layout.tp > 1 and dp:
-        return ("zero 1 (ZeroRedundancyOptimizer) cannot hold tensor-parallel (DTensor) "
-                "parameters: use zero 2 or 3 with tp > 1")
     return ""
 
 

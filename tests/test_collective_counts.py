@@ -20,7 +20,7 @@ import test_executor_layouts as layouts
 COMPARED = [("WORLD2", n) for n in ("zero1", "zero2+selective", "zero3+full", "ddp+full", "tp",
                                           "tp+sp")]
 COMPARED += [("WORLD4", n) for n in ("fsdp x tp", "fsdp x tp+sp", "dp(allreduce) x tp",
-                                      "ps x tp")]
+                                     "ps x tp", "zero1 x tp", "zero1 x tp+sp")]
 
 
 @pytest.fixture(scope="module")

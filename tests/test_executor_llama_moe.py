@@ -9,8 +9,9 @@ micro-batch; DDP one all-reduce per chunk it wraps (2 chunks per rank when inter
 under pipelining one reduce-scatter per block and step (rank 0: 3 blocks), ZeRO-3's gathers 3
 per block under 1F1B with 2 micro-batches.
 Gradients partial over tp (norms under sp; the MoE test model's 3 routers and 3 shared-expert
-gates always) are summed in one all-reduce per step, or by FSDP one all-reduce per parameter
-and micro-batch.
+gates always) are summed in one all-reduce per step (under ZeRO-1 after its reduce-scatter, of
+the pieces a dp rank owns), or by FSDP one all-reduce per parameter and micro-batch. ZeRO-1 one
+reduce-scatter and one all-gather per bucket (one bucket per chunk here).
 """
 from __future__ import annotations
 
@@ -50,7 +51,14 @@ LAYOUTS = {
                           "reduce_scatter@tp": 32, "all_reduce@tp": 28}),
     "moe zero1 x pp": (MOE, dict(dp=2, pp=2, zero=1, schedule="interleaved-1f1b",
                                  virtual_stages=2, stage_boundaries=(0, 1, 3, 5), **MB),
-                       {"all_reduce@dp": 2, "broadcast@dp": 2, "send@pp": 6, "recv@pp": 6}),
+                       {"reduce_scatter@dp": 2, "all_gather@dp": 2, "send@pp": 6,
+                        "recv@pp": 6}),
+    # ZeRO-1 sums the pieces of the routers' and gates' partial gradients its dp rank owns
+    "moe zero1 x tp": (MOE, dict(dp=2, tp=2, zero=1, **MB),
+                       {"reduce_scatter@dp": 1, "all_gather@dp": 1, "all_reduce@tp": 33}),
+    "llama zero1 x tp+sp": (LLAMA, dict(dp=2, tp=2, zero=1, sequence_parallel=True, **MB),
+                            {"reduce_scatter@dp": 1, "all_gather@dp": 1, "all_gather@tp": 36,
+                             "reduce_scatter@tp": 32, "all_reduce@tp": 1}),
     "moe dp x tp": (MOE, dict(dp=2, tp=2, **MB), {"all_reduce@dp": 1, "all_reduce@tp": 33}),
     "moe fsdp x pp": (MOE, dict(dp=2, pp=2, zero=3, schedule="1f1b", **MB),
                       {"all_gather@dp": 9, "reduce_scatter@dp": 3, "send@pp": 2, "recv@pp": 2}),

@@ -43,7 +43,7 @@ def test_looped_and_v_placement():
 @pytest.mark.parametrize("layout,words", [
     (Layout.make(dp=2, zero=2, compression="fp16"), "FSDP"),
     (Layout.make(dp=2, tp=2, compression="bf16"), "DTensor"),
-    (Layout.make(dp=2, tp=2, zero=1), "zero 2 or 3"),
+    (Layout.make(dp=2, tp=2, zero=1, compression="powersgd", powersgd_rank=1), "powersgd"),
     (Layout.make(dp=2, dp_comm="parameter_server", ps_shards=1, zero=1), "zero 0"),
     (Layout.make(dp=2, pp=2, zero=3, schedule="zbv", virtual_stages=2), "zbv"),
     (Layout.make(dp=2, pp=2, schedule="zbv", virtual_stages=2, compression="fp16"), "zbv"),

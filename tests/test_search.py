@@ -110,7 +110,8 @@ def test_explanation_names_the_differing_terms():
 def test_combinations_the_executor_refuses_are_not_proposed(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "planner.cli", "plan", "--model", "gpt2-small",
                            "--cluster", "dgx-a100-80gb", "--gpus", "8", "--global-batch", "16",
-                           "--dp", "4", "--tp", "2", "--zero", "1", "--out",
+                           "--dp", "4", "--tp", "2", "--zero", "1", "--compression",
+                           "powersgd", "--out",
                            str(tmp_path / "p.json")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

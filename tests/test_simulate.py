@@ -279,7 +279,7 @@ def test_layouts_the_executor_refuses_are_refused_here():
     from planner.errors import PlannerError
     for bad in (Layout.make(dp=4, tp=2, pp=2, num_microbatches=4, schedule="zbv", virtual_stages=2,
                        zero=2),
-                Layout.make(dp=8, tp=2, zero=1),
+                Layout.make(dp=8, tp=2, zero=1, compression="powersgd", powersgd_rank=2),
                 Layout.make(dp=8, tp=2, compression="fp16"),
                 Layout.make(dp=16, zero=2, compression="powersgd", powersgd_rank=2),
                 Layout.make(dp=16, zero=1, dp_comm="parameter_server", ps_shards=2)):

@@ -8,8 +8,12 @@ and whether tensor parallelism made the parameters DTensors:
   constructor rejects, and schedules with a split weight-gradient pass, which computes gradients
   outside autograd's accumulation hooks), gradients are all-reduced after the last backward
   instead (``ManualAllReduce``: same sums in DDP-sized buckets, no overlap).
-- zero 1: DDP for gradients + ``ZeroRedundancyOptimizer`` (optimizer state sharded, updated
-  parameters broadcast from their owner).
+- zero 1: Megatron's distributed optimizer (``executor.parallel.zero1``): gradients
+  reduce-scattered in DDP-sized buckets during backward, optimizer state sharded, updated
+  parameters all-gathered; it holds the local shards of tensor-parallel (DTensor) parameters,
+  so it runs with any tp and pp. It replaced DDP + ``ZeroRedundancyOptimizer``, which cannot
+  hold DTensors and moved more bytes (an all-reduce, then one broadcast per replica: 3 x the
+  parameter bytes per step against 2 x for reduce-scatter + all-gather).
 - zero 2/3: FSDP2 ``fully_shard`` per block then per part; ``reshard_after_forward`` False for
   ZeRO-2 (parameters stay gathered between forward and backward) and True for ZeRO-3.
   FSDP reduce-scatters every micro-batch, so gradients stay sharded during accumulation.
@@ -27,7 +31,7 @@ from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.distributed.tensor import DTensor
 
-from executor.optim import make_optimizer, optimizer_spec
+from executor.optim import make_optimizer
 from executor.parallel import compress
 from planner import rules
 
@@ -82,22 +86,6 @@ class DDPDataParallel(NoDataParallel):
         return stack
 
 
-def _zero_one_optimizer(parts, group, optimizer: str, lr: float):
-    from torch.distributed.optim import ZeroRedundancyOptimizer
-    cls, kwargs = optimizer_spec(optimizer, lr)
-    # Bucket view: each rank's updated shard goes out as one broadcast (dp per step), not one
-    # broadcast per parameter.
-    return ZeroRedundancyOptimizer(params_of(parts), optimizer_class=cls, process_group=group,
-                                   parameters_as_bucket_view=True, **kwargs)
-
-
-class ZeroOneDataParallel(DDPDataParallel):
-    name = "zero1"
-
-    def build_optimizer(self, optimizer: str, lr: float):
-        return _zero_one_optimizer(self.parts, self.group, optimizer, lr)
-
-
 class FSDPDataParallel(NoDataParallel):
     name = "fsdp"
 
@@ -121,19 +109,12 @@ class ManualAllReduce(NoDataParallel):
         grads = [local(p.grad) for p in params_of(self.parts) if p.grad is not None]
         size = dist.get_world_size(self.group)
         # DDP's caps (planner.rules), so that message sizes and counts are DDP's
-        for bucket in _buckets(grads, rules.FIRST_BUCKET_BYTES, rules.BUCKET_CAP_BYTES):
+        for bucket in buckets(grads, rules.FIRST_BUCKET_BYTES, rules.BUCKET_CAP_BYTES):
             flat = _flatten_dense_tensors(bucket)
             dist.all_reduce(flat, group=self.group)
             flat.div_(size)
             for g, synced in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
                 g.copy_(synced)
-
-
-class ManualZeroOne(ManualAllReduce):
-    name = "zero1-allreduce-after-backward"
-
-    def build_optimizer(self, optimizer: str, lr: float):
-        return _zero_one_optimizer(self.parts, self.group, optimizer, lr)
 
 
 def blocks_of(part: nn.Module):
@@ -142,7 +123,7 @@ def blocks_of(part: nn.Module):
     return list(blocks.values() if isinstance(blocks, nn.ModuleDict) else blocks or [])
 
 
-def _buckets(tensors, first_cap_bytes, cap_bytes):
+def buckets(tensors, first_cap_bytes, cap_bytes):
     """Consecutive same-dtype runs of at most the cap (reverse order, as DDP's buckets follow
     gradients becoming ready from the last layer backwards); the first bucket is smaller."""
     bucket, size, cap = [], 0, first_cap_bytes
@@ -167,8 +148,9 @@ def apply_dp(parts, layout, mesh, device):
         return ParameterServer(parts, group, layout.data.ps_shards)
     if layout.data.zero >= 2:
         return FSDPDataParallel(parts, mesh["dp"], layout.data.zero)
-    if not rules.ddp_runs(layout):
-        return (ManualZeroOne if layout.data.zero == 1 else ManualAllReduce)(parts, group)
     if layout.data.zero == 1:
-        return ZeroOneDataParallel(parts, group, layout, device)
+        from executor.parallel.zero1 import DistributedOptimizer
+        return DistributedOptimizer(parts, group, layout)
+    if not rules.ddp_runs(layout):
+        return ManualAllReduce(parts, group)
     return DDPDataParallel(parts, group, layout, device)

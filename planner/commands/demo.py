@@ -76,9 +76,11 @@ def run(args) -> int:
         # The same flags a user would type, parsed by `planner plan`'s own parser.
         parser = argparse.ArgumentParser(prog="planner plan")
         plan_cmd.add_arguments(parser)
+        assumed = ["--no-measure"] if cluster == "localhost-cpu" else []   # --skip-network
         plan_cmd.run(parser.parse_args(
             ["--profile", *profile_paths, "--cluster", cluster, "--gpus", str(n),
-             "--global-batch", str(args.global_batch), "--dtype", "float32", "--out", plan_path]))
+             "--global-batch", str(args.global_batch), "--dtype", "float32", "--out", plan_path,
+             *assumed]))
         print(f"[4/4] running the plan on {n} rank(s)", file=sys.stderr)
         _call(_torchrun(n, ["executor", "--plan", plan_path, "--steps", str(args.steps),
                             "--warmup", str(args.warmup), "--metrics", metrics_path]),

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from planner import rules
 from planner.cost import dp as dp_cost, pp as pp_cost
-from planner.sim.memory import state_bytes_per_param
+from planner.sim.compress import wire_share
+from planner.sim.memory import buffer_bytes_per_param, state_bytes_per_param
 from planner.sim.run import optimizer_time
 
 
@@ -20,10 +21,12 @@ def memory_floor(run, dims, data, schedule, m: int, v: int, params: float, acts:
     blocks. Rank r holds S_r + n_r*A_r at some moment, n_r micro-batches of each of its chunks
     (``Schedule.in_flight_floor``); the fullest rank holds at least any weighted mean of these.
     Weights (1/n_r)/H, H = sum 1/n_r, give A/H + S/(max n * H); equal weights give
-    (S + min n * A)/p. Buffers only add.
+    (S + min n * A)/p. S includes the gradient-sized buffers that scale with the rank's
+    parameters (``buffer_bytes_per_param``); the other buffers only add.
     """
     pp = dims.pp
-    states = params * sum(state_bytes_per_param(run, dims, data, pp > 1))
+    states = params * (sum(state_bytes_per_param(run, dims, data, pp > 1))
+                       + buffer_bytes_per_param(run, dims, data))
     flight = schedule.in_flight_floor(pp, m, v)
     if min(flight) == 0:
         return states / pp
@@ -37,9 +40,9 @@ def step_floor(run, dims, data, schedule, m: int, total_s: float, slowest_s: flo
 
     Compute: the average rank does m * total/pp of block time, followed by what must come after
     its last backward: the optimizer step on its parameters and the collectives the executor
-    runs only after the backward pass (all of them where DDP cannot run; ZeRO-1's parameter
-    broadcast; the parameter server). The rank holding the slowest block does at least m times
-    that block; flushing schedules with one chunk per rank obey the bubble bound of
+    runs only after the backward pass (all reductions where the executor cannot hook the
+    backward pass; ZeRO-1's parameter all-gathers; the parameter server). The rank holding the
+    slowest block does at least m times that block; flushing schedules with one chunk per rank obey the bubble bound of
     ``planner.cost.pp.balanced_lower_bound``. ZeRO-3 (and ZeRO-2 without pipelining) also puts
     m gathers of the rank's parameters on the comm stream, a bound of its own. Collective times
     are affine in bytes, so the average rank's bytes give the average rank's time.
@@ -47,6 +50,7 @@ def step_floor(run, dims, data, schedule, m: int, total_s: float, slowest_s: flo
     dp, pp, zero = dims.dp, dims.pp, data.zero
     per_rank = params / pp
     p_e, g_e, _ = run.bytes_per_param
+    g_wire = g_e * wire_share(run, data.compression)
     flush = 0.0
     if schedule.flushing_single_chunk and pp > 1:
         flush = pp_cost.balanced_lower_bound(total_s, pp, m)
@@ -56,9 +60,13 @@ def step_floor(run, dims, data, schedule, m: int, total_s: float, slowest_s: flo
     if dp > 1:
         if data.parameter_server:
             tail += comm("parameter_server", per_rank * g_e, "dp")
-        elif zero <= 1 and not rules.ddp_possible(dims, schedule):
-            tail += comm("all_reduce", per_rank * g_e, "dp")   # executor: after the backward
-        elif zero == 1:
+        elif zero <= 1 and not rules.reduction_overlaps(dims, schedule, zero):
+            # the executor reduces after the backward pass
+            tail += comm("reduce_scatter" if zero == 1 else "all_reduce", per_rank * g_wire,
+                         "dp")
+        if zero == 1:
+            # all-gathers after the step: one per bucket, at least one call of all the bytes
+            # (times are affine in bytes with a non-negative intercept)
             tail += comm("all_gather", per_rank * p_e, "dp")
         if zero == 3:
             busy = 2 * m * comm("all_gather", per_rank * p_e, "dp") + (
@@ -76,7 +84,7 @@ def chain_bound(run, layout, costs, comm) -> float:
     has gone forward through chunks 0..r-1 (compute and sends), does m times the work of its
     chunks, and after its last backward the last micro-batch's gradient must still go back
     through chunks r-1..0 while r finishes its step: the data-parallel reduction of at least
-    the chunk it ran last (``_after_backward``), the optimizer step, ZeRO-1's broadcast. Under
+    the chunk it ran last (``_after_backward``), the optimizer step, ZeRO-1's all-gathers. Under
     a split backward the W operations may overlap that return trip, so it follows only F and
     I work."""
     m, p = layout.num_microbatches, layout.pp
@@ -113,15 +121,16 @@ def chain_bound(run, layout, costs, comm) -> float:
 
 def _after_backward(run, layout, smallest: float, last: float, params: float, comm) -> float:
     """Data-parallel work a rank must still do after its last compute op, at least: all of it
-    where the executor reduces only after the backward pass (DDP cannot run, the parameter
-    server), the reduce-scatter of whichever chunk ran last (ZeRO-2/3 under pipelining: at
-    least the rank's smallest chunk's ``smallest`` gradient bytes; collective times grow with
-    bytes), or that chunk's last DDP bucket (at least ``last`` bytes); then ZeRO-1's parameter
-    broadcast."""
+    where the executor reduces only after the backward pass (it cannot hook the backward pass,
+    the parameter server), the reduce-scatter of whichever chunk ran last (ZeRO-2/3 under
+    pipelining: at least the rank's smallest chunk's ``smallest`` gradient bytes; collective
+    times grow with bytes), or that chunk's last bucket (at least ``last`` bytes; all-reduced
+    by DDP, reduce-scattered by ZeRO-1); then ZeRO-1's parameter all-gathers."""
     if layout.dp == 1:
         return 0.0
     p_e, g_e, _ = run.bytes_per_param
     d = layout.data
+    g_wire = g_e * wire_share(run, d.compression)
     if d.parameter_server:
         return comm("parameter_server", params * g_e, "dp")
     extra = comm("all_gather", params * p_e, "dp") if d.zero == 1 else 0.0
@@ -129,6 +138,9 @@ def _after_backward(run, layout, smallest: float, last: float, params: float, co
         if layout.pp == 1:
             return extra
         return extra + comm("reduce_scatter", smallest, "dp")
-    if not rules.ddp_runs(layout):
-        return extra + comm("all_reduce", params * g_e, "dp")
-    return extra + comm("all_reduce", last, "dp")
+    reduction = "reduce_scatter" if d.zero == 1 else "all_reduce"
+    if not rules.reduction_overlaps_backward(layout):
+        return extra + comm(reduction, params * g_wire, "dp")
+    if g_wire == 0:
+        return extra
+    return extra + comm(reduction, last * g_wire / g_e, "dp")

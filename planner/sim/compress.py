@@ -12,9 +12,11 @@ from planner.cost import dp as dp_cost
 from planner.sim.run import flop_rate
 
 
-def bucket_time(run, layout, chunk, nbytes: float, comm) -> float:
-    """One DDP bucket's reduction, with its compression (``layout.data.compression``)."""
-    return sum(comm("all_reduce", part, "dp")
+def bucket_time(run, layout, chunk, nbytes: float, comm, reduction: str = "all_reduce"
+                ) -> float:
+    """One bucket's reduction (DDP's all-reduce, or the distributed optimizer's
+    reduce-scatter), with its compression (``layout.data.compression``)."""
+    return sum(comm(reduction, part, "dp")
                for part in bucket_messages(run, layout, chunk, nbytes)) + \
         compression_s(run, layout, chunk, nbytes)
 
@@ -25,7 +27,7 @@ def bucket_messages(run, layout, chunk, nbytes: float) -> list[float]:
     e = run.bytes_per_param[1]
     kind = layout.data.compression
     if kind in ("fp16", "bf16"):
-        return [nbytes * 2.0 / e] if e > 2 else [nbytes]
+        return [nbytes * wire_share(run, kind)]
     if kind == "powersgd":
         share = nbytes / max(sum(chunk.detail("grad_bytes_rev")), 1.0)
         mats = _chunk_matrices(run, layout, chunk)
@@ -34,6 +36,16 @@ def bucket_messages(run, layout, chunk, nbytes: float) -> list[float]:
         plain = max(0.0, nbytes / e - matrix_numel + raw * share) * e
         return [x for x in (plain, packed * share * e / 2, packed * share * e / 2) if x > 0]
     return [nbytes]
+
+
+def wire_share(run, compression: str) -> float:
+    """Bytes sent per gradient byte, at most (the search's lower bounds scale by it): 1
+    uncompressed; a 16-bit cast 2/e of e-byte gradients; PowerSGD 0 (how much it sends
+    depends on the bucket's matrices, ``bucket_messages``)."""
+    e = run.bytes_per_param[1]
+    if compression in ("fp16", "bf16"):
+        return 2.0 / e if e > 2 else 1.0
+    return 0.0 if compression == "powersgd" else 1.0
 
 
 def compression_s(run, layout, chunk, nbytes: float) -> float:

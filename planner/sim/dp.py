@@ -2,11 +2,13 @@
 
 Built once per layout (``build``), as the executor's ``executor/parallel/dp.py`` runs it:
 
-- ZeRO 0/1 (DDP; ``planner.cost.dp.ddp_buckets``): all-reduce buckets in reverse block order
-  during the last micro-batch's backward of each chunk, each started when its last gradient is
-  ready and the stream is free (where DDP cannot run, ``planner.rules.ddp_runs``, the executor
-  all-reduces after the backward pass); ZeRO-1 then broadcasts updated parameters (the volume
-  of an all-gather) after the optimizer step.
+- ZeRO 0 (DDP) and ZeRO 1 (Megatron's distributed optimizer, ``executor.parallel.zero1``):
+  buckets of DDP's sizes (``planner.cost.dp.ddp_buckets``) in reverse block order during the
+  last micro-batch's backward of each chunk, each started when its last gradient is ready and
+  the stream is free -- all-reduced (ZeRO 0) or reduce-scattered (ZeRO 1); where the executor
+  cannot hook the backward pass (``planner.rules.reduction_overlaps_backward``) they start
+  after it. ZeRO 1 then all-gathers each bucket's updated parameters after the optimizer step
+  (the executor does it before the step ends, so it is exposed).
 - ZeRO 2/3 (FSDP2): an all-gather of each block's parameters before its forward (ZeRO-2: only
   while resharded; ZeRO-3: also before its backward), prefetched one block ahead, and a
   reduce-scatter of each block's gradients -- per micro-batch without pipelining, once at the
@@ -36,6 +38,7 @@ class DpPlan:
     rs_block_s: tuple         # per block (reverse order) reduce-scatter time, FSDP
     gather_block_s: tuple     # per block (forward order) all-gather time, FSDP
     at_end: bool              # reductions start only after the rank's backward pass
+    gather_s: float = 0.0     # ZeRO-1: all-gathers of the updated parameters, after the step
 
 
 def count(counts: dict, phase: str, name: str, group: str, size: int, nbytes: float,
@@ -74,22 +77,35 @@ def chunk_plan(run, layout, chunk, comm, counts: dict) -> DpPlan:
         return DpPlan([(len(grads) - 1, t, total)], False, (), (), True)
     # Buckets that become ready together (a block larger than the cap) run back to back on
     # the stream: one event each group, same finish time as bucket by bucket.
+    reduction = "reduce_scatter" if d.zero == 1 else "all_reduce"
     buckets: list = []
     sizes: dict = {}
     seen: dict = {}
     for nbytes, ready in dp_cost.ddp_buckets(grads):
         if nbytes not in sizes:
-            sizes[nbytes] = compress.bucket_time(run, layout, chunk, nbytes, comm)
+            sizes[nbytes] = compress.bucket_time(run, layout, chunk, nbytes, comm, reduction)
         seen[nbytes] = seen.get(nbytes, 0) + 1
         if buckets and buckets[-1][0] == ready:
             r0, d0, b0 = buckets[-1]
             buckets[-1] = (ready, d0 + sizes[nbytes], b0 + nbytes)
         else:
             buckets.append((ready, sizes[nbytes], nbytes))
+    gather_s = 0.0
     for nbytes, k in seen.items():
         for msg in compress.bucket_messages(run, layout, chunk, nbytes):
-            count(counts, "backward", "all_reduce", "dp", n, msg, k)
-    return DpPlan(buckets, False, (), (), not rules.ddp_runs(layout))
+            count(counts, "backward", reduction, "dp", n, msg, k)
+        if d.zero == 1:     # the updated parameters of the bucket, after the optimizer step
+            pbytes = nbytes * param_per_grad(run)
+            count(counts, "optimizer", "all_gather", "dp", n, pbytes, k)
+            gather_s += k * comm("all_gather", pbytes, "dp")
+    return DpPlan(buckets, False, (), (), not rules.reduction_overlaps_backward(layout),
+                  gather_s)
+
+
+def param_per_grad(run) -> float:
+    """Parameter bytes per gradient byte (1: the executor keeps both in the same dtype)."""
+    p_e, g_e, _ = run.bytes_per_param
+    return p_e / g_e
 
 
 def fsdp_gathers_per_step(layout) -> list[tuple[str, int]]:
@@ -243,13 +259,10 @@ class DataParallelHooks:
         st.comp += opt
         st.acc["optimizer"] += opt
         if layout.data.zero == 1 and layout.dp > 1:
-            # ZeroRedundancyOptimizer: each owner broadcasts its updated shard (all-gather volume)
-            pbytes = params * run.bytes_per_param[0]
-            t = self.comm("all_gather", pbytes, "dp")
-            count(self.counts, "optimizer", "broadcast", "dp", layout.dp, pbytes / layout.dp,
-                  layout.dp)
+            # the distributed optimizer: one all-gather of updated parameters per bucket
+            t = sum(self.plans[c].gather_s for c in mine)
             if self.timeline:
-                st.events.append(("comm", "broadcast params", st.comp, st.comp + t))
+                st.events.append(("comm", "all_gather params", st.comp, st.comp + t))
             st.comp += t
             st.comm_free = st.comp
             st.comm_busy += t

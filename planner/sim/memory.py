@@ -8,13 +8,15 @@ Per block, the bytes it adds to the rank holding it (``MemRows``):
 additive: parameters, gradients, optimizer state (``planner.cost.memory.model_state_bytes``:
 ZeRO over dp; gradients whole when torch pipelining accumulates FSDP gradients), and
 gradient-sized buffers (DDP's bucket copy -- torch's default gradient_as_bucket_view=False;
-PowerSGD's error feedback; the parameter server's flat messages, 2/k of the gradients). Per
+PowerSGD's error feedback; the parameter server's flat messages, 2/k of the gradients; ZeRO-1's
+flat buckets in flight during backward plus the 1/dp reduce-scattered shards the optimizer
+reads, ``executor.parallel.zero1``). Per
 micro-batch in flight: activations. Largest over the rank's blocks: a recomputed block's
 transient activations; FSDP's unsharded copies (ZeRO-3: the gathered and the prefetched block;
 without pipelining the unsharded gradient of one block before its reduce-scatter). Per chunk
 that sends onwards: receive buffers for its activation and gradient (2 x boundary bytes).
-Capped: where the executor all-reduces after the backward pass without DDP (tp > 1), one
-25 MiB bucket at a time.
+Capped: where the executor all-reduces (ZeRO 0) after the backward pass without DDP (tp > 1),
+one 25 MiB bucket at a time.
 """
 from __future__ import annotations
 
@@ -46,6 +48,23 @@ def state_bytes_per_param(run, dims, data, pipelined: bool) -> tuple[float, floa
     return ps, gs, os_
 
 
+def buffer_bytes_per_param(run, dims, data) -> float:
+    """Gradient-sized buffers per parameter on one rank (module docstring): DDP's bucket copy
+    (tp 1) and PowerSGD's error feedback; ZeRO-1's flat buckets and 1/dp shards; the parameter
+    server's flat messages. The search's memory floor counts them too."""
+    if dims.dp <= 1:
+        return 0.0
+    e_grad = run.bytes_per_param[1]
+    if data.parameter_server:
+        return 2.0 * e_grad / data.ps_shards
+    if data.zero == 1:
+        return e_grad * (1.0 + 1.0 / dims.dp)
+    if data.zero == 0:
+        return (e_grad if dims.tp == 1 else 0.0) + (
+            e_grad if data.compression == "powersgd" else 0.0)
+    return 0.0
+
+
 class MemRows:
     """Per block, the bytes it adds to the rank holding it (module docstring)."""
 
@@ -55,15 +74,10 @@ class MemRows:
         self.states = state_bytes_per_param(run, dims, d, layout.pp > 1)
         dp = dims.dp > 1
         server = dp and d.parameter_server
-        lin = 0.0
-        if server:
-            lin = 2.0 * e_grad / d.ps_shards
-        elif dp and d.zero <= 1:
-            lin = (e_grad if layout.tp == 1 else 0.0) + (
-                e_grad if d.compression == "powersgd" else 0.0)
+        lin = buffer_bytes_per_param(run, dims, d)
         gathered = 2.0 * e_param if dp and d.zero == 3 else 0.0
         one_grad = e_grad if dp and d.zero >= 2 and layout.pp == 1 and not server else 0.0
-        self.capped = dp and not server and d.zero <= 1 and layout.tp > 1
+        self.capped = dp and not server and d.zero == 0 and layout.tp > 1
         self.e_grad = e_grad
         self.params = [r.params for r in rows]
         self.linear = [r.params * lin for r in rows]

@@ -101,8 +101,8 @@ def collectives(run: RunSpec, layout, costs: LayoutCosts, result: StepResult) ->
 
 def _partial_grad_collectives(run: RunSpec, layout, costs: LayoutCosts, owner) -> list:
     """The tp all-reduces of gradients that are partial over tp ranks (``Family.
-    partial_grad_params``: sequence-parallel norms, routers): one per pipeline stage and step,
-    or under FSDP one per parameter at each of its block's reduce-scatters (every micro-batch
+    partial_grad_params``: sequence-parallel norms, routers; who sums them:
+    ``rules.partial_grads_by``): one per pipeline stage and step, or under FSDP one per parameter at each of its block's reduce-scatters (every micro-batch
     without pipelining, once per step with it). A few KiB to a few hundred KiB per layer, so
     their time is not simulated."""
     family, spec = families.of(run.model), run.model
@@ -118,16 +118,19 @@ def _partial_grad_collectives(run: RunSpec, layout, costs: LayoutCosts, owner) -
                 per_stage.setdefault(owner[c], []).extend(
                     family.partial_grad_params(spec, layer_of[x], sp))
     out = []
-    fsdp = rules.fsdp_runs(layout)
+    by = rules.partial_grads_by(layout)
     times = layout.num_microbatches if layout.pp == 1 else 1
+    # ZeRO-1 sums only the pieces a dp rank owns: 1/dp of the bytes on average (the exact
+    # share of a rank depends on where its bucket slices fall)
+    share = 1.0 / layout.dp if by == "zero1" else 1.0
     for sizes in per_stage.values():
-        if fsdp:     # merged by size here: hundreds of parameters, a handful of sizes
+        if by == "fsdp":     # merged by size here: hundreds of parameters, a handful of sizes
             for size, k in Counter(sizes).items():
                 out.append(CollectiveCount("backward", "all_reduce", "tp", layout.tp,
                                            times * k, size * e))
         elif sizes:
             out.append(CollectiveCount("backward", "all_reduce", "tp", layout.tp, 1,
-                                       sum(sizes) * e))
+                                       int(sum(sizes) * e * share)))
     return out
 
 
