@@ -1,9 +1,11 @@
 """Training data: the global batch of step k, and the rows of it one data-parallel rank reads.
 
 Every rank derives step k's global batch from ``(plan.seed, k)`` alone, so the single-process
-reference (``executor.reference``) sees exactly the rows the parallel run splits; DP rank i of
-``dp`` reads the contiguous rows ``[i*B/dp, (i+1)*B/dp)`` (the order micro-batches and pipeline
-schedules then consume them in does not change the mean loss or its gradient).
+reference (``executor.reference``) sees exactly the rows the parallel run splits; DP rank i
+reads the contiguous rows ``Layout.replica_rows(i)``: ``[i*B/dp, (i+1)*B/dp)`` when the replicas'
+shares are even, else its ``replica_microbatches[i]`` micro-batches after those of replicas
+0..i-1 (the order micro-batches and pipeline schedules then consume them in does not change
+the mean loss or its gradient).
 """
 from __future__ import annotations
 
@@ -24,10 +26,9 @@ def batch_seed(seed: int, step: int) -> int:
     return seed * _STEP_STRIDE + step
 
 
-def dp_rows(dp_rank: int, dp: int, global_batch: int) -> tuple[int, int]:
+def dp_rows(dp_rank: int, layout) -> tuple[int, int]:
     """The contiguous rows of the global batch that data-parallel rank ``dp_rank`` trains on."""
-    per = global_batch // dp
-    return dp_rank * per, (dp_rank + 1) * per
+    return layout.replica_rows(dp_rank)
 
 
 class SyntheticData:

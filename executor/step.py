@@ -1,10 +1,16 @@
 """One training step of one rank: micro-batches forward and backward, gradient combination,
 optimizer update.
 
-Without pipelining the rank runs its ``num_microbatches`` micro-batches of ``microbatch_size``
-rows itself, each loss scaled by 1/num_microbatches so that the accumulated gradient is that of
-the mean loss (DDP's all-reduce waits for the last micro-batch, ``no_sync`` before it). With
-pipelining the schedule splits the rows into the same micro-batches and scales the gradients.
+Without pipelining the rank runs its replica's m micro-batches (``Layout.microbatches_of``) of
+``microbatch_size`` rows itself, each loss scaled by 1/m so that the accumulated gradient is
+that of the replica's mean loss (DDP's all-reduce waits for the last micro-batch, ``no_sync``
+before it). With pipelining the schedule splits the rows into the same micro-batches and scales
+the gradients (``executor.parallel.pp.loss_scale``). Where replicas run different numbers of
+micro-batches (mixed clusters), each loss is also multiplied by the replica's weight
+w = m * dp / M (``Layout.replica_weight``, M micro-batches in all): the replicas' gradients
+are then averaged as usual (DDP, FSDP and the parameter server divide their sum by dp), and
+sum_i w_i g_i / dp = sum over all M micro-batches of their gradients / M, the gradient of the
+mean loss over the global batch.
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import contextlib
 
 import torch
 
+from executor.parallel.pp import loss_scale
 from executor.parallel.tp import reduce_partial_grads
 from planner import rules
 from planner.families.sequential import set_aux_loss_scale
@@ -29,23 +36,28 @@ def _microbatches(inputs, targets, size):
 def forward_backward(par, inputs, targets, layout, loss_fn, device, amp_dtype) -> torch.Tensor:
     """Sum of this rank's micro-batch losses (float64, detached); gradients left in ``.grad``."""
     total = torch.zeros((), dtype=torch.float64, device=device)
-    # auxiliary losses (a MoE router's) are scaled like the loss: the schedule divides the
-    # gradients by num_microbatches afterwards; without one each loss is divided before
-    set_aux_loss_scale(1.0 if par.schedule is not None else 1.0 / layout.num_microbatches)
+    weight = layout.replica_weight(par.dp_rank)
+    m = layout.microbatches_of(par.dp_rank)
+    # auxiliary losses (a MoE router's) are scaled like the loss: a pipeline schedule's loss
+    # carries loss_scale (1 when it divides the gradients by m afterwards); without one each
+    # loss is multiplied by weight / m before its backward
+    set_aux_loss_scale(loss_scale(layout, par.dp_rank) if par.schedule is not None
+                       else weight / m)
     if par.schedule is not None:
         losses: list = []
         args = (inputs,) if par.first else ()
         kwargs = {"target": targets, "losses": losses} if par.last else {}
         with _autocast(device, amp_dtype):
             par.schedule.step(*args, **kwargs)
+        scale = loss_scale(layout, par.dp_rank)   # what the schedule's loss carries
         for loss in losses:
-            total += loss.detach().to(torch.float64)
+            total += loss.detach().to(torch.float64) / scale
         return total
-    model, m = par.parts[0], layout.num_microbatches
+    model = par.parts[0]
     for i, (x, y) in enumerate(_microbatches(inputs, targets, layout.microbatch_size)):
         with par.dp.no_sync(last=i == m - 1), _autocast(device, amp_dtype):
             loss = loss_fn(model(x), y)
-            (loss / m).backward()
+            (loss / m if weight == 1.0 else loss * (weight / m)).backward()
         total += loss.detach().to(torch.float64)
     return total
 

@@ -81,7 +81,7 @@ class Job:
         self.par = parallelize(self.model, self.layout, mesh, self.device, path)
         self.optimizer = self.par.dp.build_optimizer(plan.optimizer, plan.learning_rate)
         dp_i = grid.RankGrid(self.layout.dims).coord(self.rt.rank, "dp")
-        self.rows = dp_rows(dp_i, self.layout.dp, plan.global_batch_size)
+        self.rows = dp_rows(dp_i, self.layout)
         self.amp = runtime.autocast_dtype(plan.dtype)
         self.ckpt = ckpt
 
@@ -136,7 +136,7 @@ def _metrics(job, loss_sums, times, first, counter) -> Metrics | None:
     plan, args, rt, layout, device = job.plan, job.args, job.rt, job.layout, job.device
     losses = torch.stack(loss_sums)
     dist.all_reduce(losses)                       # each micro-batch counted on one rank
-    losses = (losses / (layout.dp * layout.num_microbatches)).tolist()
+    losses = (losses / layout.total_microbatches).tolist()
     step_times = torch.tensor(times, dtype=torch.float64, device=device)
     dist.all_reduce(step_times, op=dist.ReduceOp.MAX)
     peaks = [torch.zeros((), dtype=torch.int64, device=device) for _ in range(rt.world_size)]

@@ -91,6 +91,12 @@ def executor_refuses(layout) -> str:
         return (f"zero {d.zero} (FSDP2) under schedule {pl.schedule} trains wrong parameters in "
                 f"torch 2.13 (FSDP reduce-scatters before the weight-gradient pass has run): use "
                 f"zero 0 or 1 with {pl.schedule}, or another schedule")
+    if layout.replica_microbatches and dp and (d.zero == 3 or (d.zero == 2 and layout.pp == 1)):
+        return (f"uneven replica_microbatches with zero {d.zero}"
+                f"{'' if layout.pp > 1 else ' without pipelining'}: FSDP gathers (and without "
+                "pipelining reduce-scatters) once per micro-batch, so replicas running "
+                "different numbers of micro-batches would issue different collectives: use "
+                "zero 0 or 1, or zero 2 with pp > 1")
     return ""
 
 

@@ -74,7 +74,15 @@ def test_recompute_reruns_what_it_says():
 
 
 def test_dp_rows_partition_the_global_batch():
-    assert [dp_rows(i, 4, 8) for i in range(4)] == [(0, 2), (2, 4), (4, 6), (6, 8)]
+    even = Layout.make(dp=4, microbatch_size=1, num_microbatches=2)
+    assert [dp_rows(i, even) for i in range(4)] == [(0, 2), (2, 4), (4, 6), (6, 8)]
+    uneven = Layout.make(dp=3, microbatch_size=2, num_microbatches=3,
+                         replica_microbatches=(3, 1, 2))
+    assert [dp_rows(i, uneven) for i in range(3)] == [(0, 6), (6, 8), (8, 12)]
+    # weights: m_i * dp / M, so that sum_i w_i * (mean gradient of replica i) / dp is the
+    # mean over the global batch
+    assert [uneven.replica_weight(i) for i in range(3)] == [1.5, 0.5, 1.0]
+    assert even.replica_weight(2) == 1.0
 
 
 def test_synthetic_rows_are_slices_of_one_global_batch():

@@ -35,6 +35,7 @@ class Parallelized:
     first: bool                    # holds the first pipeline chunk (feeds the inputs)
     last: bool                     # holds the last pipeline chunk (computes the loss)
     counts_loss: bool              # adds its losses to the reported global mean (tp rank 0 only)
+    dp_rank: int = 0               # its data-parallel replica (whose share of the batch it runs)
 
 
 def check_layout(spec, layout, where: str = "plan", num_blocks: int | None = None) -> None:
@@ -48,7 +49,7 @@ def check_layout(spec, layout, where: str = "plan", num_blocks: int | None = Non
 
 def parallelize(model, layout, mesh, device, where: str = "plan") -> Parallelized:
     coords = grid.RankGrid(layout.dims).coords_of(dist.get_rank())
-    pp_i, tp_i = coords["pp"], coords["tp"]
+    pp_i, tp_i, dp_i = coords["pp"], coords["tp"], coords["dp"]
     check_layout(model.spec, layout, where, len(model.blocks))
     # 0. pipeline boundary shapes, measured on the unsplit model while it is still plain
     metas = pp_mod.boundary_metas(model, layout, device) if layout.pp > 1 else None
@@ -72,6 +73,6 @@ def parallelize(model, layout, mesh, device, where: str = "plan") -> Parallelize
     if layout.pp > 1:
         schedule = pp_mod.build_schedule(strategy.parts, stage_ids, layout,
                                          mesh["pp"].get_group(), device, model.loss, metas,
-                                         len(model.blocks))
+                                         len(model.blocks), dp_i)
     return Parallelized(strategy.parts, parts, strategy, schedule, first, last,
-                        counts_loss=last and tp_i == 0)
+                        counts_loss=last and tp_i == 0, dp_rank=dp_i)

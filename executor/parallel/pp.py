@@ -4,8 +4,12 @@ The model's blocks are cut into ``pp * virtual_stages`` chunks (``planner.rules.
 the layout's stage boundaries, else an even split). Placement and the torch schedule class come
 from the schedule's registry entry (``planner.schedules``): one chunk per rank for gpipe/1f1b;
 looped for interleaved-1f1b (rank r holds chunks r, r+pp, r+2pp, ...; Narayanan et al. SC'21,
-sec. 2.2); V-shaped for zbv (rank r holds chunks r and 2pp-1-r; Qi et al. 2024). The last chunk computes the loss; with
-``scale_grads`` the schedule divides gradients by the number of micro-batches.
+sec. 2.2); V-shaped for zbv (rank r holds chunks r and 2pp-1-r; Qi et al. 2024). The last chunk
+computes the loss; with ``scale_grads`` the schedule divides gradients by the number of
+micro-batches. It does so after the backward pass, when DDP has already averaged them over the
+replicas, so where replicas' shares differ (``Layout.replica_microbatches``) it must not:
+the loss itself is then multiplied by ``Layout.replica_weight / m`` = dp / M, this replica's
+weight over its own m micro-batches (``executor.step``).
 
 Stages get their boundary shapes up front (``input_args``/``output_args``, PipelineStage's static
 mode) from one no-grad forward of a micro-batch through the unsplit model: the runtime shape
@@ -74,9 +78,9 @@ def apply_pp(model, layout, pp_rank: int, where: str = "plan") -> tuple[list[Chu
 
 
 def build_schedule(stage_modules, stage_ids, layout, pp_group, device, loss_fn, metas,
-                   num_blocks: int):
-    """The plan's schedule over this rank's stages (modules already wrapped for dp);
-    ``metas`` from ``boundary_metas``."""
+                   num_blocks: int, dp_rank: int = 0):
+    """The plan's schedule over this rank's stages (modules already wrapped for dp) for the
+    micro-batches of replica ``dp_rank``; ``metas`` from ``boundary_metas``."""
     n = layout.num_chunks
     starts = chunk_starts(layout, num_blocks) + [num_blocks]
     stages = [PipelineStage(m, i, n, device, input_args=metas[starts[i]],
@@ -84,5 +88,28 @@ def build_schedule(stage_modules, stage_ids, layout, pp_group, device, loss_fn, 
               for m, i in zip(stage_modules, stage_ids)]
     kind = layout.pipeline.kind
     cls = getattr(pipelining, kind.torch_class)
-    return cls(stages if kind.multi_stage else stages[0], layout.num_microbatches,
-               loss_fn=loss_fn, scale_grads=True)
+    m = layout.microbatches_of(dp_rank)
+    scale = loss_scale(layout, dp_rank)
+    if scale != 1.0:
+        loss_fn = _Weighted(loss_fn, scale)
+    return cls(stages if kind.multi_stage else stages[0], m, loss_fn=loss_fn,
+               scale_grads=scale == 1.0)
+
+
+def loss_scale(layout, dp_rank: int) -> float:
+    """What the schedule's loss is multiplied by: 1 with even shares (``scale_grads`` divides
+    by m), else the replica's weight over its m micro-batches (module docstring)."""
+    if not layout.replica_microbatches:
+        return 1.0
+    return layout.replica_weight(dp_rank) / layout.microbatches_of(dp_rank)
+
+
+class _Weighted:
+    """The loss times ``weight``: what the schedule differentiates and reports
+    (``executor.step`` divides the report back)."""
+
+    def __init__(self, loss_fn, weight: float):
+        self.loss_fn, self.weight = loss_fn, weight
+
+    def __call__(self, output, target):
+        return self.loss_fn(output, target) * self.weight

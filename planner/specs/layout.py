@@ -75,7 +75,13 @@ class TensorParallel(Serde):
 
 @dataclass(frozen=True)
 class Layout(Serde):
-    """How one training step is split: global batch = dp * microbatch_size * num_microbatches."""
+    """How one training step is split: global batch = dp * microbatch_size * num_microbatches,
+    or microbatch_size * sum(replica_microbatches) when the replicas' shares differ.
+
+    ``replica_microbatches`` (mixed clusters: replicas on faster devices take more): the
+    micro-batches of each data-parallel replica in dp order; ``num_microbatches`` is then their
+    largest. Empty (the default): every replica runs ``num_microbatches``.
+    """
     dims: ParallelDims = field(default_factory=ParallelDims)
     microbatch_size: int = 1
     num_microbatches: int = 1
@@ -83,6 +89,7 @@ class Layout(Serde):
     pipeline: Pipeline = field(default_factory=Pipeline)
     tensor: TensorParallel = field(default_factory=TensorParallel)
     recompute: str = "none"
+    replica_microbatches: tuple[int, ...] = ()
     schema_version: int = LAYOUT_VERSION
 
     def __post_init__(self):
@@ -98,6 +105,8 @@ class Layout(Serde):
         problem = pl.kind.check(d.pp, pl.virtual_stages, self.num_microbatches)
         if problem:
             raise PlannerError(problem)
+        if self.replica_microbatches:
+            self._check_replicas()
         b = pl.stage_boundaries
         if b:
             chunks = d.pp * pl.virtual_stages
@@ -106,6 +115,52 @@ class Layout(Serde):
                                    f"virtual_stages({pl.virtual_stages}) = {chunks}")
             if b[0] != 0 or any(x >= y for x, y in zip(b, b[1:])):
                 raise PlannerError(f"stage_boundaries {list(b)} must start at 0 and increase")
+
+    def _check_replicas(self) -> None:
+        ms, d, pl = self.replica_microbatches, self.dims, self.pipeline
+        if len(ms) != d.dp or any(isinstance(m, bool) or not isinstance(m, int) or m < 1
+                                  for m in ms):
+            raise PlannerError(f"replica_microbatches {list(ms)} must hold dp({d.dp}) integers "
+                               ">= 1, one per data-parallel replica")
+        if len(set(ms)) == 1:
+            raise PlannerError(f"replica_microbatches {list(ms)} are all equal: give "
+                               f"num_microbatches {ms[0]} and leave replica_microbatches empty")
+        if self.num_microbatches != max(ms):
+            raise PlannerError(f"num_microbatches({self.num_microbatches}) must be the largest "
+                               f"of replica_microbatches {list(ms)} ({max(ms)})")
+        for m in sorted(set(ms)):
+            problem = pl.kind.check(d.pp, pl.virtual_stages, m)
+            if problem:
+                raise PlannerError(f"replica_microbatches {list(ms)}: {problem}")
+
+    # -- each data-parallel replica's share of the batch --------------------------------------
+    def microbatches_of(self, dp_rank: int) -> int:
+        """Micro-batches replica ``dp_rank`` runs per step."""
+        ms = self.replica_microbatches
+        return ms[dp_rank] if ms else self.num_microbatches
+
+    @property
+    def total_microbatches(self) -> int:
+        """Micro-batches of the whole step, over all replicas."""
+        ms = self.replica_microbatches
+        return sum(ms) if ms else self.dims.dp * self.num_microbatches
+
+    def replica_rows(self, dp_rank: int) -> tuple[int, int]:
+        """The contiguous rows [start, stop) of the global batch replica ``dp_rank`` trains on."""
+        b, ms = self.microbatch_size, self.replica_microbatches
+        if not ms:
+            per = b * self.num_microbatches
+            return dp_rank * per, (dp_rank + 1) * per
+        start = b * sum(ms[:dp_rank])
+        return start, start + b * ms[dp_rank]
+
+    def replica_weight(self, dp_rank: int) -> float:
+        """What replica ``dp_rank``'s mean gradient must be multiplied by before the replicas'
+        gradients are averaged (DDP, FSDP, the parameter server all divide their sum by dp), so
+        that the update is that of the mean loss over the global batch: its share of the
+        micro-batches, m_i / M, times dp. Exactly 1 when the shares are even."""
+        ms = self.replica_microbatches
+        return ms[dp_rank] * self.dims.dp / sum(ms) if ms else 1.0
 
     # -- the degrees, read often enough to deserve a shortcut -------------------------------
     @property
@@ -126,7 +181,7 @@ class Layout(Serde):
 
     @property
     def global_batch_size(self) -> int:
-        return self.dims.dp * self.microbatch_size * self.num_microbatches
+        return self.microbatch_size * self.total_microbatches
 
     @property
     def num_chunks(self) -> int:
@@ -141,13 +196,20 @@ class Layout(Serde):
 
     def check_batch(self, global_batch: int) -> None:
         if self.global_batch_size != global_batch:
+            if self.replica_microbatches:
+                raise PlannerError(
+                    f"microbatch_size({self.microbatch_size}) * sum(replica_microbatches "
+                    f"{list(self.replica_microbatches)}) = {self.global_batch_size} != "
+                    f"global_batch({global_batch})")
             raise PlannerError(
                 f"dp({self.dp}) * microbatch_size({self.microbatch_size}) * num_microbatches("
                 f"{self.num_microbatches}) = {self.global_batch_size} != global_batch({global_batch})")
 
     def describe(self) -> str:
         d, pl, dd = self.dims, self.pipeline, self.data
-        parts = [d.describe(), f"mb={self.microbatch_size}x{self.num_microbatches}"]
+        split = ("/".join(map(str, self.replica_microbatches)) if self.replica_microbatches
+                 else str(self.num_microbatches))
+        parts = [d.describe(), f"mb={self.microbatch_size}x{split}"]
         if d.pp > 1:
             parts.append(pl.schedule + (f"(v={pl.virtual_stages})"
                                         if pl.virtual_stages > 1 else ""))
@@ -169,13 +231,14 @@ class Layout(Serde):
     def make(cls, **flat) -> "Layout":
         """A layout from version 1's flat field names (``dp=2, zero=1, schedule="zbv"``...),
         which is also how ``planner simulate``'s flags and tests spell one."""
-        unknown = sorted(set(flat) - set(_FLAT))
+        names = {**_FLAT, **_ADDED}
+        unknown = sorted(set(flat) - set(names))
         if unknown:
             raise PlannerError(f"unknown layout field '{unknown[0]}'; valid fields: "
-                               f"{', '.join(sorted(_FLAT))}")
+                               f"{', '.join(sorted(names))}")
         parts: dict = {"dims": {}, "data": {}, "pipeline": {}, "tensor": {}, "": {}}
         for key, value in flat.items():
-            part, name = _FLAT[key]
+            part, name = names[key]
             parts[part][name] = value
         return cls(dims=ParallelDims(**parts["dims"]), data=DataParallel(**parts["data"]),
                    pipeline=Pipeline(**parts["pipeline"]),
@@ -214,7 +277,7 @@ class Layout(Serde):
             if f.name == "schema_version" or not is_dataclass(value):
                 if f.name != "schema_version" and ("", f.name) not in known:
                     if value != _default(f):
-                        out[f.name] = value
+                        out[f.name] = list(value) if isinstance(value, tuple) else value
                 continue
             for g in fields(value):
                 if (f.name, g.name) not in known:
@@ -241,4 +304,7 @@ _FLAT = {
     "powersgd_rank": ("data", "powersgd_rank"),
     "stage_boundaries": ("pipeline", "stage_boundaries"),
 }
+# Fields added after version 1 that ``make`` also takes by name (not part of ``flat``, so that
+# version 1's identity stays as it was).
+_ADDED = {"replica_microbatches": ("", "replica_microbatches")}
 assert {p for p, _ in _FLAT.values()} <= {"", *(f.name for f in fields(Layout))}
