@@ -18,6 +18,10 @@ Presets:
   (``benchmarks/comm_a100.py``); the H100 one carries the A100 fit's efficiency over to its
   datasheet NVLink bandwidth (marked "assumed"). Other figures not on a datasheet are marked
   "assumed" until fitted.
+- ``mixed-h100-a100``: 4 ``dgx-h100-80gb`` nodes (node ranks 0-3) and 4 ``dgx-a100-80gb`` nodes
+  (node ranks 4-7) on one InfiniBand fabric: each group keeps its own NVLink and its own ports
+  (400 Gb/s per H100, 200 Gb/s per A100), so traffic between the two kinds runs at the A100's
+  port speed (``planner.topology``). ``--gpus 32`` keeps the H100 nodes alone.
 
 Fields beyond a uniform cluster (all optional; see ``planner.topology``):
 
@@ -32,6 +36,11 @@ Fields beyond a uniform cluster (all optional; see ``planner.topology``):
 - ``LinkLevel.call_latency_s``: cost paid once per collective call on top of ``latency_s`` per
   message step (0 by default).
 - ``collective_fits``: measured curves written by ``planner profile --network``.
+- ``node_groups``: ``[{"num_nodes": 4, "device": {...}, "intra_node": {...}, "inter_node":
+  {...}, "name": "a100"}]`` -- nodes of another device kind after the default group's (the
+  first ``num_nodes - sum(num_nodes of the groups)`` nodes, of ``device``); links omitted or
+  null are the cluster's. ``num_nodes`` counts every node; each node has ``devices_per_node``.
+  Planning for such a cluster is ``planner.search.mixed``'s.
 """
 from __future__ import annotations
 
@@ -39,7 +48,7 @@ import os
 
 from planner import devices, serde
 from planner.errors import PlannerError
-from planner.specs import Cluster, DeviceSpec, LinkLevel
+from planner.specs import Cluster, DeviceSpec, LinkLevel, NodeGroup
 
 GIB = 2**30
 # Assumed, not measured (no GPU here): the CUDA context (~0.5 GiB), NCCL's channel buffers
@@ -128,7 +137,18 @@ def dgx_h100() -> Cluster:
                 "profiles/h100-sxm5-80gb.json")
 
 
-PRESETS = {"localhost-cpu": localhost_cpu, "dgx-a100-80gb": dgx_a100, "dgx-h100-80gb": dgx_h100}
+def mixed_h100_a100() -> Cluster:
+    h100, a100 = dgx_h100(), dgx_a100()
+    return Cluster(name="mixed-h100-a100", num_nodes=8, devices_per_node=8, device=h100.device,
+                   intra_node=h100.intra_node, inter_node=h100.inter_node, backend="nccl",
+                   node_groups=(NodeGroup(4, a100.device, a100.intra_node, a100.inter_node,
+                                          name="a100"),),
+                   notes="4 nodes of 8 H100 (node ranks 0-3) and 4 of 8 A100 (node ranks 4-7), "
+                         "one InfiniBand fabric, each node with its own NVLink and ports")
+
+
+PRESETS = {"localhost-cpu": localhost_cpu, "dgx-a100-80gb": dgx_a100, "dgx-h100-80gb": dgx_h100,
+           "mixed-h100-a100": mixed_h100_a100}
 
 
 def resolve_cluster(arg: str) -> Cluster:

@@ -30,6 +30,8 @@ def layout_diff(a: Layout, b: Layout) -> str:
             "virtual_stages", "zero", "recompute", "sequence_parallel")
     fa, fb = a.flat(), b.flat()
     parts = [f"{k} {fa[k]} vs {fb[k]}" for k in keys if fa[k] != fb[k]]
+    if a.replica_microbatches != b.replica_microbatches:
+        parts.append(f"micro-batches per replica {a.split_text()} vs {b.split_text()}")
     return ", ".join(parts) or "only the stage boundaries"
 
 

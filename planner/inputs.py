@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from planner import families, localhost
 from planner.clusters import resolve_cluster
@@ -38,6 +38,17 @@ class PlanInputs:
     # size not measured come from the fitted overhead + work/throughput line
     # (planner.profile.extrapolate) instead of proportional scaling.
     other_profiles: tuple[ModelProfile, ...] = ()
+    _on_device: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def costs_on(self, device, microbatch_size: int) -> tuple[compute.BlockCost, ...]:
+        """Analytic block costs on one device of a kind (mixed clusters), cached so that the
+        simulator's memoisation (by object) holds."""
+        key = (device.name, microbatch_size)
+        hit = self._on_device.get(key)
+        if hit is None:
+            hit = self._on_device[key] = compute.analytic_costs(
+                self.model, microbatch_size, device, self.dtype, ELEMENT_BYTES[self.dtype])
+        return hit
 
     def block_costs(self, microbatch_size: int) -> tuple[compute.BlockCost, ...]:
         if self.profile is not None:
@@ -146,6 +157,10 @@ def resolve(args) -> PlanInputs:
     cpu = cluster.backend == "gloo"
     dtype = args.dtype or ("float32" if cpu else "bf16-mixed")
     profile, path, others = None, "", ()
+    if cluster.mixed and args.profile:
+        raise PlannerError(f"--profile: a profile measures one kind of device, and cluster "
+                           f"{cluster.name} mixes {', '.join(d.name for d in cluster.kinds)}: "
+                           "plans for it come from each kind's device model (drop --profile)")
     if args.profile:
         paths = [args.profile] if isinstance(args.profile, str) else list(args.profile)
         loaded = [(p, ModelProfile.load(p)) for p in paths]
@@ -164,7 +179,7 @@ def resolve(args) -> PlanInputs:
                                f"{args.seq_len}: profile the model at that length")
     else:
         model = resolve_model(args.model, args.seq_len)
-        found = find_profiles(model, "cpu" if cpu else "cuda", dtype)
+        found = [] if cluster.mixed else find_profiles(model, "cpu" if cpu else "cuda", dtype)
         if found:
             (path, profile), others = found[0], tuple(p for _, p in found[1:])
             model = profile.model  # a custom model's sizes are known once it was built

@@ -350,3 +350,90 @@ def chunk_blocks(starts: Sequence[int], num_blocks: int) -> list[range]:
     """The block ranges of each chunk from its first-block indices."""
     ends = list(starts[1:]) + [num_blocks]
     return [range(a, b) for a, b in zip(starts, ends)]
+
+
+# --------------------------------------------------------------------------------------------
+# Chunks on devices of different speeds (mixed clusters)
+# --------------------------------------------------------------------------------------------
+def partition_by_chunk(costs: Sequence[Sequence[float]], send_s: Sequence[float],
+                       memory: "ChunkMemory | None" = None,
+                       caps: Sequence[float] | None = None, rel_tol: float = 1e-6
+                       ) -> tuple[tuple[int, ...], float]:
+    """Cut the blocks into ``len(costs)`` contiguous chunks where chunk c runs on its own device:
+    ``costs[c][x]`` is block x's cost there (a slower device: higher costs, so fewer blocks).
+
+    The same binary search on the bottleneck as ``balanced_partition``; greedy packing stays
+    exact with per-chunk costs (each chunk's cost still grows with its end and shrinks with its
+    start, so by induction the greedy cut is never left of any feasible one). With ``memory``
+    and ``caps`` each chunk must also fit its own device (``caps[c]`` bytes, by the same
+    greedy); if no cut fits, the fastest is returned and the caller's memory check says so.
+    Returns ``(starts, bottleneck_s)``.
+    """
+    hi, best, _ = _fastest_by_chunk(costs, send_s, memory, caps, rel_tol)
+    return tuple(best), hi
+
+
+def least_bottleneck_by_chunk(costs: Sequence[Sequence[float]], send_s: Sequence[float],
+                              rel_tol: float = 1e-3) -> float:
+    """A value no cut of ``partition_by_chunk``'s problem can beat (the binary search's last
+    infeasible probe): a lower bound on the slowest chunk, for the search."""
+    return _fastest_by_chunk(costs, send_s, None, None, rel_tol)[2]
+
+
+def _fastest_by_chunk(costs, send_s, memory, caps, rel_tol):
+    """(bottleneck reached, its starts, the last infeasible probe) of ``partition_by_chunk``."""
+    k, n = len(costs), len(send_s)
+    if k < 1 or k > n:
+        raise PlannerError(f"cannot cut {n} blocks into {k} pipeline chunks: needs "
+                           f"1 <= pp * virtual_stages <= {n}")
+    prefixes = [[0.0, *accumulate(c)] for c in costs]
+    if k == 1:
+        return prefixes[0][-1], [0], prefixes[0][-1]
+    mem = (memory, caps) if memory is not None and caps is not None else None
+    lo = max(min(p[-1] for p in prefixes) / k, 0.0)
+    hi = max(p[-1] for p in prefixes) + 2 * max(send_s)
+    best = _pack_chunks(prefixes, send_s, hi, mem)
+    if best is None and mem is not None:
+        mem, best = None, _pack_chunks(prefixes, send_s, hi, None)
+    if best is None:     # cannot happen with non-negative costs
+        raise PlannerError(f"no partition of {n} blocks into {k} chunks")
+    hi = _chunks_bottleneck(prefixes, send_s, best)
+    while hi - lo > rel_tol * max(hi, 1e-30):
+        mid = 0.5 * (lo + hi)
+        got = _pack_chunks(prefixes, send_s, mid, mem)
+        if got is None:
+            lo = mid
+        else:
+            hi, best = _chunks_bottleneck(prefixes, send_s, got), got
+    return hi, best, lo
+
+
+def _pack_chunks(prefixes, send_s, limit: float, mem) -> list[int] | None:
+    """``_pack`` with chunk c's own prefix sums and, given ``mem = (ChunkMemory, caps)``, its
+    own memory cap."""
+    k, n = len(prefixes), len(prefixes[0]) - 1
+    starts, i = [], 0
+    for c in range(k):
+        prefix = prefixes[c]
+        starts.append(i)
+        left = k - c - 1
+        if left == 0:
+            ok = chunk_cost(prefix, send_s, i, n - 1) <= limit
+            return starts if ok and (mem is None or mem[0].of(c, i, n - 1) <= mem[1][c]) \
+                else None
+        j = min(bisect_right(prefix, prefix[i] + limit) - 2, n - 1 - left)
+        while j >= i and chunk_cost(prefix, send_s, i, j) > limit:
+            j -= 1
+        if mem is not None:
+            while j >= i and mem[0].of(c, i, j) > mem[1][c]:
+                j -= 1
+        if j < i:
+            return None
+        i = j + 1
+    return None
+
+
+def _chunks_bottleneck(prefixes, send_s, starts) -> float:
+    bounds = list(starts) + [len(prefixes[0]) - 1]
+    return max(chunk_cost(prefixes[c], send_s, bounds[c], bounds[c + 1] - 1)
+               for c in range(len(starts)))

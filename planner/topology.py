@@ -9,7 +9,10 @@ Placement comes from the one rank grid (``planner.grid``): rank r sits on node
     switch a --node link-- switch b              (``Cluster.node_links``: replaces the spine
                                                  route for that node pair)
 
-``Cluster.node_levels`` override the intra-/inter-node link of single nodes. A flow's route is
+A node's links are those of its group (``Cluster.node_groups``: a mixed cluster's nodes of
+another device kind bring their own NVLink and network ports; the spine is the fabric they
+share), and ``Cluster.node_levels`` override the intra-/inter-node link of single nodes, so a
+flow between an H100 node and an A100 node runs at the slower of the two ports. A flow's route is
 fixed by that policy (same node: through the switch; a node link if the pair has one; else
 through the spine); its bandwidth is the least, over the links it crosses, of the link's
 bandwidth divided by the flows that cross it in the same direction at the same time (every
@@ -116,7 +119,8 @@ def uniform_boundary_crosses(per: int, dims: ParallelDims, stage: int) -> bool:
 # The graph, for clusters that are not uniform
 # --------------------------------------------------------------------------------------------
 def _node_levels(cluster: Cluster, node: int) -> tuple[LinkLevel, LinkLevel]:
-    intra, inter = cluster.intra_node, cluster.inter_node
+    group = cluster.node_group(node)
+    intra, inter = group.intra_node, group.inter_node
     for lv in cluster.node_levels:
         if lv.node == node:
             intra, inter = lv.intra_node or intra, lv.inter_node or inter

@@ -5,6 +5,12 @@ best-first search with lower bounds (``planner.search``); any of --dp --tp --pp
 --microbatch-size --schedule --virtual-stages --zero --recompute --sequence-parallel fixes that
 dimension. The plan file holds the winner with its full prediction (timeline included), the
 layouts the search looked at closely, and a paragraph on why the winner beats the runner-up.
+
+A mixed cluster (node groups of several device kinds) is searched by
+``planner.search.mixed``: each kind alone, all nodes with the work split by speed, and the even
+split; the output says how the work was split (node ranks, layers per stage, micro-batches per
+replica), compares the options in throughput and tokens per device-hour, and says what the
+slower devices bought. The plan's cluster is the nodes it uses, in the node-rank order it needs.
 """
 from __future__ import annotations
 
@@ -52,6 +58,9 @@ def run(args) -> int:
     if args.top_k < 1:
         raise PlannerError(f"--top-k must be >= 1, got {args.top_k}")
     space = plan_inputs.space_from_args(args)
+    if inp.cluster.mixed:
+        from planner.commands.plan_mixed import run_mixed
+        return run_mixed(args, inp, space)
     search.check_space(space, inp.num_devices, inp.global_batch_size)
     rs = run_spec(inp)
     t0 = time.perf_counter()

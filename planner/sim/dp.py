@@ -19,6 +19,13 @@ Built once per layout (``build``), as the executor's ``executor/parallel/dp.py``
 
 The optimizer step starts once a rank's reductions are done. The hooks are the only place the
 event loop (``planner.sim.engine``) meets data parallelism.
+
+On a mixed cluster the replicas differ and are simulated one by one (``planner.sim.mixed``); a
+``Sync`` then holds each reduction (DDP bucket, end-of-step reduce-scatter, reduction after the
+backward pass, parameter server, ZeRO-1's broadcast) until the slowest replica is ready for it,
+and ``stage_runs`` give each pipeline rank its own device for the optimizer step. FSDP's
+parameter gathers are not synced (under pipelining, the only case mixed layouts run, one per
+chunk at its first forward).
 """
 from __future__ import annotations
 
@@ -152,18 +159,43 @@ class FsdpOp:
         return end + exposed
 
 
+class Sync:
+    """Collectives of the dp group start together on every replica. Pass 1 (``floor`` None)
+    records, per collective, the latest time any replica was ready for it; after ``freeze`` the
+    second pass starts each no earlier than that."""
+
+    def __init__(self):
+        self.latest: dict = {}
+        self.floor: dict | None = None
+
+    def __call__(self, key, t: float) -> float:
+        if self.floor is None:
+            if t > self.latest.get(key, float("-inf")):
+                self.latest[key] = t
+            return t
+        f = self.floor.get(key, t)
+        return f if f > t else t
+
+    def freeze(self) -> None:
+        self.floor = dict(self.latest)
+
+
 class BucketOp:
     """DDP: each bucket's reduction starts when its last gradient is ready (inside this last
-    backward op of the chunk) and the comm stream is free; index -1: at the op's end."""
-    __slots__ = ("buckets", "offsets", "timeline")
+    backward op of the chunk) and the comm stream is free; index -1: at the op's end. With a
+    ``sync``, no earlier than the slowest replica's same bucket (key: rank, chunk, bucket)."""
+    __slots__ = ("buckets", "offsets", "timeline", "sync", "key")
 
-    def __init__(self, buckets: list, offsets: tuple, timeline: bool):
+    def __init__(self, buckets: list, offsets: tuple, timeline: bool, sync=None, key=()):
         self.buckets, self.offsets, self.timeline = buckets, offsets, timeline
+        self.sync, self.key = sync, key
 
     def __call__(self, st, start: float, end: float) -> float:
         dpc = st.comm_free
-        for ready_block, dur, _ in self.buckets:
+        for j, (ready_block, dur, _) in enumerate(self.buckets):
             ready = end if ready_block < 0 else start + self.offsets[ready_block]
+            if self.sync is not None:
+                ready = self.sync(self.key + (j,), ready)
             s0 = dpc if dpc > ready else ready
             dpc = s0 + dur
             st.comm_busy += dur
@@ -183,8 +215,11 @@ class DataParallelHooks:
     """The event loop's data-parallel hooks of one layout: per rank, op index -> hook, and
     ``finish`` after a rank's last operation. ``counts`` collects the collectives per step."""
 
-    def __init__(self, run, layout, costs, comm, sched_plan, timeline: bool):
+    def __init__(self, run, layout, costs, comm, sched_plan, timeline: bool, sync=None,
+                 stage_runs=None):
         self.run, self.layout, self.comm, self.timeline = run, layout, comm, timeline
+        self.sync, self.owner = sync, sched_plan.owner
+        self.stage_runs = stage_runs        # per pipeline rank (mixed clusters); None: run
         self.chunks = costs.chunks
         self.counts: dict = {}
         self.plans = [chunk_plan(run, layout, c, comm, self.counts) for c in costs.chunks]
@@ -196,7 +231,7 @@ class DataParallelHooks:
             if plan.buckets and not plan.at_end:
                 kind = sched_plan.ops[r][i][0]
                 offsets = self.chunks[c].detail("w_offsets" if kind == "W" else "b_offsets")
-                self._add(r, i, BucketOp(plan.buckets, offsets, timeline))
+                self._add(r, i, BucketOp(plan.buckets, offsets, timeline, sync, (r, c)))
 
     def _add(self, r: int, i: int, hook) -> None:
         prev = self.per_op[r].get(i)
@@ -232,19 +267,27 @@ class DataParallelHooks:
         blocks = ch.detail("f_block_s" if fwd else "b_block_s")
         return FsdpOp(f"c{c}", gath, rs, blocks, self.timeline)
 
+    def _synced(self, key, t: float) -> float:
+        return t if self.sync is None else self.sync(key, t)
+
     def finish(self, st, mine: list[int]) -> None:
         """After the rank's last operation: outstanding reductions, optimizer, parameter sync."""
-        run, layout, chunks = self.run, self.layout, self.chunks
+        layout, chunks = self.layout, self.chunks
+        r = self.owner[mine[0]]
+        run = self.run if self.stage_runs is None else self.stage_runs[r]
         params = sum(chunks[c].params for c in mine)
         total = sum(ch.params for ch in chunks)
         slow = compute_slowdown(run.cluster, layout.world_size)
         if layout.data.parameter_server and layout.dp > 1:
-            self._parameter_server(st, mine, params, total, slow)
+            self._parameter_server(st, mine, params, total, slow, run, r)
             return
+        gate = st.comp
+        if any(self.plans[c].at_end for c in mine):
+            gate = self._synced((r, "end"), st.comp)
         for c in mine:   # reductions that start only after the backward pass
             if self.plans[c].at_end:
                 for _, dur, _ in self.plans[c].buckets:
-                    s0 = max(st.comm_free, st.comp)
+                    s0 = max(st.comm_free, gate)
                     st.comm_free = s0 + dur
                     st.comm_busy += dur
                     if self.timeline:
@@ -259,7 +302,11 @@ class DataParallelHooks:
         st.comp += opt
         st.acc["optimizer"] += opt
         if layout.data.zero == 1 and layout.dp > 1:
-            # the distributed optimizer: one all-gather of updated parameters per bucket
+            # the distributed optimizer: one all-gather of updated parameters per bucket,
+            # which on a mixed cluster waits for the slowest replica's optimizer step
+            start = self._synced((r, "gather"), st.comp)
+            st.acc["dp_comm_exposed"] += start - st.comp
+            st.comp = start
             t = sum(self.plans[c].gather_s for c in mine)
             if self.timeline:
                 st.events.append(("comm", "all_gather params", st.comp, st.comp + t))
@@ -268,13 +315,13 @@ class DataParallelHooks:
             st.comm_busy += t
             st.acc["dp_comm_exposed"] += t
 
-    def _parameter_server(self, st, mine, params, total, slow) -> None:
+    def _parameter_server(self, st, mine, params, total, slow, run, r) -> None:
         """Push gradients to the k servers, the servers' optimizer step on their 1/k, pull the
         parameters back; the push/pull time is ``planner.cost.comm.parameter_server``, split
         evenly between its two halves; the worker waits throughout."""
         half = sum(dur for c in mine for _, dur, _ in self.plans[c].buckets) / 2.0
-        opt = optimizer_time(self.run, params / self.layout.data.ps_shards, total) * slow
-        t0 = max(st.comp, st.comm_free)
+        opt = optimizer_time(run, params / self.layout.data.ps_shards, total) * slow
+        t0 = self._synced((r, "end"), max(st.comp, st.comm_free))
         if self.timeline:
             st.events += [("comm", "ps push", t0, t0 + half),
                           ("compute", "optimizer (server shard)", t0 + half, t0 + half + opt),

@@ -33,12 +33,13 @@ class StepResult:
 
 
 def simulate(run: RunSpec, layout, costs: LayoutCosts, comm: CommTime,
-             timeline: bool = True) -> StepResult:
+             timeline: bool = True, sync=None, stage_runs=None) -> StepResult:
     """The events of one step of ``layout`` (stage boundaries filled, ``costs`` from
-    ``planner.sim.costs.layout_costs``)."""
+    ``planner.sim.costs.layout_costs``). ``sync`` and ``stage_runs``: one replica of a mixed
+    cluster (``planner.sim.mixed``; ``planner.sim.dp.DataParallelHooks``)."""
     p, pl, m = layout.pp, layout.pipeline, layout.num_microbatches
     plan = schedule_plan(pl.schedule, p, m, pl.virtual_stages)
-    hooks = DataParallelHooks(run, layout, costs, comm, plan, timeline)
+    hooks = DataParallelHooks(run, layout, costs, comm, plan, timeline, sync, stage_runs)
     overlap = run.cluster.comm_overlap if layout.world_size > 1 else 1.0
     step, ranks = engine.run(plan, costs.chunks, m, hooks, overlap, timeline)
     return StepResult(step, ranks, hooks.counts, plan.owner)

@@ -7,8 +7,8 @@ fast. One module per subject: ``model`` (architecture, profiles), ``cluster``, `
 ``results`` (prediction, plan, metrics, validation).
 """
 from planner.dims import ParallelDims
-from planner.specs.cluster import (Cluster, CollectiveFit, DeviceSpec, LinkLevel, NodeLevels,
-                                   NodeLink)
+from planner.specs.cluster import (Cluster, CollectiveFit, DeviceSpec, LinkLevel, NodeGroup,
+                                   NodeLevels, NodeLink)
 from planner.specs.common import Serde
 from planner.specs.layout import (COMPRESSION, DP_COMM, RECOMPUTE, SCHEDULES, DataParallel,
                                   Layout, Pipeline, TensorParallel)
@@ -23,6 +23,6 @@ __all__ = [
     "COMPRESSION", "DP_COMM", "DTYPES", "FAMILIES", "OPTIMIZERS", "RECOMPUTE", "SCHEDULES",
     "SCHEMA_VERSION", "BlockProfile", "Candidate", "Cluster", "CollectiveCount", "CollectiveFit",
     "DataParallel", "DeviceSpec", "Layout", "LinkLevel", "Metrics", "ModelProfile", "ModelSpec",
-    "NodeLevels", "NodeLink", "ParallelDims", "Pipeline", "Plan", "Prediction", "RankMemory",
+    "NodeGroup", "NodeLevels", "NodeLink", "ParallelDims", "Pipeline", "Plan", "Prediction", "RankMemory",
     "Serde", "TensorParallel", "TimelineEvent", "Validation", "ValidationRow",
 ]

@@ -1,7 +1,9 @@
-"""Clusters: devices, link levels, explicit node links, measured collective fits."""
+"""Clusters: devices, link levels, explicit node links, measured collective fits, and node
+groups of other device kinds (mixed clusters)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 from planner.errors import PlannerError
 from planner.specs.common import Serde, choice, finite, fingerprint, positive
@@ -122,8 +124,36 @@ class CollectiveFit(Serde):
 
 
 @dataclass(frozen=True)
+class NodeGroup(Serde):
+    """Consecutive nodes of one device kind in a mixed cluster (``Cluster.node_groups``).
+
+    ``intra_node`` is each device's link to its node switch and ``inter_node`` each network
+    port's link to the fabric all nodes share; None keeps the cluster's level. Every node has
+    the cluster's ``devices_per_node``.
+    """
+    num_nodes: int
+    device: DeviceSpec
+    intra_node: LinkLevel | None = None
+    inter_node: LinkLevel | None = None
+    name: str = ""                   # default: the device's name
+
+    def __post_init__(self):
+        positive("node_groups[].num_nodes", self.num_nodes)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.device.name
+
+
+@dataclass(frozen=True)
 class Cluster(Serde):
-    """Nodes of identical devices; links per level; optional measured collective fits."""
+    """Nodes of identical devices; links per level; optional measured collective fits.
+
+    A mixed cluster lists ``node_groups``: its first ``num_nodes - sum(group nodes)`` nodes are
+    the default group (``device``, ``intra_node``, ``inter_node``), the groups' nodes follow in
+    order. ``num_nodes`` always counts every node, and node i holds ranks
+    ``i * devices_per_node ..``: the order of the file is the order of the node ranks.
+    """
     name: str
     num_nodes: int
     devices_per_node: int
@@ -144,6 +174,7 @@ class Cluster(Serde):
     comm_overlap: float = 1.0
     fsdp_call_overhead_s: float = 0.0    # FSDP2's own cost per all-gather/reduce-scatter call
     interference_source: str = "assumed: one device per rank, communication on its own engines"
+    node_groups: tuple[NodeGroup, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self):
@@ -170,12 +201,91 @@ class Cluster(Serde):
             if not 0 <= lv.node < self.num_nodes:
                 raise PlannerError(f"node_levels[{i}]: node {lv.node} does not exist (num_nodes "
                                    f"{self.num_nodes}: 0..{self.num_nodes - 1})")
+        grouped = sum(g.num_nodes for g in self.node_groups)
+        if grouped > self.num_nodes:
+            raise PlannerError(f"node_groups hold {grouped} nodes, more than num_nodes "
+                               f"{self.num_nodes} (which counts every node, the default "
+                               f"group's {self.device.name} nodes included)")
+        names = [d.name for d in self.kinds]
+        for name in names:
+            if names.count(name) > 1:
+                raise PlannerError(f"node_groups: two different devices are both named {name!r}"
+                                   ": each kind of device needs its own name")
 
     @property
     def uniform(self) -> bool:
-        """Every node alike, one network port per device, no explicit node links."""
+        """Every node's links alike, one network port per device, no explicit node links
+        (devices may differ: placement only reads links)."""
         return (not self.node_links and not self.node_levels
-                and self.nics_per_node in (0, self.devices_per_node))
+                and self.nics_per_node in (0, self.devices_per_node)
+                and all(g.intra_node == self.intra_node and g.inter_node == self.inter_node
+                        for g in self.groups))
+
+    # -- node groups ---------------------------------------------------------------------------
+    @cached_property
+    def groups(self) -> tuple[NodeGroup, ...]:
+        """Every group with its links filled in, the default group first (if it has nodes)."""
+        default = self.num_nodes - sum(g.num_nodes for g in self.node_groups)
+        out = [NodeGroup(default, self.device, self.intra_node, self.inter_node)] if default \
+            else []
+        out += [NodeGroup(g.num_nodes, g.device, g.intra_node or self.intra_node,
+                          g.inter_node or self.inter_node, g.name) for g in self.node_groups]
+        return tuple(out)
+
+    @cached_property
+    def node_group_index(self) -> tuple[int, ...]:
+        """Index into ``groups`` of each node."""
+        return tuple(i for i, g in enumerate(self.groups) for _ in range(g.num_nodes))
+
+    def node_group(self, node: int) -> NodeGroup:
+        return self.groups[self.node_group_index[node]]
+
+    @cached_property
+    def kinds(self) -> tuple[DeviceSpec, ...]:
+        """The distinct devices, in order of first appearance."""
+        out: list = []
+        for g in self.groups:
+            if g.device not in out:
+                out.append(g.device)
+        return tuple(out)
+
+    @property
+    def mixed(self) -> bool:
+        """More than one kind of device."""
+        return len(self.kinds) > 1
+
+    def kind_of_node(self, node: int) -> int:
+        return self.kinds.index(self.node_group(node).device)
+
+    def device_of_rank(self, rank: int) -> DeviceSpec:
+        return self.node_group(rank // self.devices_per_node).device
+
+    def select(self, nodes) -> "Cluster":
+        """A cluster of these nodes (indices into this one) in this order: node ``nodes[i]``
+        becomes node i. Runs of nodes of one group become one group (links written out); node
+        links and levels follow their nodes, those of nodes left out go."""
+        nodes = tuple(nodes)
+        if not nodes or len(set(nodes)) != len(nodes) or not all(
+                0 <= n < self.num_nodes for n in nodes):
+            raise PlannerError(f"cluster {self.name}: cannot select nodes {list(nodes)} of "
+                               f"0..{self.num_nodes - 1}")
+        runs: list[list] = []
+        for n in nodes:
+            g = self.node_group(n)
+            if runs and runs[-1][0] == g:
+                runs[-1][1] += 1
+            else:
+                runs.append([g, 1])
+        first = runs[0][0]
+        new = {old: i for i, old in enumerate(nodes)}
+        return replace(
+            self, num_nodes=len(nodes), device=first.device, intra_node=first.intra_node,
+            inter_node=first.inter_node,
+            node_groups=tuple(replace(g, num_nodes=k) for g, k in runs[1:]),
+            node_links=tuple(replace(k, node_a=new[k.node_a], node_b=new[k.node_b])
+                             for k in self.node_links if k.node_a in new and k.node_b in new),
+            node_levels=tuple(replace(lv, node=new[lv.node]) for lv in self.node_levels
+                              if lv.node in new))
 
     @property
     def num_devices(self) -> int:
@@ -185,6 +295,8 @@ class Cluster(Serde):
         """This cluster cut (or grown, for uniform presets) to ``num_devices`` devices."""
         positive("--gpus", num_devices)
         per = self.devices_per_node
+        if self.node_groups:
+            return self._cut(num_devices)
         if num_devices <= per:
             # Links and levels of nodes that are cut away go with them.
             return replace(self, num_nodes=1, devices_per_node=num_devices,
@@ -199,3 +311,20 @@ class Cluster(Serde):
                        node_links=tuple(k for k in self.node_links
                                         if max(k.node_a, k.node_b) < nodes),
                        node_levels=tuple(lv for lv in self.node_levels if lv.node < nodes))
+
+    def _cut(self, num_devices: int) -> "Cluster":
+        """A cluster with node groups keeps its first nodes; it does not grow (which group
+        would the new nodes join?)."""
+        per = self.devices_per_node
+        if num_devices > self.num_devices:
+            raise PlannerError(f"--gpus {num_devices}: cluster {self.name} has "
+                               f"{self.num_devices} devices ({self.num_nodes} nodes of {per}) "
+                               "and node groups, so it cannot grow")
+        if num_devices < per:
+            cut = self.select([0])
+            return replace(cut, devices_per_node=num_devices,
+                           nics_per_node=min(self.nics_per_node, num_devices))
+        if num_devices % per:
+            raise PlannerError(f"--gpus {num_devices} is not a whole number of nodes of {per} "
+                               f"devices ({num_devices} % {per} = {num_devices % per})")
+        return self.select(range(num_devices // per))

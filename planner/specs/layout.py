@@ -207,9 +207,7 @@ class Layout(Serde):
 
     def describe(self) -> str:
         d, pl, dd = self.dims, self.pipeline, self.data
-        split = ("/".join(map(str, self.replica_microbatches)) if self.replica_microbatches
-                 else str(self.num_microbatches))
-        parts = [d.describe(), f"mb={self.microbatch_size}x{split}"]
+        parts = [d.describe(), f"mb={self.microbatch_size}x{self.split_text()}"]
         if d.pp > 1:
             parts.append(pl.schedule + (f"(v={pl.virtual_stages})"
                                         if pl.virtual_stages > 1 else ""))
@@ -225,6 +223,20 @@ class Layout(Serde):
             parts.append(dd.compression + (f"(r={dd.powersgd_rank})"
                                            if dd.compression == "powersgd" else ""))
         return " ".join(parts)
+
+    def split_text(self) -> str:
+        """Micro-batches per replica: "8", or runs of equal shares "12*16+4*16" (16 replicas
+        of 12, then 16 of 4: their sum times the micro-batch size is the global batch)."""
+        ms = self.replica_microbatches
+        if not ms:
+            return str(self.num_microbatches)
+        runs: list = []
+        for m in ms:
+            if runs and runs[-1][0] == m:
+                runs[-1][1] += 1
+            else:
+                runs.append([m, 1])
+        return "+".join(f"{m}*{k}" if k > 1 else str(m) for m, k in runs)
 
     # -- version 1: one flat record ------------------------------------------------------------
     @classmethod

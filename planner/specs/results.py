@@ -25,6 +25,9 @@ class RankMemory(Serde):
     optimizer_bytes: int
     activations_bytes: int
     buffers_bytes: int
+    # What this rank's device can hold (mixed clusters: each kind its own); 0: the
+    # prediction's device_memory_bytes.
+    capacity_bytes: int = 0
 
     @property
     def total_bytes(self) -> int:
