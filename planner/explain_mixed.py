@@ -25,7 +25,7 @@ def node_ranks(cluster) -> str:
     parts, first = [], 0
     for g in cluster.groups:
         last = first + g.num_nodes - 1
-        parts.append(f"{first}{'' if last == first else f'-{last}'} {g.label}")
+        parts.append(f"{first}{'' if last == first else f'-{last}'} {g.device.name}")
         first = last + 1
     return "node ranks " + ", ".join(parts)
 

@@ -369,19 +369,13 @@ def partition_by_chunk(costs: Sequence[Sequence[float]], send_s: Sequence[float]
     greedy); if no cut fits, the fastest is returned and the caller's memory check says so.
     Returns ``(starts, bottleneck_s)``.
     """
-    hi, best, _ = _fastest_by_chunk(costs, send_s, memory, caps, rel_tol)
+    hi, best, _ = fastest_by_chunk(costs, send_s, memory, caps, rel_tol)
     return tuple(best), hi
 
 
-def least_bottleneck_by_chunk(costs: Sequence[Sequence[float]], send_s: Sequence[float],
-                              rel_tol: float = 1e-3) -> float:
-    """A value no cut of ``partition_by_chunk``'s problem can beat (the binary search's last
-    infeasible probe): a lower bound on the slowest chunk, for the search."""
-    return _fastest_by_chunk(costs, send_s, None, None, rel_tol)[2]
-
-
-def _fastest_by_chunk(costs, send_s, memory, caps, rel_tol):
-    """(bottleneck reached, its starts, the last infeasible probe) of ``partition_by_chunk``."""
+def fastest_by_chunk(costs, send_s, memory=None, caps=None, rel_tol: float = 1e-4):
+    """(bottleneck reached, its starts, the last infeasible probe) of ``partition_by_chunk``:
+    the probe is a value no cut can beat, a lower bound for the search."""
     k, n = len(costs), len(send_s)
     if k < 1 or k > n:
         raise PlannerError(f"cannot cut {n} blocks into {k} pipeline chunks: needs "
@@ -412,6 +406,7 @@ def _pack_chunks(prefixes, send_s, limit: float, mem) -> list[int] | None:
     """``_pack`` with chunk c's own prefix sums and, given ``mem = (ChunkMemory, caps)``, its
     own memory cap."""
     k, n = len(prefixes), len(prefixes[0]) - 1
+    last = n - 1
     starts, i = [], 0
     for c in range(k):
         prefix = prefixes[c]
@@ -421,8 +416,14 @@ def _pack_chunks(prefixes, send_s, limit: float, mem) -> list[int] | None:
             ok = chunk_cost(prefix, send_s, i, n - 1) <= limit
             return starts if ok and (mem is None or mem[0].of(c, i, n - 1) <= mem[1][c]) \
                 else None
-        j = min(bisect_right(prefix, prefix[i] + limit) - 2, n - 1 - left)
-        while j >= i and chunk_cost(prefix, send_s, i, j) > limit:
+        base = prefix[i]
+        j = min(bisect_right(prefix, base + limit) - 2, n - 1 - left)
+        before = send_s[i - 1] if i > 0 else 0.0
+        while j >= i:        # chunk_cost, inlined (the hot loop, as in _pack)
+            cost = prefix[j + 1] - base
+            sends = before + (send_s[j] if j < last else 0.0)
+            if (cost if cost >= sends else sends) <= limit:
+                break
             j -= 1
         if mem is not None:
             while j >= i and mem[0].of(c, i, j) > mem[1][c]:

@@ -22,19 +22,22 @@ def add_arguments(parser) -> None:
     plan_inputs.add_layout_arguments(parser, required=True)
     parser.add_argument("--stage-boundaries",
                         help="first block of every chunk, comma separated (default: balanced)")
+    parser.add_argument("--replica-microbatches",
+                        help="micro-batches of each data-parallel replica, comma separated, "
+                             "when they differ (mixed clusters; default: even)")
     parser.add_argument("--out", help="plan file to write (default plans/<model>-<cluster>-"
                                       "g<N>-b<B>-<layout>.json)")
     parser.add_argument("--format", choices=("text", "json"), default="text")
 
 
-def _boundaries(text: str | None) -> tuple[int, ...]:
+def _integers(flag: str, text: str | None, example: str) -> tuple[int, ...]:
     if not text:
         return ()
     try:
         return tuple(int(x) for x in text.split(","))
     except ValueError:
-        raise PlannerError(f"--stage-boundaries {text!r}: expected comma-separated block "
-                           "indices such as 0,13,26") from None
+        raise PlannerError(f"{flag} {text!r}: expected comma-separated integers such as "
+                           f"{example}") from None
 
 
 def layout_from_args(args, num_devices: int, global_batch: int) -> Layout:
@@ -45,6 +48,10 @@ def layout_from_args(args, num_devices: int, global_batch: int) -> Layout:
         raise PlannerError(f"tp({tp}) * pp({pp}) = {tp * pp} does not divide --gpus "
                            f"{num_devices}")
     dp = args.dp or num_devices // (tp * pp)
+    shares = _integers("--replica-microbatches", getattr(args, "replica_microbatches", None),
+                       "12,12,4,4")
+    if shares:
+        return _uneven(args, tp, pp, dp, shares, num_devices, global_batch)
     if global_batch % dp:
         raise PlannerError(f"--global-batch {global_batch} does not divide over dp({dp}) "
                            f"({global_batch} % {dp} = {global_batch % dp})")
@@ -62,7 +69,35 @@ def layout_from_args(args, num_devices: int, global_batch: int) -> Layout:
                     sequence_parallel=bool(args.sequence_parallel), dp_comm=args.dp_comm,
                     ps_shards=args.ps_shards if ps else 0, compression=args.compression,
                     powersgd_rank=args.powersgd_rank if args.compression == "powersgd" else 0,
-                    stage_boundaries=_boundaries(args.stage_boundaries))
+                    stage_boundaries=_integers("--stage-boundaries", args.stage_boundaries,
+                                               "0,13,26"))
+    layout.check_world(num_devices, "--gpus")
+    return layout
+
+
+def _uneven(args, tp, pp, dp, shares, num_devices, global_batch) -> Layout:
+    """A layout whose replicas run ``shares`` micro-batches each (``--replica-microbatches``)."""
+    if len(shares) != dp:
+        raise PlannerError(f"--replica-microbatches has {len(shares)} entries, needs dp({dp})")
+    total = sum(shares)
+    if global_batch % total:
+        raise PlannerError(f"--global-batch {global_batch} is not a whole number of micro-"
+                           f"batches over --replica-microbatches (sum {total})")
+    mb = global_batch // total
+    if args.microbatch_size and args.microbatch_size != mb:
+        raise PlannerError(f"--microbatch-size {args.microbatch_size}: --global-batch "
+                           f"{global_batch} / sum(--replica-microbatches) {total} = {mb}")
+    schedule = args.schedule or "1f1b"
+    layout = Layout.make(
+        dp=dp, tp=tp, pp=pp, microbatch_size=mb, num_microbatches=max(shares),
+        replica_microbatches=shares if len(set(shares)) > 1 else (),
+        schedule=schedule, virtual_stages=args.virtual_stages or (2 if schedule == "zbv" else 1),
+        zero=args.zero or 0, recompute=args.recompute or "none",
+        sequence_parallel=bool(args.sequence_parallel), dp_comm=args.dp_comm,
+        ps_shards=args.ps_shards if args.dp_comm == "parameter_server" else 0,
+        compression=args.compression,
+        powersgd_rank=args.powersgd_rank if args.compression == "powersgd" else 0,
+        stage_boundaries=_integers("--stage-boundaries", args.stage_boundaries, "0,13,26"))
     layout.check_world(num_devices, "--gpus")
     return layout
 
@@ -79,7 +114,13 @@ def run(args) -> int:
 
     inp = plan_inputs.resolve(args)
     layout = layout_from_args(args, inp.num_devices, inp.global_batch_size)
-    layout, prediction = search.evaluate_one(planfile.run_spec(inp), inp.block_costs, layout)
+    if inp.cluster.mixed:       # each replica on its own devices (planner.sim.mixed)
+        from planner.sim import mixed
+        mx = mixed.MixedRun(planfile.run_spec(inp), inp.costs_on)
+        layout, prediction, _ = mixed.evaluate_mixed(mx, layout)
+    else:
+        layout, prediction = search.evaluate_one(planfile.run_spec(inp), inp.block_costs,
+                                                 layout)
     plan = planfile.make_plan(inp, layout, prediction)
     path = args.out or default_out(inp, layout)
     plan.save(path)

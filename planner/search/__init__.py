@@ -23,6 +23,7 @@ from planner.cost.compute import BlockCost
 from planner.partition import least_bottleneck
 from planner.search.space import (RECOMPUTE_ORDER, Space, check_space, dims_of, divisors,
                                   leaves, make_layout, schedule_options, tp_sizes)
+from planner.errors import PlannerError
 from planner.specs import Candidate
 
 __all__ = ["Result", "Space", "check_space", "evaluate_one", "search"]
@@ -77,6 +78,9 @@ def _search(run, blocks_for, num_devices: int, global_batch: int, space: Space, 
             comm_for) -> Result:
     comm_for = comm_for or sim.default_comm_time
     spec, cluster = run.model, run.cluster
+    if cluster.mixed:
+        raise PlannerError(f"cluster {cluster.name} mixes device kinds: search it with "
+                           "planner.search.mixed.search_mixed")
     nblocks = spec.num_blocks
     cache = _Blocks(blocks_for)
     comms: dict = {}

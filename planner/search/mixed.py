@@ -140,7 +140,6 @@ class _Nodes:
         self.kinds = kinds or msim.Kinds(replace(run, cluster=cluster), costs_on)
         self._mx: dict = {}
         self.rho: dict = {}
-        self.cuts: dict = {}
 
     def mx(self, order) -> msim.MixedRun:
         hit = self._mx.get(order)
@@ -225,6 +224,7 @@ def _enumerate(nodes, order, tp, pp, dp, global_batch, space, aware, heap, stats
     dims = dims_of(dp, tp, pp)
     shapes = mx.shapes(dims)
     uneven = aware and len(set(shapes)) > 1
+    splits: dict = {}
     for b in divisors(global_batch):
         if space.microbatch_size is not None and b != space.microbatch_size:
             continue
@@ -241,8 +241,11 @@ def _enumerate(nodes, order, tp, pp, dp, global_batch, space, aware, heap, stats
                 bundles = _bundles(mx, probe, set(k for s in shapes for k in s))
                 layout = probe
                 if uneven:
-                    costs = [_estimate(bundles, s, v) for s in shapes]
-                    split = split_microbatches(costs, total, unit)
+                    skey = (b, v, unit, rc, sp)
+                    if skey not in splits:
+                        costs = [_estimate(bundles, s, v) for s in shapes]
+                        splits[skey] = split_microbatches(costs, total, unit)
+                    split = splits[skey]
                     if split is None:
                         continue
                     key = key._replace(split=split if len(set(split)) > 1 else (),
@@ -284,7 +287,8 @@ def _memory_floor(mx, layout, reps, bundles) -> float:
         floor = sim.memory_floor(mx.kind_runs[k0], layout.dims, layout.data,
                                  layout.pipeline.kind, rep.microbatches,
                                  layout.pipeline.virtual_stages, b.params, b.activation_bytes)
-        worst = max(worst, floor - max(mx.capacity(k) for k in rep.kinds))
+        caps = mx.kinds.capacities
+        worst = max(worst, floor - max(caps[k] for k in rep.kinds))
     return worst
 
 
@@ -351,22 +355,12 @@ def _cut_bound(nodes, mx, layout) -> float:
     """Each replica runs m micro-batches through its slowest chunk, which no cut makes faster
     than the best cut's bottleneck (``least_bottleneck`` / ``least_bottleneck_by_chunk``,
     cached per chunk costs)."""
-    from planner.partition import least_bottleneck, least_bottleneck_by_chunk
     best = 0.0
     owners = msim._owners(layout)
     for rep in msim.replicas(mx, layout):
         lay = msim.even(layout, rep.microbatches)
         bundles = [mx.kinds.bundle(rep.kinds[o], lay) for o in owners]
-        key = tuple(map(id, bundles))
-        hit = nodes.cuts.get(key)
-        if hit is None or any(a is not b for a, b in zip(hit[0], bundles)):
-            first = bundles[0]
-            if rep.pure:
-                value = least_bottleneck(first.block_s, len(owners), first.send_s)
-            else:
-                value = least_bottleneck_by_chunk([b.block_s for b in bundles], first.send_s)
-            hit = nodes.cuts[key] = (bundles, value)
-        best = max(best, rep.microbatches * hit[1])
+        best = max(best, rep.microbatches * mx.kinds.fastest_cut(bundles)[2])
     return best
 
 

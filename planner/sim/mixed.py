@@ -31,7 +31,8 @@ from planner.cost.precision import peak_flops
 from planner.dims import ParallelDims
 from planner.errors import PlannerError
 from planner.grid import RankGrid
-from planner.partition import balanced_partition, chunk_blocks, partition_by_chunk
+from planner.partition import (balanced_partition, chunk_blocks, fastest_by_chunk,
+                               least_bottleneck, partition_by_chunk)
 from planner.sim import engine
 from planner.sim.blocks import Chunk, rows_bundle
 from planner.sim.costs import LayoutCosts
@@ -77,11 +78,16 @@ def stage_kinds(cluster, node_kind, dims) -> tuple[tuple[int, ...], ...]:
 
 
 def replicas(mx: "MixedRun", layout) -> list[Replica]:
-    """The distinct replicas of ``layout``, in order of their first member."""
-    groups: dict = {}
-    for i, kinds in enumerate(mx.shapes(layout.dims)):
-        groups.setdefault((kinds, layout.microbatches_of(i)), []).append(i)
-    return [Replica(k, m, tuple(members)) for (k, m), members in groups.items()]
+    """The distinct replicas of ``layout``, in order of their first member (cached)."""
+    key = (layout.dims, layout.num_microbatches, layout.replica_microbatches)
+    hit = mx.replica_cache.get(key)
+    if hit is None:
+        groups: dict = {}
+        for i, kinds in enumerate(mx.shapes(layout.dims)):
+            groups.setdefault((kinds, layout.microbatches_of(i)), []).append(i)
+        hit = mx.replica_cache[key] = [Replica(k, m, tuple(members))
+                                       for (k, m), members in groups.items()]
+    return hit
 
 
 def kind_view(cluster, device):
@@ -106,7 +112,27 @@ class Kinds:
         self.devices = run.cluster.kinds
         self.costs_on = costs_on          # (DeviceSpec, micro-batch size) -> BlockCosts
         self.runs = [replace(run, cluster=kind_view(run.cluster, d)) for d in self.devices]
+        self.capacities = [d.usable_memory_bytes for d in self.devices]
         self._comms: dict = {}
+        self._bundles: dict = {}
+        self._cuts: dict = {}
+
+    def fastest_cut(self, bundles: list) -> tuple:
+        """``planner.partition.fastest_by_chunk`` of chunks whose rows are ``bundles`` (one per
+        chunk), without memory: (bottleneck, starts, a bound no cut beats); cached, since the
+        layouts that differ only in ZeRO stage or schedule share it."""
+        key = tuple(map(id, bundles))
+        hit = self._cuts.get(key)
+        if hit is None or any(a is not b for a, b in zip(hit[0], bundles)):
+            first = bundles[0]
+            if all(b is first for b in bundles):
+                lo = least_bottleneck(first.block_s, len(bundles), first.send_s)
+                starts, hi = balanced_partition(first.block_s, len(bundles), first.send_s)
+                value = (hi, list(starts), lo)
+            else:
+                value = fastest_by_chunk([b.block_s for b in bundles], first.send_s)
+            hit = self._cuts[key] = (bundles, value)
+        return hit[1]
 
     def index(self, device) -> int:
         return self.devices.index(device)
@@ -128,12 +154,18 @@ class Kinds:
         alone, so the rows are shared by every dp and pp. Their boundary sends (the
         partition's weights) are left at 0: on the GPUs here a stage's compute outweighs its
         sends by orders of magnitude; the simulated chunks price theirs (``chunk_links``)."""
-        key = ("rows", k, layout.tp)
-        comm = self._comms.get(key)
-        if comm is None:
-            probe = Layout(dims=ParallelDims(tp=layout.tp))
-            comm = self._comms[key] = default_comm_time(self.runs[k].cluster, probe)
-        return rows_bundle(self.runs[k], self.blocks(k, layout.microbatch_size), layout, comm)
+        key = (k, layout.tp, layout.tensor.sequence_parallel, layout.recompute,
+               layout.microbatch_size, layout.world_size > 1)
+        hit = self._bundles.get(key)
+        if hit is None:
+            comm = self._comms.get(("rows", k, layout.tp))
+            if comm is None:
+                probe = Layout(dims=ParallelDims(tp=layout.tp))
+                comm = self._comms[("rows", k, layout.tp)] = default_comm_time(
+                    self.runs[k].cluster, probe)
+            hit = self._bundles[key] = rows_bundle(
+                self.runs[k], self.blocks(k, layout.microbatch_size), layout, comm)
+        return hit
 
     def capacity(self, k: int) -> int:
         return self.devices[k].usable_memory_bytes
@@ -152,6 +184,8 @@ class MixedRun:
                                for n in range(self.cluster.num_nodes))
         self._comms: dict = {}
         self._shapes: dict = {}
+        self.replica_cache: dict = {}
+        self.chunk_cache: dict = {}
 
     def blocks(self, k: int, b: int):
         return self.kinds.blocks(k, b)
@@ -194,13 +228,21 @@ def replica_costs(mx: MixedRun, layout, rep: Replica):
     kind_comms, mixed = mx.comms(layout)
     lay = even(layout, rep.microbatches)
     bundles = {k: mx.kinds.bundle(k, lay) for k in set(rep.kinds)}
-    split = layout.pipeline.kind.split_backward
-    pe, ge = mx.run.bytes_per_param[:2]
-    n = len(bundles[rep.kinds[0]].rows)
-    chunks = [Chunk(rng, bundles[rep.kinds[o]], split, pe, ge) for rng, o in
-              zip(chunk_blocks(layout.pipeline.stage_boundaries or (0,), n), _owners(layout))]
+    kind = layout.pipeline.kind
     comm = kind_comms[rep.kinds[0]] if rep.pure else mixed
-    chunk_links(chunks, lay, comm)
+    per_chunk = [bundles[rep.kinds[o]] for o in _owners(layout)]
+    starts = layout.pipeline.stage_boundaries or (0,)
+    # chunks are shared by the layouts with this cut (ZeRO stages, micro-batch counts...)
+    key = (starts, kind.split_backward, kind.placement, id(comm), tuple(map(id, per_chunk)))
+    hit = mx.chunk_cache.get(key)
+    if hit is None or any(a is not b for a, b in zip(hit[0], per_chunk)):
+        pe, ge = mx.run.bytes_per_param[:2]
+        n = len(per_chunk[0].rows)
+        chunks = [Chunk(rng, b, kind.split_backward, pe, ge)
+                  for rng, b in zip(chunk_blocks(starts, n), per_chunk)]
+        chunk_links(chunks, lay, comm)
+        hit = mx.chunk_cache[key] = (per_chunk, chunks)
+    chunks = hit[1]
     first = bundles[rep.kinds[0]]
     tp_counts = {key: k * rep.microbatches for key, k in first.tp_per_microbatch.items()}
     memory = MemRows(mx.kind_runs[rep.kinds[0]], lay, first.rows)
@@ -223,10 +265,15 @@ def partition(mx: MixedRun, layout, reps: list[Replica]):
     mem = chunk_memory(lay, MemRows(mx.kind_runs[rep.kinds[0]], lay, first.rows))
     if rep.pure:
         starts = balanced_partition(first.block_s, layout.num_chunks, first.send_s, memory=mem)[0]
-    else:
-        costs = [bundle(rep.kinds[o], lay).block_s for o in owners]
-        caps = [mx.capacity(rep.kinds[o]) for o in owners]
-        starts = partition_by_chunk(costs, first.send_s, mem, caps)[0]
+        return layout.with_boundaries(starts)
+    bundles = [bundle(rep.kinds[o], lay) for o in owners]
+    caps = [mx.capacity(rep.kinds[o]) for o in owners]
+    starts = mx.kinds.fastest_cut(bundles)[1]
+    if mem is not None:
+        ends = list(starts[1:]) + [len(first.block_s)]
+        if any(mem.of(c, starts[c], ends[c] - 1) > caps[c] for c in range(len(owners))):
+            starts = partition_by_chunk([b.block_s for b in bundles], first.send_s, mem,
+                                        caps)[0]
     return layout.with_boundaries(starts)
 
 
