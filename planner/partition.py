@@ -362,12 +362,15 @@ def partition_by_chunk(costs: Sequence[Sequence[float]], send_s: Sequence[float]
     """Cut the blocks into ``len(costs)`` contiguous chunks where chunk c runs on its own device:
     ``costs[c][x]`` is block x's cost there (a slower device: higher costs, so fewer blocks).
 
-    The same binary search on the bottleneck as ``balanced_partition``; greedy packing stays
-    exact with per-chunk costs (each chunk's cost still grows with its end and shrinks with its
-    start, so by induction the greedy cut is never left of any feasible one). With ``memory``
-    and ``caps`` each chunk must also fit its own device (``caps[c]`` bytes, by the same
-    greedy); if no cut fits, the fastest is returned and the caller's memory check says so.
-    Returns ``(starts, bottleneck_s)``.
+    The same binary search on the bottleneck as ``balanced_partition``. Greedy packing is
+    exact while any one block fits any chunk under the probed limit (each chunk's cost grows
+    with its end and shrinks with its start, so by induction the greedy cut is never left of
+    a feasible one, and it always has a block to take) -- which holds when a stage holds
+    several layers; otherwise a greedy chunk may be left one block it cannot afford while a
+    faster chunk after it could have, and the cut is a close heuristic (still valid). With
+    ``memory`` and ``caps`` each chunk must also fit its own device (``caps[c]`` bytes, by the
+    same greedy); if no cut fits, the fastest is returned and the caller's memory check says
+    so. Returns ``(starts, bottleneck_s)``.
     """
     hi, best, _ = fastest_by_chunk(costs, send_s, memory, caps, rel_tol)
     return tuple(best), hi
