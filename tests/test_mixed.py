@@ -14,7 +14,8 @@ from planner.clusters import dgx_a100, dgx_h100, mixed_h100_a100, resolve_cluste
 from planner.cost import compute
 from planner.errors import PlannerError
 from planner.models import PRESETS
-from planner.partition import balanced_partition, chunk_cost, partition_by_chunk
+from planner.partition import balanced_partition, chunk_cost
+from planner.partition_kinds import partition_by_chunk
 from planner.search import Space, search
 from planner.search.mixed import arrangements, search_mixed, split_microbatches
 from planner.sim import RunSpec, evaluate

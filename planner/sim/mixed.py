@@ -15,10 +15,11 @@ data-parallel collectives and the sends of replicas spanning kinds on the mixed 
 placement (``planner.topology``: a flow between nodes of two kinds runs at the slower port).
 
 The stage boundaries are the layout's, common to all replicas; when it has none the blocks are
-cut for the replica that sets the pace, each chunk by the speed (and memory) of its own device
-(``planner.partition.partition_by_chunk``). One step: each distinct replica goes through the
-event engine twice -- the first pass records when every data-parallel collective is ready on
-each replica, the second starts each no earlier than on the slowest (``planner.sim.dp.Sync``).
+cut for the replica that sets the pace, each chunk by the speed (and memory) of its own
+device (``planner.partition_kinds.partition_by_chunk``). One step: each distinct replica goes
+through the event engine twice -- the first pass records when every data-parallel collective
+is ready on each replica, the second starts each no earlier than on the slowest
+(``planner.sim.dp.Sync``).
 The step is the slowest replica's. What this leaves out: one replica's pipeline sends are
 priced over the boundary's slowest link among all replicas (``CommModel.p2p``).
 """
@@ -31,8 +32,8 @@ from planner.cost.precision import peak_flops
 from planner.dims import ParallelDims
 from planner.errors import PlannerError
 from planner.grid import RankGrid
-from planner.partition import (balanced_partition, chunk_blocks, fastest_by_chunk,
-                               least_bottleneck, partition_by_chunk)
+from planner.partition import balanced_partition, chunk_blocks, least_bottleneck
+from planner.partition_kinds import fastest_by_chunk, partition_by_chunk
 from planner.sim import engine
 from planner.sim.blocks import Chunk, rows_bundle
 from planner.sim.costs import LayoutCosts
@@ -118,9 +119,9 @@ class Kinds:
         self._cuts: dict = {}
 
     def fastest_cut(self, bundles: list) -> tuple:
-        """``planner.partition.fastest_by_chunk`` of chunks whose rows are ``bundles`` (one per
-        chunk), without memory: (bottleneck, starts, a bound no cut beats); cached, since the
-        layouts that differ only in ZeRO stage or schedule share it."""
+        """``planner.partition_kinds.fastest_by_chunk`` of chunks whose rows are ``bundles``
+        (one per chunk), without memory: (bottleneck, starts, a bound no cut beats); cached,
+        since the layouts that differ only in ZeRO stage or schedule share it."""
         key = tuple(map(id, bundles))
         hit = self._cuts.get(key)
         if hit is None or any(a is not b for a, b in zip(hit[0], bundles)):
@@ -218,7 +219,7 @@ def even(layout, m: int):
     return replace(layout, num_microbatches=m, replica_microbatches=())
 
 
-def _owners(layout) -> list[int]:
+def chunk_owners(layout) -> list[int]:
     kind, p = layout.pipeline.kind, layout.pp
     return [kind.chunk_rank(c, p) for c in range(layout.num_chunks)]
 
@@ -230,7 +231,7 @@ def replica_costs(mx: MixedRun, layout, rep: Replica):
     bundles = {k: mx.kinds.bundle(k, lay) for k in set(rep.kinds)}
     kind = layout.pipeline.kind
     comm = kind_comms[rep.kinds[0]] if rep.pure else mixed
-    per_chunk = [bundles[rep.kinds[o]] for o in _owners(layout)]
+    per_chunk = [bundles[rep.kinds[o]] for o in chunk_owners(layout)]
     starts = layout.pipeline.stage_boundaries or (0,)
     # chunks are shared by the layouts with this cut (ZeRO stages, micro-batch counts...)
     key = (starts, kind.split_backward, kind.placement, id(comm), tuple(map(id, per_chunk)))
@@ -253,7 +254,7 @@ def partition(mx: MixedRun, layout, reps: list[Replica]):
     """``layout`` with stage boundaries cut for its slowest replica (module docstring)."""
     if layout.num_chunks == 1:
         return layout.with_boundaries(())
-    owners = _owners(layout)
+    owners = chunk_owners(layout)
     bundle = mx.kinds.bundle
 
     def pace(rep):   # micro-batches x the per-micro-batch time of a perfectly balanced pipeline
@@ -382,6 +383,7 @@ def evaluate_mixed(mx: MixedRun, layout, timeline: bool = True) -> tuple:
     return step.layout, predict_mixed(mx, step, timeline), step
 
 
-__all__ = ["Kinds", "MixedRun", "MixedStep", "Replica", "StepResult", "evaluate_mixed", "even",
+__all__ = ["Kinds", "MixedRun", "MixedStep", "Replica", "StepResult", "chunk_owners",
+           "evaluate_mixed", "even",
            "kind_view", "memory_mixed", "partition", "predict_mixed", "prepare_mixed",
            "replicas", "simulate_mixed", "stage_kinds"]
