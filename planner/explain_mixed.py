@@ -45,9 +45,9 @@ def describe_split(mx, step, spec) -> list[str]:
             blocks = [0] * layout.pp
             for c, o in enumerate(owners):
                 blocks[o] += starts[c + 1] - starts[c]
-            stages = ", ".join(f"{blocks[s]} on {names[k]}" for s, k in enumerate(rep.kinds))
-            lines.append(f"pipeline ranks hold {stages} blocks (of {spec.num_blocks}: "
-                         f"embedding, {spec.num_layers} layers, head)")
+            lines.append("pipeline " + _stages(rep.kinds, blocks, names)
+                         + f" (of {spec.num_blocks} blocks: embedding, {spec.num_layers} "
+                         "layers, head)")
         kinds = sorted({names[k] for k in rep.kinds})
         rows = rep.microbatches * layout.microbatch_size
         lines.append(f"{len(rep.members)} replica(s) on {' + '.join(kinds)}: "
@@ -56,6 +56,23 @@ def describe_split(mx, step, spec) -> list[str]:
     lines.append(f"step {format_duration(step.step_time_s)}: data parallelism syncs at the "
                  "slowest replica")
     return lines
+
+
+def _stages(kinds, blocks, names) -> str:
+    """ "ranks 0-3 on A100 hold 6+5+5+5 = 21 blocks, ranks 4-7 on H100 hold ..." """
+    runs: list = []
+    for s, k in enumerate(kinds):
+        if runs and runs[-1][0] == k:
+            runs[-1][1].append(s)
+        else:
+            runs.append([k, [s]])
+    out = []
+    for k, stages in runs:
+        span = f"{stages[0]}" if len(stages) == 1 else f"{stages[0]}-{stages[-1]}"
+        counts = [blocks[s] for s in stages]
+        held = "+".join(map(str, counts)) + (f" = {sum(counts)}" if len(counts) > 1 else "")
+        out.append(f"rank{'s' if len(stages) > 1 else ''} {span} on {names[k]} hold {held}")
+    return ", ".join(out)
 
 
 def _row(label: str, figures: dict) -> str:
@@ -107,6 +124,11 @@ def why(result, tokens_per_step: int, speeds: dict) -> str:
     elif alone is chosen:
         text.append(f"The other devices do not pay: every option using them is slower than "
                     f"{alone.label} for this batch.")
+    ranked = [o for o in result.options if o.best is not None]
+    by_hour = max(ranked, key=lambda o: throughput(o, tokens_per_step)["tokens_per_device_hour"])
+    if by_hour is not chosen:
+        text.append(f"The plan is ranked by step time (throughput for this global batch); by "
+                    f"tokens per device-hour {by_hour.label} would win.")
     if even is not None and even is not chosen and even.best is not None:
         e = throughput(even, tokens_per_step)
         text.append(f"The even split over all nodes ({even.best[0].describe()}) runs "
