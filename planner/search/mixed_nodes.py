@@ -193,7 +193,9 @@ def _enumerate(nodes, order, tp, pp, dp, global_batch, space, aware, heap, stats
     dims = dims_of(dp, tp, pp)
     shapes = mx.shapes(dims)
     uneven = aware and len(set(shapes)) > 1
+    used = {k for s in shapes for k in s}
     splits: dict = {}
+    rows: dict = {}
     for b in divisors(global_batch):
         if space.microbatch_size is not None and b != space.microbatch_size:
             continue
@@ -207,7 +209,9 @@ def _enumerate(nodes, order, tp, pp, dp, global_batch, space, aware, heap, stats
             for zero, rc, sp in leaves(spec, dp, tp, pp, b, m_even, name, v, space, None):
                 key = Key(order, tp, pp, b, m_even, name, v, zero, rc, sp, ())
                 probe = make_layout((dp, tp, pp, b, m_even, name, v, zero, rc, sp), space)
-                bundles = _bundles(mx, probe, set(k for s in shapes for k in s))
+                bundles = rows.get((b, rc, sp))
+                if bundles is None:
+                    bundles = rows[(b, rc, sp)] = _bundles(mx, probe, used)
                 layout = probe
                 if uneven:
                     skey = (b, v, unit, rc, sp)
@@ -327,8 +331,8 @@ def _cut_bound(nodes, mx, layout) -> float:
     best = 0.0
     owners = msim.chunk_owners(layout)
     for rep in msim.replicas(mx, layout):
-        lay = msim.even(layout, rep.microbatches)
-        bundles = [mx.kinds.bundle(rep.kinds[o], lay) for o in owners]
+        per_kind = {k: mx.kinds.bundle(k, layout) for k in set(rep.kinds)}
+        bundles = [per_kind[rep.kinds[o]] for o in owners]
         best = max(best, rep.microbatches * mx.kinds.fastest_cut(bundles)[2])
     return best
 
@@ -376,7 +380,7 @@ def evaluate(mx, prepared, stats, candidates):
 def _even_boundaries(mx, layout):
     """Stage boundaries from the default kind's block costs alone (what a planner that
     ignores the difference would cut)."""
-    bundle = mx.kinds.bundle(0, msim.even(layout, layout.num_microbatches))
+    bundle = mx.kinds.bundle(0, layout)
     from planner.partition import balanced_partition
     starts = balanced_partition(bundle.block_s, layout.num_chunks, bundle.send_s)[0]
     return layout.with_boundaries(starts)

@@ -114,6 +114,7 @@ class Kinds:
         self.costs_on = costs_on          # (DeviceSpec, micro-batch size) -> BlockCosts
         self.runs = [replace(run, cluster=kind_view(run.cluster, d)) for d in self.devices]
         self.capacities = [d.usable_memory_bytes for d in self.devices]
+        self.slowdown = run.cluster.compute_slowdown != 1.0     # rows depend on the world
         self._comms: dict = {}
         self._bundles: dict = {}
         self._cuts: dict = {}
@@ -150,13 +151,14 @@ class Kinds:
         return hit
 
     def bundle(self, k: int, layout):
-        """Kind k's per-block rows under ``layout`` (memoised in ``planner.sim.blocks``): its
+        """Kind k's per-block rows under ``layout`` (its tp, sequence parallelism, recompute and
+        micro-batch size; memoised here and in ``planner.sim.blocks``): its
         tensor-parallel collectives on its own links, which for tp inside a node depend on tp
         alone, so the rows are shared by every dp and pp. Their boundary sends (the
         partition's weights) are left at 0: on the GPUs here a stage's compute outweighs its
         sends by orders of magnitude; the simulated chunks price theirs (``chunk_links``)."""
-        key = (k, layout.tp, layout.tensor.sequence_parallel, layout.recompute,
-               layout.microbatch_size, layout.world_size > 1)
+        key = (k, layout.dims.tp, layout.tensor.sequence_parallel, layout.recompute,
+               layout.microbatch_size, self.slowdown and layout.world_size > 1)
         hit = self._bundles.get(key)
         if hit is None:
             comm = self._comms.get(("rows", k, layout.tp))
@@ -228,7 +230,7 @@ def replica_costs(mx: MixedRun, layout, rep: Replica):
     """(LayoutCosts, collective times) of one replica: chunk c from its device's rows."""
     kind_comms, mixed = mx.comms(layout)
     lay = even(layout, rep.microbatches)
-    bundles = {k: mx.kinds.bundle(k, lay) for k in set(rep.kinds)}
+    bundles = {k: mx.kinds.bundle(k, layout) for k in set(rep.kinds)}
     kind = layout.pipeline.kind
     comm = kind_comms[rep.kinds[0]] if rep.pure else mixed
     per_chunk = [bundles[rep.kinds[o]] for o in chunk_owners(layout)]
@@ -258,16 +260,16 @@ def partition(mx: MixedRun, layout, reps: list[Replica]):
     bundle = mx.kinds.bundle
 
     def pace(rep):   # micro-batches x the per-micro-batch time of a perfectly balanced pipeline
-        lay = even(layout, rep.microbatches)
-        return rep.microbatches / sum(1.0 / bundle(k, lay).total_s for k in rep.kinds)
+        return rep.microbatches / sum(1.0 / bundle(k, layout).total_s for k in rep.kinds)
     rep = max(reps, key=pace)
     lay = even(layout, rep.microbatches)
-    first = bundle(rep.kinds[0], lay)
+    first = bundle(rep.kinds[0], layout)
     mem = chunk_memory(lay, MemRows(mx.kind_runs[rep.kinds[0]], lay, first.rows))
     if rep.pure:
         starts = balanced_partition(first.block_s, layout.num_chunks, first.send_s, memory=mem)[0]
         return layout.with_boundaries(starts)
-    bundles = [bundle(rep.kinds[o], lay) for o in owners]
+    per_kind = {k: bundle(k, layout) for k in set(rep.kinds)}
+    bundles = [per_kind[rep.kinds[o]] for o in owners]
     caps = [mx.capacity(rep.kinds[o]) for o in owners]
     starts = mx.kinds.fastest_cut(bundles)[1]
     if mem is not None:
