@@ -1,15 +1,14 @@
 """Plans on a mixed cluster against the fast devices alone and the even split (a benchmark).
 
-    python benchmarks/mixed_plan.py                 # gpt3-13b and a GPT-shaped 70B
+    python benchmarks/mixed_plan.py                 # gpt3-13b and llama3-70b
     python benchmarks/mixed_plan.py --model gpt3-13b --global-batch 512
 
 Runs `planner plan --cluster mixed-h100-a100 --format json` (4 DGX H100 + 4 DGX A100 nodes,
 compute from each kind's device model) as a fresh process per model and prints, for the
 mixed-aware plan, the best plan on the H100 nodes alone and the best even split over all nodes:
 predicted step time, throughput (tokens per second) and tokens per device-hour, with the chosen
-layout and the search's time. Both models take 2^20 tokens per step (13B: 512 x 2048; 70B:
-256 x 4096). The 70B is GPT-shaped (80 layers, hidden 8192, 64 heads, FFN 28672, sequence 4096,
-vocabulary 128256: Llama 3 70B's sizes, GPT's layer) from ``examples/gpt-shaped-70b.json``.
+layout and the search's time. Both models take 2^20 tokens per step (13B: 512 x 2048; Llama 3
+70B: 128 x 8192).
 """
 from __future__ import annotations
 
@@ -22,7 +21,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CASES = [("gpt3-13b", 512), ("examples/gpt-shaped-70b.json", 256)]
+CASES = [("gpt3-13b", 512), ("llama3-70b", 128)]
 
 
 def plan(model: str, batch: int, cluster: str) -> dict:
