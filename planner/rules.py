@@ -70,6 +70,24 @@ def reduction_overlaps_backward(layout) -> bool:
     return reduction_overlaps(layout.dims, layout.pipeline.kind, layout.data.zero)
 
 
+def too_few_microbatches(schedule, pp: int, m: int) -> str:
+    """Why the executor cannot run ``m`` micro-batches (a replica's) through ``pp`` stages of
+    ``schedule`` ("" if it can): torch's Schedule1F1B refuses fewer micro-batches than stages.
+    Not a rule of the layout: the simulator runs them, as Megatron-LM's 1F1B does (the
+    calibration simulates such measured runs); the search never proposes them
+    (``planner.search.space``) and the executor refuses them (``microbatch_problem``)."""
+    if schedule.microbatches_at_least_pp and pp > 1 and m < pp:
+        return (f"{schedule.name} with {m} micro-batch(es) on a replica and pp {pp}: torch's "
+                f"{schedule.torch_class} needs at least pp micro-batches")
+    return ""
+
+
+def microbatch_problem(layout) -> str:
+    """``too_few_microbatches`` for the replica with the fewest micro-batches."""
+    least = min(layout.replica_microbatches or (layout.num_microbatches,))
+    return too_few_microbatches(layout.pipeline.kind, layout.pp, least)
+
+
 def executor_refuses(layout) -> str:
     """Why the executor would refuse this layout ("" if it runs it)."""
     d, pl = layout.data, layout.pipeline

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from executor_helpers import GPT, MLP, check_exact, make_plan
+from executor_helpers import GPT, MLP, MOE, check_exact, make_plan
 
 pytestmark = pytest.mark.slow
 
@@ -25,6 +25,9 @@ UNEVEN = {
     "zero1 1/2": (MLP, dict(dp=2, zero=1, microbatch_size=2, num_microbatches=2,
                             replica_microbatches=(1, 2)),
                   {"all_reduce@dp": 1, "broadcast@dp": 2}),
+    # a MoE router's auxiliary loss is weighted like the loss it joins
+    "moe ddp 3/1": (MOE, dict(dp=2, microbatch_size=2, num_microbatches=3,
+                              replica_microbatches=(3, 1)), {"all_reduce@dp": 1}),
     "ps 2/3": (MLP, dict(dp=2, dp_comm="parameter_server", ps_shards=1, microbatch_size=1,
                          num_microbatches=3, replica_microbatches=(2, 3)),
                {"reduce@dp": 1, "broadcast@dp": 1}),
@@ -45,6 +48,11 @@ UNEVEN4 = {
                                                 replica_microbatches=(2, 4)),
                                       {"all_gather@dp": 4, "reduce_scatter@dp": 4,
                                        "send@pp": 6, "recv@pp": 6}),
+    # (1F1B needs at least pp micro-batches per replica: torch's Schedule1F1B)
+    "moe ddp x pp uneven": (MOE, dict(dp=2, pp=2, schedule="1f1b", stage_boundaries=(0, 2),
+                                      microbatch_size=1, num_microbatches=4,
+                                      replica_microbatches=(4, 2)),
+                            {"all_reduce@dp": 1, "send@pp": 4, "recv@pp": 4}),
     # tensor-parallel replicas all-reduce after the backward pass (no DDP): weighted too
     "tp x dp uneven": (GPT, dict(dp=2, tp=2, microbatch_size=2, num_microbatches=2,
                                  replica_microbatches=(2, 1)),

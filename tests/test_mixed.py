@@ -141,6 +141,12 @@ def test_uneven_shares_refused_where_fsdp_gathers_per_microbatch():
     assert "without pipelining" in rules.executor_refuses(lay(zero=2))
     assert rules.executor_refuses(lay(zero=2, pp=2)) == ""
     assert rules.executor_refuses(lay(zero=1)) == ""
+    # torch's Schedule1F1B refuses fewer micro-batches than stages, on any replica
+    assert "needs at least pp" in rules.microbatch_problem(
+        Layout.make(dp=2, pp=2, schedule="1f1b", num_microbatches=4, replica_microbatches=(4, 1)))
+    assert "needs at least pp" in rules.microbatch_problem(
+        Layout.make(pp=4, schedule="1f1b", num_microbatches=2))
+    assert rules.microbatch_problem(Layout.make(pp=4, schedule="gpipe", num_microbatches=2)) == ""
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from executor.parallel import pp as pp_mod
 from executor.parallel import tp as tp_mod
 from executor.parallel.recompute import apply_recompute
 from planner import grid, rules
+from planner.errors import PlannerError
 
 
 @dataclass
@@ -45,6 +46,9 @@ def check_layout(spec, layout, where: str = "plan", num_blocks: int | None = Non
     rules.check_layout(spec, layout, blocks, where)
     if layout.pp > 1:
         rules.chunk_starts(layout, blocks, where)
+        few = rules.microbatch_problem(layout)
+        if few:
+            raise PlannerError(f"{where}: field 'layout': {few}")
 
 
 def parallelize(model, layout, mesh, device, where: str = "plan") -> Parallelized:

@@ -35,6 +35,9 @@ class Schedule:
     _order: Callable               # (p, m, v) -> per rank list of ops
     _floor: Callable               # (p, m, v) -> per rank micro-batches in flight (a floor)
     searched: bool = True          # the search tries it (else: only with --schedule)
+    # the torch class refuses fewer micro-batches than stages (the simulator and Megatron do
+    # not): what the executor refuses, ``planner.rules``
+    microbatches_at_least_pp: bool = False
 
     @property
     def multi_stage(self) -> bool:
@@ -105,7 +108,8 @@ SCHEDULES: dict[str, Schedule] = {s.name: s for s in (
              lambda p, m, v: orders.gpipe(p, m), lambda p, m, v: (m,) * p),
     Schedule("1f1b", "Schedule1F1B", "loop", False, 1, 1, True, False,
              lambda p, m, v: orders.one_f_one_b(p, m),
-             lambda p, m, v: tuple(min(p - r, m) for r in range(p))),
+             lambda p, m, v: tuple(min(p - r, m) for r in range(p)),
+             microbatches_at_least_pp=True),
     Schedule("interleaved-1f1b", "ScheduleInterleaved1F1B", "loop", False, 1, None, False, True,
              orders.interleaved_1f1b, _interleaved_floor),
     # before rank r's first backward of its second chunk it has run 2p-1-r forwards of its

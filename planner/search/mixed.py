@@ -75,7 +75,7 @@ def _polish(nodes, entry, space, stats, candidates, rounds: int = 8):
         trial = key._replace(split=tuple(split) if len(set(split)) > 1 else (), m=max(split))
         mx = nodes.mx(key.order)
         lay = layout_of(trial, layout.dp, space)
-        if lay is None or rules.executor_refuses(lay):
+        if lay is None or rules.executor_refuses(lay) or rules.microbatch_problem(lay):
             break
         got = evaluate(mx, prepare(mx, lay, True), stats, candidates)
         if got is None or got[1].step_time_s >= pred.step_time_s:

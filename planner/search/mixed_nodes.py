@@ -224,7 +224,8 @@ def _enumerate(nodes, order, tp, pp, dp, global_batch, space, aware, heap, stats
                     key = key._replace(split=split if len(set(split)) > 1 else (),
                                        m=max(split))
                     layout = layout_of(key, dp, space)
-                if layout is None or rules.executor_refuses(layout):
+                if layout is None or rules.executor_refuses(layout) or \
+                        rules.microbatch_problem(layout):
                     stats["refused"] += 1
                     continue
                 stats["enumerated"] += 1

@@ -99,7 +99,8 @@ def schedule_options(pp: int, m: int, num_blocks: int, space: Space) -> list[tup
         for v in kind.search_virtual_stages(space.max_virtual_stages):
             if space.virtual_stages is not None and v != space.virtual_stages:
                 continue
-            if pp * v <= num_blocks and not kind.check(pp, v, m):
+            if pp * v <= num_blocks and not kind.check(pp, v, m) and \
+                    not rules.too_few_microbatches(kind, pp, m):
                 out.append((kind.name, v))
     return out
 
