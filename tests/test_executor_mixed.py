@@ -24,7 +24,7 @@ UNEVEN = {
                           replica_microbatches=(3, 1)), {"all_reduce@dp": 1}),
     "zero1 1/2": (MLP, dict(dp=2, zero=1, microbatch_size=2, num_microbatches=2,
                             replica_microbatches=(1, 2)),
-                  {"all_reduce@dp": 1, "broadcast@dp": 2}),
+                  {"reduce_scatter@dp": 1, "all_gather@dp": 1}),
     # a MoE router's auxiliary loss is weighted like the loss it joins
     "moe ddp 3/1": (MOE, dict(dp=2, microbatch_size=2, num_microbatches=3,
                               replica_microbatches=(3, 1)), {"all_reduce@dp": 1}),
@@ -34,6 +34,11 @@ UNEVEN = {
 }
 
 UNEVEN4 = {
+    # the distributed optimizer counts this replica's micro-batches before reduce-scattering
+    "zero1 x pp uneven": (GPT, dict(dp=2, pp=2, zero=1, schedule="gpipe", microbatch_size=1,
+                                    num_microbatches=3, replica_microbatches=(3, 1)),
+                          {"reduce_scatter@dp": 1, "all_gather@dp": 1, "send@pp": 3,
+                           "recv@pp": 3}),
     # a pipeline whose first stage holds 1 of 6 blocks and the second 5, replicas 4 and 2
     # micro-batches: rank 0 sends 4 activations and receives 4 gradients
     "ddp x pp uneven": (GPT, dict(dp=2, pp=2, schedule="1f1b", stage_boundaries=(0, 1),

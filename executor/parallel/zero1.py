@@ -155,10 +155,12 @@ class DistributedOptimizer:
         self.dp = dist.get_world_size(group)
         self.compression = layout.data.compression
         self.overlap = rules.reduction_overlaps_backward(layout)
-        self.m = m = layout.num_microbatches
-        # torch pipelining divides gradients by m only after its backward pass
-        self.hook_divisor = self.dp * (m if layout.pp > 1 else 1)
-        rank = dist.get_rank(group)
+        rank = dist.get_rank(group)             # this replica's dp index
+        self.m = m = layout.microbatches_of(rank)
+        # torch pipelining divides gradients by m only after its backward pass (with even
+        # shares; uneven ones scale the loss instead, ``executor.parallel.pp.loss_scale``)
+        after = layout.pp > 1 and not layout.replica_microbatches
+        self.hook_divisor = self.dp * (m if after else 1)
         self.parts_buckets = []
         for part in parts:
             params = [p for p in part.parameters() if p.requires_grad]

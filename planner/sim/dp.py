@@ -22,7 +22,7 @@ event loop (``planner.sim.engine``) meets data parallelism.
 
 On a mixed cluster the replicas differ and are simulated one by one (``planner.sim.mixed``); a
 ``Sync`` then holds each reduction (DDP bucket, end-of-step reduce-scatter, reduction after the
-backward pass, parameter server, ZeRO-1's broadcast) until the slowest replica is ready for it,
+backward pass, parameter server, ZeRO-1's all-gather) until the slowest replica is ready for it,
 and ``stage_runs`` give each pipeline rank its own device for the optimizer step. FSDP's
 parameter gathers are not synced (under pipelining, the only case mixed layouts run, one per
 chunk at its first forward).
