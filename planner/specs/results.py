@@ -147,6 +147,10 @@ class Metrics(Serde):
     first_step: int = 0                    # index of losses[0]: > 0 after --resume
     # Collectives issued in one measured step (--count-collectives), "kind@group" -> count.
     collectives: dict[str, int] = field(default_factory=dict)
+    # After --resume: the losses of steps 0..first_step-1 and the world size each ran at, as the
+    # (signed) checkpoint recorded them; an elastic run's whole history is earlier + losses.
+    earlier_losses: tuple[float, ...] = ()
+    earlier_world_sizes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
