@@ -15,8 +15,8 @@ from planner.specs.layout import (COMPRESSION, DP_COMM, RECOMPUTE, SCHEDULES, Da
 from planner.specs.elastic import ElasticPlan
 from planner.specs.model import FAMILIES, BlockProfile, ModelProfile, ModelSpec
 from planner.specs.results import (DTYPES, OPTIMIZERS, Candidate, CollectiveCount, Metrics,
-                                   Plan, Prediction, RankMemory, TimelineEvent, Validation,
-                                   ValidationRow)
+                                   Plan, Prediction, RankMemory, TimelineEvent, Trial, TrialSet,
+                                   Validation, ValidationRow)
 
 SCHEMA_VERSION = 1
 
@@ -25,5 +25,6 @@ __all__ = [
     "SCHEMA_VERSION", "BlockProfile", "Candidate", "Cluster", "CollectiveCount", "CollectiveFit",
     "DataParallel", "DeviceSpec", "ElasticPlan", "Layout", "LinkLevel", "Metrics", "ModelProfile", "ModelSpec",
     "NodeLevels", "NodeLink", "ParallelDims", "Pipeline", "Plan", "Prediction", "RankMemory",
-    "Serde", "TensorParallel", "TimelineEvent", "Validation", "ValidationRow",
+    "Serde", "TensorParallel", "TimelineEvent", "Trial", "TrialSet", "Validation",
+    "ValidationRow",
 ]
