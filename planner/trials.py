@@ -66,7 +66,8 @@ def launch_args(nproc: int, s: RunSettings, trial: int) -> list[str]:
     return ["--nnodes", str(s.nnodes), f"--nproc-per-node={nproc // s.nnodes}",
             "--rdzv-backend", "c10d", "--rdzv-endpoint", s.rdzv_endpoint,
             "--rdzv-id", f"{s.rdzv_id}-{trial}",
-            "--rdzv-conf", f"is_host={int(s.node_rank == 0)},join_timeout={max(1, int(s.timeout_s))}"]
+            "--rdzv-conf",
+            f"is_host={int(s.node_rank == 0)},join_timeout={max(1, int(s.timeout_s))}"]
 
 
 def executor_command(nproc: int, plan_path: str, metrics_path: str, s: RunSettings,

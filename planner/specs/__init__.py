@@ -23,7 +23,8 @@ SCHEMA_VERSION = 1
 __all__ = [
     "COMPRESSION", "DP_COMM", "DTYPES", "FAMILIES", "OPTIMIZERS", "RECOMPUTE", "SCHEDULES",
     "SCHEMA_VERSION", "BlockProfile", "Candidate", "Cluster", "CollectiveCount", "CollectiveFit",
-    "DataParallel", "DeviceSpec", "ElasticPlan", "Layout", "LinkLevel", "Metrics", "ModelProfile", "ModelSpec",
+    "DataParallel", "DeviceSpec", "ElasticPlan", "Layout", "LinkLevel", "Metrics",
+    "ModelProfile", "ModelSpec",
     "NodeLevels", "NodeLink", "ParallelDims", "Pipeline", "Plan", "Prediction", "RankMemory",
     "Serde", "TensorParallel", "TimelineEvent", "Trial", "TrialSet", "Validation",
     "ValidationRow",
