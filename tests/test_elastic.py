@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -130,9 +131,10 @@ def test_executor_refuses_an_elastic_set_without_checkpoints(tmp_path):
 # The elastic job
 # --------------------------------------------------------------------------------------------
 STEPS = 10
-# Dead-node detection within keep_alive_interval x keep_alive_max_attempt = 5 s, and a world
+# Dead-node detection within keep_alive_interval x keep_alive_max_attempt = 8 s (a live agent
+# stalled that long on a loaded machine would be taken for dead), and a world
 # completed 5 s after its first member (the last call for others) unless both are in.
-RDZV_CONF = "last_call_timeout=5,keep_alive_interval=1,keep_alive_max_attempt=5"
+RDZV_CONF = "last_call_timeout=5,keep_alive_interval=1,keep_alive_max_attempt=8"
 TIMEOUT_S = 240         # per phase: generous for a loaded 2-core machine
 
 
@@ -217,9 +219,9 @@ def test_elastic_run_shrinks_and_grows_back_exactly(tmp_path):
                 proc.wait()
     m = Metrics.load(str(metrics))
     sizes = list(m.earlier_world_sizes) + [m.world_size] * len(m.losses)
-    assert len(sizes) == STEPS and sizes[0] == 2 and sizes[-1] == 2 and 1 in sizes, sizes
-    shrink = sizes.index(1)
-    assert shrink >= 3 and sizes[shrink:].index(2) > 0, sizes      # 2 ... 2, 1 ... 1, 2 ... 2
+    # Shrunk from 2 to 1 and grew back to 2, where it ended (the first steps may have run at
+    # world 1 too, if the second agent came after the first one's last call).
+    assert len(sizes) == STEPS and re.search("21+2+$", "".join(map(str, sizes))), sizes
     ref_losses, ref_state = train_reference(plans[1], STEPS)
     assert_matches(list(m.earlier_losses) + list(m.losses), load_params(tmp_path / "params"),
                    ref_losses, ref_state, RTOL["float64"], ATOL["float64"])

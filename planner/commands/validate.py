@@ -180,7 +180,7 @@ def run(args) -> int:
         check_writable("--slurm", args.slurm)
     if args.trials:
         return run_trials(args)
-    if (args.nnodes or 1) > 1:
+    if (args.nnodes or 1) > 1 and not args.slurm:
         if not args.workdir:
             raise PlannerError(f"--nnodes {args.nnodes} needs --workdir: a directory every node "
                                "sees (shared filesystem), where node 0 writes the trials")
