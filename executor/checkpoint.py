@@ -14,6 +14,14 @@ and that every listed file is there with its size and nothing else is; after it 
 ranks hash the files' contents (each a share, the verdicts all-reduced) and only then does DCP
 read its ``.metadata`` pickle and the shards. The data of step k depends on (seed, k) only, so
 a resumed run continues exactly. Not checkpointed: PowerSGD's error-feedback state.
+
+``executor.json`` also holds the run's history: the mean loss of every step so far and the world
+size it ran at (signed like every file, and checked before it is read). Elastic runs: a plan of
+an elastic set (``planner.specs.elastic``) resumes a checkpoint written by any plan of the same
+set, at another world size: DCP reshards the state (DTensor shards under FSDP/TP, pipeline
+stages' blocks by their full-model names) into the new layout. ``--auto-resume`` starts fresh
+when the directory holds no checkpoint yet, which is what a job restarted by torchrun's elastic
+agent needs (every restart runs the same command).
 """
 from __future__ import annotations
 
@@ -32,7 +40,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state
 from executor import checkpoint_sign as sign
 from executor import faults
 from executor.parallel.pp import Chunk
-from planner import serde
+from planner import rules, serde
 from planner.errors import PlannerError
 
 # Optimizer state keyed by parameter name ("param_groups.blocks.3.attn.q.weight.lr"): pipeline
@@ -43,31 +51,52 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 _PARTIAL_DIR = re.compile(r"^\.step-\d+\.partial$")
 
 
+_INFO = "executor.json"
+
+
 @dataclass
 class Checkpoints:
-    """A run's checkpoint directory, its key and (with --resume) the verified manifest."""
+    """A run's checkpoint directory, its key and (with --resume) the verified manifest and the
+    history it holds: per step, the mean loss and the world size it ran at."""
     directory: str
     key: bytes
     key_file: str
     resume_step: int = 0
     manifest: dict = field(default_factory=dict)
+    losses: list = field(default_factory=list)
+    world_sizes: list = field(default_factory=list)
 
 
 def check_supported(layout, flag: str) -> None:
-    if layout.data.zero == 1 and layout.dp > 1:
-        raise PlannerError(f"{flag}: zero 1 (the distributed optimizer) keeps optimizer state "
-                           "for views of parameter shards, which DCP's get_state_dict cannot "
-                           "name; checkpoint zero 0, 2 or 3 layouts")
+    problem = rules.checkpoint_refuses(layout)
+    if problem:
+        raise PlannerError(f"{flag}: {problem}")
 
 
-def prepare(directory: str, key_flag: str, resume: bool, plan) -> Checkpoints:
-    """Every rank, before the process group: the key, and what --resume would load."""
+def prepare(directory: str, key_flag: str, resume: bool, plan, elastic=None,
+            auto: bool = False) -> Checkpoints:
+    """Every rank, before the process group: the key, and what --resume would load.
+
+    ``auto`` (--auto-resume): resume when ``directory`` holds a checkpoint, else start fresh;
+    ``elastic``: the plan's elastic set, whose other plans' checkpoints it may resume."""
+    if auto and not resume:
+        resume = _has_checkpoint(directory)
     key_file = sign.key_path(key_flag)
     sign.check_key_outside(key_file, directory)
     ckpt = Checkpoints(directory, sign.load_key(key_file, create=not resume), key_file)
     if resume:
-        ckpt.resume_step, ckpt.manifest = _check_resume(ckpt, plan)
+        ckpt.resume_step, ckpt.manifest = _check_resume(ckpt, plan, elastic)
+        ckpt.losses, ckpt.world_sizes = _history(ckpt)
     return ckpt
+
+
+def _has_checkpoint(directory: str) -> bool:
+    """Whether --auto-resume must resume: ``latest.json`` or any complete ``step-K`` (a directory
+    with steps but no ``latest.json`` is then refused by ``_check_resume``, never overwritten)."""
+    if not os.path.isdir(directory):
+        return False
+    return (os.path.exists(os.path.join(directory, "latest.json"))
+            or bool(complete_steps(directory)))
 
 
 def complete_steps(directory: str) -> list[int]:
@@ -77,7 +106,17 @@ def complete_steps(directory: str) -> list[int]:
     return sorted(found)
 
 
-def _check_resume(ckpt: Checkpoints, plan) -> tuple[int, dict]:
+def _accepted(plan, elastic) -> tuple[set, str]:
+    """Plan fingerprints whose checkpoints this run may resume, and how to say so."""
+    if elastic is None:
+        return {plan.fingerprint()}, f"this plan is {plan.fingerprint()}"
+    sizes = ", ".join(map(str, elastic.world_sizes))
+    return ({p.fingerprint() for p in elastic.plans},
+            f"this elastic set's plans (world sizes {sizes}) are "
+            + ", ".join(p.fingerprint() for p in elastic.plans))
+
+
+def _check_resume(ckpt: Checkpoints, plan, elastic=None) -> tuple[int, dict]:
     directory = ckpt.directory
     if not os.path.isdir(directory):
         raise PlannerError(f"--resume: --checkpoint-dir {directory} does not exist")
@@ -90,22 +129,40 @@ def _check_resume(ckpt: Checkpoints, plan) -> tuple[int, dict]:
     if type(step) is not int or step < 1:
         raise PlannerError(f"{latest}: field 'step': expected an integer >= 1 (steps "
                            f"completed), got {json.dumps(step)}")
-    if info.get("plan_fingerprint") != plan.fingerprint():
+    accepted, ours = _accepted(plan, elastic)
+    if info.get("plan_fingerprint") not in accepted:
         raise PlannerError(f"{latest}: field 'plan_fingerprint': checkpoint is of plan "
-                           f"{info.get('plan_fingerprint')}, this plan is {plan.fingerprint()}; "
-                           "resume with the plan that wrote it")
+                           f"{info.get('plan_fingerprint')}, {ours}; resume with the plan (or "
+                           "an elastic set holding the plan) that wrote it")
     path = os.path.join(directory, f"step-{step}")
     if not os.path.isdir(path):
         have = ", ".join(f"step-{k}" for k in complete_steps(directory)) or "none"
         raise PlannerError(f"{latest}: field 'step': {step}, but {path} does not exist "
                            f"(complete checkpoints in {directory}: {have})")
     manifest = sign.read_manifest(ckpt.key, ckpt.key_file, path)
-    if manifest.get("step") != step or manifest.get("plan_fingerprint") != plan.fingerprint():
+    if (manifest.get("step") != step
+            or manifest.get("plan_fingerprint") != info.get("plan_fingerprint")):
         raise PlannerError(f"{os.path.join(path, sign.MANIFEST)}: is step "
                            f"{manifest.get('step')} of plan {manifest.get('plan_fingerprint')}; "
-                           f"{latest} says step {step} of plan {plan.fingerprint()}")
+                           f"{latest} says step {step} of plan {info.get('plan_fingerprint')}")
     sign.check_listing(path, manifest)
     return step, manifest
+
+
+def _history(ckpt: Checkpoints) -> tuple[list, list]:
+    """The losses and world sizes ``executor.json`` records, once its MAC checks out (older
+    checkpoints hold none: empty lists)."""
+    path = os.path.join(ckpt.directory, f"step-{ckpt.resume_step}")
+    entries = [e for e in ckpt.manifest["files"] if e["path"] == _INFO]
+    if not entries or sign.verify_files(ckpt.key, path, entries) is not None:
+        raise PlannerError(f"{os.path.join(path, _INFO)}: content does not match its HMAC in "
+                           f"{sign.MANIFEST} (changed or corrupted since it was written); "
+                           "refusing to load the checkpoint")
+    history = serde.read_json(os.path.join(path, _INFO)).get("history", {})
+    losses, sizes = history.get("losses", []), history.get("world_sizes", [])
+    if len(losses) != ckpt.resume_step or len(sizes) != ckpt.resume_step:
+        return [], []               # written before histories were kept
+    return [float(x) for x in losses], [int(n) for n in sizes]
 
 
 def _state_module(named_parts) -> Chunk:
@@ -148,8 +205,10 @@ def _replace_dir(src: str, dst: str) -> None:
         os.close(fd)
 
 
-def save(ckpt: Checkpoints, step: int, named_parts, optimizer, plan) -> str:
-    """Write, sign and publish ``step-{step}`` (a collective: every rank calls it)."""
+def save(ckpt: Checkpoints, step: int, named_parts, optimizer, plan,
+         history: dict | None = None) -> str:
+    """Write, sign and publish ``step-{step}`` (a collective: every rank calls it); ``history``
+    ({"losses", "world_sizes"} of steps 0..step-1) goes into ``executor.json``."""
     directory, rank = ckpt.directory, dist.get_rank()
     final = os.path.join(directory, f"step-{step}")
     staging = os.path.join(directory, f".step-{step}.partial")
@@ -170,9 +229,10 @@ def save(ckpt: Checkpoints, step: int, named_parts, optimizer, plan) -> str:
     faults.maybe_fail(rank, step, point="checkpoint")
     dist.barrier()                                      # every shard is on disk
     if rank == 0:
-        info = {"step": step, "plan_fingerprint": plan.fingerprint(), "path": f"step-{step}"}
+        info = {"step": step, "plan_fingerprint": plan.fingerprint(), "path": f"step-{step}",
+                "world_size": dist.get_world_size()}
         try:
-            serde.write_json(os.path.join(staging, "executor.json"), info)
+            serde.write_json(os.path.join(staging, _INFO), {**info, "history": history or {}})
             sign.write_manifest(ckpt.key, staging, info)
             _replace_dir(staging, final)
             serde.write_json(os.path.join(directory, "latest.json"), info)

@@ -16,6 +16,12 @@ catches those:
   ``error: ...`` line and exits with that rank's status (128 + N for signal N);
 - Ctrl-C prints ``interrupted`` and exits 130.
 
+Elastic jobs (``--nnodes MIN:MAX``): torch 2.13's agents share one TCP store per job, whose
+address each agent caches from the first rendezvous it joins; a node that joins in a later round
+then waits forever for an address its peers never publish again (``DynamicRendezvousHandler.
+next_rendezvous``). The launcher sets ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` (unless set), so
+that every round publishes its store; plain torchrun needs it set by hand.
+
 Options before ``--plan`` are torchrun's (``--standalone``, ``--nproc-per-node``, ``--nnodes``,
 ``--rdzv-*``...); ``--plan`` and everything after are the executor's.
 """
@@ -31,6 +37,7 @@ from executor import failures
 USAGE = ("usage: python -m executor.launch [torchrun options] --plan PLAN.json "
          "[executor options]\n(torchrun options: python -m torch.distributed.run --help; "
          "executor options: python -m executor --help)")
+SHARE_STORE_ENV = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
 # Lower is chosen first as the root cause (see ``root_cause``).
 _PRIORITY = {"user": 0, "bug": 0, "timeout": 0, "died": 1, "terminated": 2, "peer": 3,
              "interrupt": 4}
@@ -127,6 +134,8 @@ def _main(argv) -> int:
     from torch.distributed.run import parse_args, run
     _quiet_logging()              # after torch's import, which sets up its log handlers
     args = parse_args([*launcher_args, "-m", "executor", *executor_args])
+    if ":" in str(args.nnodes):
+        os.environ.setdefault(SHARE_STORE_ENV, "1")
     try:
         run(args)
     except ChildFailedError as err:

@@ -7,6 +7,12 @@ combination), a bad flag or an output that cannot be written is refused before t
 group starts, with one ``error: ...`` line and exit status 2. Whatever else ends a rank is one
 line too (``executor.failures``); ``python -m executor.launch`` wraps torchrun so that the
 whole job ends in one line.
+
+Elastic runs: given an elastic plan set (``planner plan --elastic MIN:MAX``) under torchrun's
+elastic rendezvous (``--nnodes MIN:MAX --max-restarts R``, c10d), every (re)start runs the plan
+of the world size it finds and, with ``--checkpoint-dir DIR --checkpoint-every K
+--auto-resume``, continues from the newest checkpoint, resharded to that plan's layout, with the
+same global batch: the same training as an uninterrupted run.
 """
 from __future__ import annotations
 
@@ -26,7 +32,9 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m executor", description=__doc__.split("\n\n")[1])
-    p.add_argument("--plan", required=True, help="plan JSON written by `planner plan`")
+    p.add_argument("--plan", required=True,
+                   help="plan JSON written by `planner plan`, or an elastic set of plans "
+                   "(`planner plan --elastic MIN:MAX`): the plan of this WORLD_SIZE runs")
     p.add_argument("--model", default="", metavar="MODULE:CALLABLE",
                    help="required when the plan's model is custom code, and must name the "
                    "plan's callable_path: the executor imports code only when its command line "
@@ -58,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in --checkpoint-dir; --steps is "
                    "the total, so the run does steps saved..steps-1")
+    p.add_argument("--auto-resume", action="store_true",
+                   help="continue from the newest checkpoint in --checkpoint-dir when it holds "
+                   "one, else start at step 0: every restart of a torchrun elastic job (--nnodes "
+                   "MIN:MAX, --max-restarts) runs the same command")
     p.add_argument("--count-collectives", action="store_true",
                    help="count the collectives of the last step by kind and group into the "
                    "metrics (that step is not timed)")
@@ -98,9 +110,9 @@ def _main(argv) -> int:
     preflight.check_numbers(args)
     _cpu_threads()
     from executor.train import run
-    from planner.specs import Plan
-    plan = Plan.load(args.plan)
-    metrics = run(plan, args.plan, args)
+    from planner.specs.elastic import load_for_world
+    plan, elastic = load_for_world(args.plan, runtime.env_world_size())
+    metrics = run(plan, args.plan, args, elastic)
     if metrics is not None:
         if args.metrics:
             try:

@@ -27,10 +27,11 @@ from planner.models.custom import check_trusted
 from planner.specs import Metrics
 
 
-def check_plan(plan, path: str, world_size: int, args):
+def check_plan(plan, path: str, world_size: int, args, elastic=None):
     """Refuse what this launch cannot run as planned, before any process group exists: the
     layout, custom code the command line did not name, outputs that cannot be written, and
-    what --resume would load. Returns the run's ``checkpoint.Checkpoints`` (or None)."""
+    what --resume would load. Returns the run's ``checkpoint.Checkpoints`` (or None) and the
+    number of warm-up steps."""
     try:
         plan.layout.check_world(world_size, "WORLD_SIZE")
     except PlannerError as err:
@@ -38,21 +39,40 @@ def check_plan(plan, path: str, world_size: int, args):
                            f"--nnodes = {plan.layout.world_size})") from None
     _check_model_flag(plan, path, args.model)
     preflight.check_outputs(args, runtime.env_rank())
-    if args.resume and not args.checkpoint_dir:
-        raise PlannerError("--resume needs --checkpoint-dir (where to resume from)")
+    resuming = args.resume or args.auto_resume
+    if resuming and not args.checkpoint_dir:
+        flag = "--resume" if args.resume else "--auto-resume"
+        raise PlannerError(f"{flag} needs --checkpoint-dir (where to resume from)")
+    if elastic is not None and not resuming:
+        raise PlannerError(f"{path}: an elastic plan set continues its training after a change "
+                           "of world size only from a checkpoint: add --checkpoint-dir DIR "
+                           "--checkpoint-every K --auto-resume")
     ckpt = None
     if args.checkpoint_dir:
         checkpoint.check_supported(plan.layout, "--checkpoint-dir")
-        ckpt = checkpoint.prepare(args.checkpoint_dir, args.checkpoint_key, args.resume, plan)
+        ckpt = checkpoint.prepare(args.checkpoint_dir, args.checkpoint_key, args.resume, plan,
+                                  elastic, auto=args.auto_resume)
     first = ckpt.resume_step if ckpt else 0
-    untimed = args.warmup + (1 if args.count_collectives else 0)
-    if args.steps - first <= untimed:
-        raise PlannerError(f"--steps {args.steps} leaves {args.steps - first} step(s) after step "
-                           f"{first}, which must exceed --warmup {args.warmup}"
-                           + (" + 1 counted step" if args.count_collectives else ""))
+    warmup = _warmup(args, first)
     if families.of(plan.model).builtin:   # a custom model's blocks are known once it is built
         check_layout(plan.model, plan.layout, path)
-    return ckpt
+    return ckpt, warmup
+
+
+def _warmup(args, first: int) -> int | None:
+    """Warm-up steps: --warmup, fewer after --auto-resume when a restart leaves fewer steps
+    (at least one is timed); None when --auto-resume finds every step done."""
+    counted = 1 if args.count_collectives else 0
+    left = args.steps - first
+    if left > args.warmup + counted:
+        return args.warmup
+    if args.auto_resume and left > counted:
+        return left - counted - 1
+    if args.auto_resume and left <= 0:
+        return None
+    raise PlannerError(f"--steps {args.steps} leaves {left} step(s) after step {first}, which "
+                       f"must exceed --warmup {args.warmup}"
+                       + (" + 1 counted step" if counted else ""))
 
 
 def _check_model_flag(plan, path: str, model_flag: str) -> None:
@@ -84,6 +104,23 @@ class Job:
         self.rows = dp_rows(dp_i, self.layout)
         self.amp = runtime.autocast_dtype(plan.dtype)
         self.ckpt = ckpt
+        self.losses: list[float] = []     # mean loss of each step run so far, reduced over ranks
+
+    def reduce_losses(self, loss_sums) -> list[float]:
+        """The global mean loss of every step run so far: this rank's sums of the steps not yet
+        reduced, summed over ranks (each micro-batch is counted on one rank)."""
+        new = loss_sums[len(self.losses):]
+        if new:
+            total = torch.stack(new)
+            dist.all_reduce(total)
+            self.losses += (total / self.layout.total_microbatches).tolist()
+        return self.losses
+
+    def history(self, loss_sums) -> dict:
+        """What a checkpoint records: every step's loss and world size, from step 0."""
+        ckpt = self.ckpt
+        return {"losses": ckpt.losses + self.reduce_losses(loss_sums),
+                "world_sizes": ckpt.world_sizes + [self.rt.world_size] * len(self.losses)}
 
     def batch(self, step: int):
         inputs, targets = self.data.rows(step, *self.rows)
@@ -101,17 +138,23 @@ class Job:
         return loss, time.perf_counter() - start
 
 
-def run(plan, path: str, args) -> Metrics | None:
-    """Train ``plan``; returns the Metrics on rank 0 (None elsewhere)."""
-    ckpt = check_plan(plan, path, runtime.env_world_size(), args)
+def run(plan, path: str, args, elastic=None) -> Metrics | None:
+    """Train ``plan`` (the plan of this world size when ``elastic``, its set, is given);
+    returns the Metrics on rank 0 (None elsewhere)."""
+    ckpt, warmup = check_plan(plan, path, runtime.env_world_size(), args, elastic)
+    if warmup is None:
+        if runtime.env_rank() == 0:
+            print(f"--checkpoint-dir {args.checkpoint_dir} already holds step {ckpt.resume_step} "
+                  f"of --steps {args.steps}: nothing left to train", flush=True)
+        return None
     job = Job(plan, path, args, ckpt)
     first = 0
-    if args.resume:
+    if ckpt and ckpt.resume_step:
         first = checkpoint.load(ckpt, job.par.named_parts, job.optimizer, job.device)
     counter = (CollectiveCounter(group_names(job.mesh, job.layout))
                if args.count_collectives else None)
     loss_sums, times = [], []
-    with trace.tracer(args.trace_dir, job.rt.rank, args.warmup, args.steps - first,
+    with trace.tracer(args.trace_dir, job.rt.rank, warmup, args.steps - first,
                       job.device) as prof:
         for step in range(first, args.steps):
             failures.at_step(step)
@@ -124,19 +167,18 @@ def run(plan, path: str, args) -> Metrics | None:
             done = step + 1
             if ckpt and (done == args.steps or (
                     args.checkpoint_every and done % args.checkpoint_every == 0)):
-                checkpoint.save(ckpt, done, job.par.named_parts, job.optimizer, plan)
+                checkpoint.save(ckpt, done, job.par.named_parts, job.optimizer, plan,
+                                job.history(loss_sums))
     failures.at_step(None)
     if args.save_params:
         from executor.params import save_params
         save_params(job.par.named_parts, args.save_params, job.rt.rank)
-    return _metrics(job, loss_sums, times, first, counter)
+    return _metrics(job, loss_sums, times, first, counter, warmup)
 
 
-def _metrics(job, loss_sums, times, first, counter) -> Metrics | None:
-    plan, args, rt, layout, device = job.plan, job.args, job.rt, job.layout, job.device
-    losses = torch.stack(loss_sums)
-    dist.all_reduce(losses)                       # each micro-batch counted on one rank
-    losses = (losses / layout.total_microbatches).tolist()
+def _metrics(job, loss_sums, times, first, counter, warmup) -> Metrics | None:
+    plan, rt, device, layout = job.plan, job.rt, job.device, job.layout
+    losses = job.reduce_losses(loss_sums)
     step_times = torch.tensor(times, dtype=torch.float64, device=device)
     dist.all_reduce(step_times, op=dist.ReduceOp.MAX)
     peaks = [torch.zeros((), dtype=torch.int64, device=device) for _ in range(rt.world_size)]
@@ -144,7 +186,7 @@ def _metrics(job, loss_sums, times, first, counter) -> Metrics | None:
                                         device=device))
     if rt.rank != 0:
         return None
-    measured = step_times.tolist()[args.warmup:]
+    measured = step_times.tolist()[warmup:]
     if counter is not None:          # the counted last step ran under dispatch interception
         measured = measured[:-1]
     step_time = statistics.median(measured)
@@ -153,9 +195,11 @@ def _metrics(job, loss_sums, times, first, counter) -> Metrics | None:
         plan_fingerprint=plan.fingerprint(), model_fingerprint=plan.model_fingerprint,
         world_size=rt.world_size, layout=layout, backend=rt.backend,
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        steps=len(losses), warmup_steps=args.warmup, losses=tuple(losses),
+        steps=len(losses), warmup_steps=warmup, losses=tuple(losses),
         step_times_s=tuple(measured), step_time_s=step_time,
         peak_memory_bytes=tuple(int(p) for p in peaks), memory_measure=job.memory.measure,
         tokens_per_s=tokens / step_time, torch_version=torch.__version__,
         created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        first_step=first, collectives=dict(counter.counts) if counter else {})
+        first_step=first, collectives=dict(counter.counts) if counter else {},
+        earlier_losses=tuple(job.ckpt.losses) if job.ckpt else (),
+        earlier_world_sizes=tuple(job.ckpt.world_sizes) if job.ckpt else ())

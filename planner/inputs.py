@@ -61,7 +61,7 @@ class PlanInputs:
                                       self.dtype, ELEMENT_BYTES[self.dtype])
 
 
-def add_arguments(parser) -> None:
+def add_arguments(parser, batch_required: bool = True) -> None:
     parser.add_argument("--model", help="preset name, architecture .json, hf:PATH/config.json "
                                         "(Hugging Face), or package.module:callable")
     parser.add_argument("--seq-len", type=int,
@@ -77,7 +77,8 @@ def add_arguments(parser) -> None:
                         help="with --cluster localhost-cpu: plan on the preset's assumed figures "
                              "(a warning says so) instead of measuring this machine's links on "
                              "first use (about a minute, cached)")
-    parser.add_argument("--global-batch", type=int, required=True, help="sequences per step")
+    parser.add_argument("--global-batch", type=int, required=batch_required,
+                        help="sequences per step")
     parser.add_argument("--dtype", choices=DTYPES,
                         help="default: float32 on gloo/CPU clusters, bf16-mixed on GPUs")
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
@@ -187,6 +188,8 @@ def resolve(args) -> PlanInputs:
             raise PlannerError(
                 f"no profile of {model.name} ({dtype}) in {PROFILES_DIR}/: run `planner profile "
                 f"--model {args.model} --dtype {dtype}` first, or pass --profile")
+    if args.global_batch is None:
+        raise PlannerError("give --global-batch (sequences per step)")
     if args.global_batch < 1:
         raise PlannerError(f"--global-batch must be >= 1, got {args.global_batch}")
     if args.cluster == localhost.PRESET:    # last: bad input fails before a measurement

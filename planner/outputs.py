@@ -36,3 +36,20 @@ def check_writable(flag: str, path: str, kind: str = "file") -> None:
     except OSError as err:
         raise PlannerError(f"{flag} {path}: cannot write in {existing} "
                            f"({err.strerror or type(err).__name__})") from None
+
+
+def write_text(flag: str, path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temp file + rename); one-line errors."""
+    check_writable(flag, path, "file")
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -29,10 +29,10 @@ def run_spec(inp):
                    optimizer_step_s=opt, flop_rate=rate)
 
 
-def default_out(inp) -> str:
+def default_out(inp, devices: str = "", suffix: str = "") -> str:
     safe = "".join(ch if ch.isalnum() or ch in "-._" else "_" for ch in inp.model.name)
-    return os.path.join("plans", f"{safe}-{inp.cluster.name}-g{inp.num_devices}-"
-                                 f"b{inp.global_batch_size}.json")
+    return os.path.join("plans", f"{safe}-{inp.cluster.name}-g{devices or inp.num_devices}-"
+                                 f"b{inp.global_batch_size}{suffix}.json")
 
 
 def make_plan(inp, layout, prediction, candidates=(), explanation: str = "") -> Plan:

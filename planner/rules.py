@@ -9,6 +9,8 @@ models what the executor does:
 - ``ddp_runs``: whether gradients are reduced by DDP during backward, or all-reduced after it;
 - ``reduction_overlaps_backward``: whether zero 0/1 gradient reductions run during backward;
 - ``chunk_starts``: where each pipeline chunk starts when the layout does not say;
+- ``checkpoint_refuses`` / ``resume_inexact``: what ``--checkpoint-dir`` cannot save, and what a
+  resumed run would not continue exactly (elastic plan sets need neither);
 - DDP's bucket caps, which both the simulator and the executor's manual all-reduce use.
 """
 from __future__ import annotations
@@ -115,6 +117,24 @@ def executor_refuses(layout) -> str:
                 "pipelining reduce-scatters) once per micro-batch, so replicas running "
                 "different numbers of micro-batches would issue different collectives: use "
                 "zero 0 or 1, or zero 2 with pp > 1")
+    return ""
+
+
+def checkpoint_refuses(layout) -> str:
+    """Why the executor's ``--checkpoint-dir`` cannot save this layout ("" if it can)."""
+    if layout.data.zero == 1 and layout.dp > 1:
+        return ("zero 1 (the distributed optimizer) keeps optimizer state for views of "
+                "parameter shards, which DCP's get_state_dict cannot name; checkpoint zero 0, 2 "
+                "or 3 layouts")
+    return ""
+
+
+def resume_inexact(layout) -> str:
+    """Why a run of this layout resumed from a checkpoint would not continue exactly ("")."""
+    d = layout.data
+    if layout.dp > 1 and d.compression == "powersgd":
+        return ("PowerSGD's error-feedback state is not checkpointed: a resumed run would not "
+                "continue exactly; use compression none, fp16 or bf16")
     return ""
 
 

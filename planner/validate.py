@@ -1,4 +1,5 @@
-"""Predicted against measured: statistics, layout sampling, calibration, and the runs.
+"""Predicted against measured: statistics, layout sampling and calibration (the runs themselves:
+``planner.trials``).
 
 The statistics are pure functions of plain numbers:
 
@@ -20,18 +21,11 @@ divides bandwidths: the same relative change in every predicted time of that gro
 """
 from __future__ import annotations
 
-import datetime
 import math
-import os
 import random
-import signal
 import statistics
-import subprocess
-import sys
-from dataclasses import dataclass
 
 from planner.errors import PlannerError
-from planner.specs import Metrics, Validation, ValidationRow
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,118 +257,3 @@ def calibrated_profile(profile, scale: float, note: str):
                    step_time_spread_s=profile.step_time_spread_s * scale,
                    optimizer_step_time_s=profile.optimizer_step_time_s * scale,
                    source=f"{profile.source}; times x{scale:.3f} ({note})")
-
-
-# --------------------------------------------------------------------------------------------
-# Running the executor
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RunSettings:
-    """How each layout is measured: executor steps, warm-up, a wall limit and where files go."""
-    workdir: str
-    steps: int = 6
-    warmup: int = 2
-    timeout_s: float = 600.0
-    # The command line's --model when it named custom code: the executor imports a plan's
-    # callable only when its own --model repeats it.
-    model: str = ""
-
-
-def executor_command(nproc: int, plan_path: str, metrics_path: str, s: RunSettings) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc-per-node={nproc}", "-m", "executor", "--plan", plan_path,
-            "--steps", str(s.steps), "--warmup", str(s.warmup), "--metrics", metrics_path,
-            "--quiet"] + (["--model", s.model] if s.model else [])
-
-
-def run_executor(cmd: list[str], log_path: str, timeout_s: float) -> str:
-    """Run one executor job; "ok" or why it gave no metrics (its last error line).
-
-    The job runs in its own session so that a timeout ends torchrun and all of its ranks
-    (our own process group, by its id), not just the launcher.
-    """
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with open(log_path, "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-        try:
-            rc = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return f"timed out after {timeout_s:.0f} s (log {log_path})"
-    if rc == 0:
-        return "ok"
-    return f"executor exit {rc}: {first_error(log_path)} (log {log_path})"
-
-
-_NOISE = ("File ", "Traceback", "raise ", "torch.distributed.elastic", "W1", "E1", "I1")
-
-
-def first_error(log_path: str) -> str:
-    """The line of a failed job's log that says what went wrong: the executor's own
-    ``error: ...`` line, else the first exception or abort message that is not torchrun's
-    launcher noise (its ChildFailedError banner only repeats that a rank died)."""
-    with open(log_path, encoding="utf-8", errors="replace") as fh:
-        lines = [ln.strip() for ln in fh if ln.strip()]
-    for ln in lines:
-        if ln.startswith("error:"):
-            return ln
-    for ln in lines:
-        if ln.startswith(_NOISE) or "ChildFailedError" in ln:
-            continue
-        if any(w in ln for w in ("Error", "Exception", "terminate called", "Killed",
-                                 "Segmentation fault", "Aborted")):
-            return ln
-    return lines[-1] if lines else "no output"
-
-
-def measure(plan, plan_path: str, role: str, predicted_rank: int, s: RunSettings) -> ValidationRow:
-    """Run ``plan`` with the executor and compare its metrics with the plan's prediction."""
-    stem = os.path.splitext(plan_path)[0]
-    metrics_path, log_path = stem + "-metrics.json", stem + ".log"
-    if os.path.exists(metrics_path):
-        os.unlink(metrics_path)  # a stale file must never pass for this run's measurement
-    p = plan.prediction
-    base = dict(layout=plan.layout, role=role, predicted_rank=predicted_rank,
-                predicted_step_time_s=p.step_time_s, predicted_peak_memory_bytes=p.peak_memory_bytes,
-                predicted_breakdown_s=dict(p.breakdown_s), plan_fingerprint=plan.fingerprint())
-    status = run_executor(executor_command(plan.world_size, plan_path, metrics_path, s),
-                          log_path, s.timeout_s)
-    if status != "ok":
-        # A job that failed after writing metrics (e.g. at shutdown) still failed: its
-        # numbers are not counted, but the user should know they exist.
-        if os.path.exists(metrics_path):
-            status += f"; it had written {metrics_path}"
-        return ValidationRow(**base, status=status)
-    m = Metrics.load(metrics_path)
-    if m.plan_fingerprint != plan.fingerprint():
-        return ValidationRow(**base, status=f"{metrics_path}: metrics of another plan")
-    mem = max(m.peak_memory_bytes) if m.peak_memory_bytes else 0
-    q = statistics.quantiles(m.step_times_s, n=4) if len(m.step_times_s) >= 2 else [0, 0, 0]
-    return ValidationRow(
-        **base, measured_step_time_s=m.step_time_s, measured_step_time_iqr_s=q[2] - q[0],
-        measured_peak_memory_bytes=mem, memory_measure=m.memory_measure,
-        step_time_error_pct=pct_error(p.step_time_s, m.step_time_s),
-        memory_error_pct=pct_error(p.peak_memory_bytes, mem) if mem > 0 else 0.0)
-
-
-def validate(plans: list, roles: list[tuple[int, str]], s: RunSettings, describe: dict,
-             progress=None) -> Validation:
-    """Measure ``plans[i]`` for each ``(i, role)`` in ``roles`` and summarise.
-
-    ``plans`` are the feasible layouts' plans, best predicted first (index 0: the pick);
-    ``describe`` holds the Validation header (model, cluster, world_size, global_batch_size).
-    """
-    os.makedirs(s.workdir, exist_ok=True)
-    rows = []
-    for n, (i, role) in enumerate(roles):
-        plan = plans[i]
-        path = os.path.join(s.workdir, f"layout-{i + 1:03d}.json")
-        plan.save(path)
-        if progress:
-            progress(f"[{n + 1}/{len(roles)}] #{i + 1} {role}: {plan.layout.describe()}")
-        rows.append(measure(plan, path, role, i + 1, s))
-    return Validation(**describe, steps=s.steps, warmup_steps=s.warmup, rows=tuple(rows),
-                      created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(
-                          timespec="seconds"), **summarise(rows))

@@ -88,6 +88,15 @@ def _resign_manifest(ck, marker):
     (ck / "step-3" / "manifest.json").write_text(json.dumps(man))
 
 
+def _edit_history(ck):
+    """Someone rewrites a recorded loss (a JSON file, read before any pickle), same size."""
+    path = ck / "step-3" / "executor.json"
+    text = path.read_text()
+    i = text.index('"losses"')
+    i = next(j for j in range(i, len(text)) if text[j] in "123456789")
+    path.write_text(text[:i] + ("2" if text[i] == "1" else "1") + text[i + 1:])
+
+
 def _distcp(ck):
     return next(p for p in (ck / "step-3").iterdir() if p.suffix == ".distcp")
 
@@ -104,6 +113,8 @@ CASES = [
     ("flipped byte", lambda ck, m: _flip(_distcp(ck)), ".distcp: content does not match", ""),
     ("missing shard", lambda ck, m: os.unlink(_distcp(ck)), ".distcp: missing (listed in "
      "manifest.json)", ""),
+    ("edited history", lambda ck, m: _edit_history(ck), "step-3/executor.json: content does "
+     "not match its HMAC in manifest.json", ""),
     ("extra file", lambda ck, m: (ck / "step-3" / "extra.pt").write_bytes(b"x"),
      "extra.pt: not listed in manifest.json", ""),
     ("no manifest", lambda ck, m: os.unlink(ck / "step-3" / "manifest.json"),

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from planner import trials
 from planner import validate as val
 from planner.errors import PlannerError
 from planner.specs import (Cluster, DeviceSpec, Layout, LinkLevel, Validation, ValidationRow)
@@ -186,11 +187,11 @@ def test_run_executor_reports_the_error_line_and_kills_on_timeout(tmp_path):
     log = str(tmp_path / "x.log")
     fail = [sys.executable, "-c", "import sys; print('error: bad plan', file=sys.stderr); "
                                   "sys.exit(2)"]
-    assert val.run_executor(fail, log, 30) == f"executor exit 2: error: bad plan (log {log})"
+    assert trials.run_executor(fail, log, 30) == f"executor exit 2: error: bad plan (log {log})"
     hang = [sys.executable, "-c", "import time; time.sleep(60)"]
-    assert val.run_executor(hang, log, 0.5).startswith("timed out after")
+    assert trials.run_executor(hang, log, 0.5).startswith("timed out after")
     ok = [sys.executable, "-c", "print('fine')"]
-    assert val.run_executor(ok, log, 30) == "ok"
+    assert trials.run_executor(ok, log, 30) == "ok"
 
 
 @pytest.mark.slow
@@ -231,9 +232,9 @@ def test_first_error_skips_torchrun_noise(tmp_path):
                    "Traceback (most recent call last):\n  File \"x\", line 1\n"
                    "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n"
                    "====\nexecutor FAILED\n")
-    assert val.first_error(str(log)) == "terminate called without an active exception"
+    assert trials.first_error(str(log)) == "terminate called without an active exception"
     log.write_text("Traceback\nValueError: bad shape\nerror: plan refused: tp 3\n")
-    assert val.first_error(str(log)) == "error: plan refused: tp 3"
+    assert trials.first_error(str(log)) == "error: plan refused: tp 3"
 
 
 def test_validate_cli_starts_cheap_and_refuses_bad_flags(capsys):

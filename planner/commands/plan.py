@@ -6,6 +6,13 @@ best-first search with lower bounds (``planner.search``); any of --dp --tp --pp
 dimension. The plan file holds the winner with its full prediction (timeline included), the
 layouts the search looked at closely, and a paragraph on why the winner beats the runner-up.
 
+``--elastic MIN:MAX`` plans every world size from MIN to MAX devices that the cluster can form
+(at most one node, or whole nodes) and writes them as one elastic plan set
+(``planner.specs.elastic``) for a torchrun elastic job: one search per world size, all with the
+same global batch (a smaller world runs more micro-batches per replica), each restricted to
+layouts the executor can checkpoint, since the job resumes from a checkpoint whenever its
+membership changes.
+
 A mixed cluster (node groups of several device kinds) is searched by
 ``planner.search.mixed``: each kind alone, all nodes with the work split by speed, and the even
 split; the output says how the work was split (node ranks, layers per stage, micro-batches per
@@ -16,6 +23,8 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from dataclasses import replace
 
 from planner import inputs as plan_inputs
 from planner.errors import PlannerError
@@ -34,6 +43,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", help="plan file to write (default plans/<model>-<cluster>-"
                                       "g<N>-b<B>.json)")
     parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument("--elastic", metavar="MIN:MAX",
+                        help="plan every world size from MIN to MAX devices (whole nodes) into "
+                             "one elastic plan set for torchrun --nnodes MIN:MAX")
 
 
 def _print_search(res, elapsed_s: float, out=sys.stdout) -> None:
@@ -48,31 +60,40 @@ def _print_search(res, elapsed_s: float, out=sys.stdout) -> None:
               f"{pred.peak_memory_bytes / 2**20:9.0f} MiB  {layout.describe()}", file=out)
 
 
-def run(args) -> int:
-    import time
-
+def best_plan(inp, space, top_k: int, where: str = ""):
+    """(plan of the best fitting layout, search result, search seconds) for ``inp``."""
     from planner import search
     from planner.explain import explain
 
-    inp = plan_inputs.resolve(args)
+    try:
+        search.check_space(space, inp.num_devices, inp.global_batch_size)
+    except PlannerError as err:
+        raise PlannerError(where + str(err)) from None
+    rs = run_spec(inp)
+    t0 = time.perf_counter()
+    res = search.search(rs, inp.block_costs, inp.num_devices, inp.global_batch_size, space,
+                        top_k=top_k)
+    elapsed = time.perf_counter() - t0
+    if not res.ranked:
+        raise PlannerError(where + _nothing_fits(res, inp))
+    best_layout, _ = res.ranked[0]
+    layout, prediction = search.evaluate_one(rs, inp.block_costs, best_layout)
+    text = explain(res.ranked)
+    return make_plan(inp, layout, prediction, res.candidates, text), res, elapsed
+
+
+def run(args) -> int:
     if args.top_k < 1:
         raise PlannerError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.elastic:
+        return run_elastic(args)
+    inp = plan_inputs.resolve(args)
     space = plan_inputs.space_from_args(args)
     if inp.cluster.mixed:
         from planner.commands.plan_mixed import run_mixed
         return run_mixed(args, inp, space)
-    search.check_space(space, inp.num_devices, inp.global_batch_size)
-    rs = run_spec(inp)
-    t0 = time.perf_counter()
-    res = search.search(rs, inp.block_costs, inp.num_devices, inp.global_batch_size, space,
-                        top_k=args.top_k)
-    elapsed = time.perf_counter() - t0
-    if not res.ranked:
-        raise PlannerError(_nothing_fits(res, inp))
-    best_layout, _ = res.ranked[0]
-    layout, prediction = search.evaluate_one(rs, inp.block_costs, best_layout)
-    text = explain(res.ranked)
-    plan = make_plan(inp, layout, prediction, res.candidates, text)
+    plan, res, elapsed = best_plan(inp, space, args.top_k)
+    text = plan.explanation
     path = args.out or default_out(inp)
     plan.save(path)
     if args.format == "json":
@@ -109,3 +130,118 @@ def _nothing_fits(res, inp) -> str:
     return (f"no layout fits in {inp.cluster.device.memory_bytes / gib:.2f} GiB per device: "
             f"{res.enumerated} enumerated, {res.memory_pruned} over memory by their model "
             f"states alone{more}")
+
+
+def parse_elastic(text: str) -> tuple[int, int]:
+    """``MIN:MAX`` world sizes, 1 <= MIN <= MAX."""
+    parts = text.split(":")
+    try:
+        lo, hi = (int(parts[0]), int(parts[1])) if len(parts) == 2 else (0, -1)
+    except ValueError:
+        lo, hi = 0, -1
+    if not 1 <= lo <= hi:
+        raise PlannerError(f"--elastic {text}: expected MIN:MAX world sizes (devices) with "
+                           "1 <= MIN <= MAX, e.g. --elastic 8:32")
+    return lo, hi
+
+
+def _check_elastic_flags(args) -> tuple[int, int]:
+    lo, hi = parse_elastic(args.elastic)
+    if args.gpus is not None:
+        raise PlannerError("--elastic MIN:MAX gives the world sizes; drop --gpus")
+    if args.dp is not None:
+        raise PlannerError("--dp cannot be fixed with --elastic: the data-parallel degree is "
+                           "what changes with the world size (fix --tp or --pp instead)")
+    if args.compression == "powersgd":
+        from planner import rules
+        from planner.specs import Layout
+        probe = Layout.make(dp=2, compression="powersgd", powersgd_rank=1)
+        raise PlannerError(f"--compression powersgd with --elastic: "
+                           f"{rules.resume_inexact(probe)}")
+    return lo, hi
+
+
+def elastic_sizes(cluster, lo: int, hi: int) -> tuple[list[int], list[int]]:
+    """(world sizes the cluster can form in lo..hi, the others): ``Cluster.with_size`` decides."""
+    sizes, skipped = [], []
+    for n in range(lo, hi + 1):
+        try:
+            cluster.with_size(n)
+            sizes.append(n)
+        except PlannerError:
+            skipped.append(n)
+    return sizes, skipped
+
+
+def run_elastic(args) -> int:
+    from planner.specs import ElasticPlan
+
+    from planner.clusters import resolve_cluster
+
+    lo, hi = _check_elastic_flags(args)
+    cluster = resolve_cluster(args.cluster)
+    sizes, skipped = elastic_sizes(cluster, lo, hi)
+    if not sizes:
+        raise PlannerError(f"--elastic {args.elastic}: no world size in that range is one node "
+                           f"or whole nodes of {cluster.devices_per_node} devices")
+    args.gpus = sizes[-1]
+    inp = plan_inputs.resolve(args)
+    space = replace(plan_inputs.space_from_args(args), checkpointed=True)
+    plans, elapsed, simulated = [], 0.0, 0
+    for n in sizes:
+        inp_n = replace(inp, cluster=inp.cluster.with_size(n), num_devices=n)
+        plan, res, seconds = best_plan(inp_n, space, args.top_k,
+                                       where=f"--elastic {args.elastic}: world size {n}: ")
+        plans.append(plan)
+        elapsed, simulated = elapsed + seconds, simulated + res.simulated
+    elastic = ElasticPlan(tuple(plans), created_utc=plans[-1].created_utc)
+    path = args.out or default_out(inp, devices=f"{lo}-{hi}", suffix="-elastic")
+    elastic.save(path)
+    if args.format == "json":
+        json.dump({"plan_path": path, "world_sizes": list(elastic.world_sizes),
+                   "skipped_world_sizes": skipped, "search_wall_s": elapsed,
+                   "plans": [summary(p, path) for p in plans]}, sys.stdout, indent=2)
+        print()
+    else:
+        _print_elastic(elastic, path, skipped, inp.cluster, simulated, elapsed)
+    return 0
+
+
+def _ranges(nums: list[int]) -> str:
+    out, start = [], None
+    for i, n in enumerate(nums):
+        start = n if start is None else start
+        if i + 1 == len(nums) or nums[i + 1] != n + 1:
+            out.append(str(n) if start == n else f"{start}-{n}")
+            start = None
+    return ", ".join(out)
+
+
+def _print_elastic(elastic, path, skipped, cluster, simulated, elapsed) -> None:
+    first = elastic.plans[0]
+    sizes = elastic.world_sizes
+    print(f"elastic plan set: {first.model.name} on {cluster.name}, world sizes "
+          f"{_ranges(list(sizes))}, global batch {first.global_batch_size}, {first.dtype}, "
+          f"{first.optimizer} (compute from {first.prediction.compute_source})")
+    w = max(len(p.layout.describe()) for p in elastic.plans)
+    print(f"  {'world':>5}  {'layout':{w}}  {'step time':>10}  {'samples/s':>10}  "
+          f"{'peak GiB':>8}")
+    for p in elastic.plans:
+        pred = p.prediction
+        print(f"  {p.world_size:>5}  {p.layout.describe():{w}}  "
+              f"{format_duration(pred.step_time_s):>10}  "
+              f"{p.global_batch_size / pred.step_time_s:10.1f}  "
+              f"{pred.peak_memory_bytes / 2**30:8.2f}")
+    if skipped:
+        print(f"skipped     world sizes {_ranges(skipped)}: not one node or whole nodes of "
+              f"{cluster.devices_per_node} devices")
+    per = cluster.devices_per_node
+    nodes = (f"{sizes[0] // per}:{sizes[-1] // per} --nproc-per-node {per}"
+             if per > 1 and all(n % per == 0 for n in sizes)
+             else f"{sizes[0]}:{sizes[-1]} --nproc-per-node 1")
+    print(f"plans       {path}")
+    print(f"search      {simulated} layouts simulated over {len(sizes)} world sizes "
+          f"({elapsed:.2f} s), only layouts the executor can checkpoint")
+    print(f"run         torchrun --nnodes {nodes} --max-restarts 3 --rdzv-backend c10d "
+          f"--rdzv-endpoint HOST:PORT --rdzv-id JOB -m executor --plan {path} "
+          "--checkpoint-dir SHARED_DIR --checkpoint-every K --auto-resume")

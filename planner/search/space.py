@@ -4,7 +4,8 @@ dp * tp * pp = devices; tp passing the model family's divisibility rules and at 
 devices unless allowed; pp up to the number of blocks (the balanced partition copes with layers
 that do not divide); micro-batch sizes dividing the per-replica batch; each registered schedule
 with its virtual-stage rule (``planner.schedules``); ZeRO 0-3; recompute none/selective/full;
-sequence parallelism. The data-parallel communication (all-reduce, compression, parameter
+sequence parallelism (only layouts the executor can checkpoint when ``Space.checkpointed``,
+for elastic plan sets). The data-parallel communication (all-reduce, compression, parameter
 server) changes numerics, so it is an option the caller fixes, never searched. Layouts the
 executor refuses (``planner.rules``) are never proposed.
 """
@@ -39,6 +40,9 @@ class Space:
     powersgd_rank: int = 0
     tp_across_nodes: bool = False
     max_virtual_stages: int = 8
+    # Only layouts the executor can checkpoint (``rules.checkpoint_refuses``): an elastic run
+    # resumes from checkpoints at every change of world size.
+    checkpointed: bool = False
 
     def data(self, dp: int, zero: int) -> DataParallel:
         """The data-parallel strategy of a layout with ``dp`` replicas and ZeRO ``zero``."""
@@ -133,7 +137,8 @@ def _refused(spec, space: Space, dp, tp, pp, name, v, zero) -> str:
     split: m is checked by the schedule, so one valid m stands for all)."""
     probe = Layout(dims=dims_of(dp, tp, pp), num_microbatches=pp, data=space.data(dp, zero),
                    pipeline=_pipeline(name, v))
-    return rules.model_refuses(spec, probe)
+    return rules.model_refuses(spec, probe) or (
+        rules.checkpoint_refuses(probe) if space.checkpointed else "")
 
 
 @lru_cache(maxsize=256)

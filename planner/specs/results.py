@@ -1,6 +1,7 @@
 """What planning and running produce: predictions, plans, metrics, validations."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 
 from planner.errors import PlannerError
@@ -150,6 +151,10 @@ class Metrics(Serde):
     first_step: int = 0                    # index of losses[0]: > 0 after --resume
     # Collectives issued in one measured step (--count-collectives), "kind@group" -> count.
     collectives: dict[str, int] = field(default_factory=dict)
+    # After --resume: the losses of steps 0..first_step-1 and the world size each ran at, as the
+    # (signed) checkpoint recorded them; an elastic run's whole history is earlier + losses.
+    earlier_losses: tuple[float, ...] = ()
+    earlier_world_sizes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -199,3 +204,45 @@ class Validation(Serde):
     memory_max_abs_pct_error: float | None = None
     created_utc: str = ""
     schema_version: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class Trial(Serde):
+    """One layout ``planner validate`` runs: its plan file (relative to the trial set's
+    directory), that plan's fingerprint, and its role and place in the predicted ranking."""
+    plan_path: str
+    plan_fingerprint: str
+    role: str
+    predicted_rank: int
+
+
+@dataclass(frozen=True)
+class TrialSet(Serde):
+    """The trials of one validation across machines, written by node 0 (or ``--slurm``) into the
+    shared work directory so that every node runs the same plans in the same order.
+
+    ``run_id`` names the run (``--rdzv-id``; empty for a set written by ``--slurm``, whose job id
+    is known only when it runs); the header fields are the Validation's.
+    """
+    run_id: str
+    model: str
+    cluster: str
+    world_size: int
+    global_batch_size: int
+    steps: int
+    warmup_steps: int
+    trials: tuple[Trial, ...]
+    created_utc: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self):
+        positive("world_size", self.world_size)
+        if not self.trials:
+            raise PlannerError("field 'trials': expected at least one trial")
+        if not 0 <= self.warmup_steps < self.steps:
+            raise PlannerError(f"field 'warmup_steps': {self.warmup_steps} must be >= 0 and "
+                               f"below steps ({self.steps})")
+        for i, t in enumerate(self.trials):
+            if os.path.isabs(t.plan_path) or ".." in t.plan_path.split("/"):
+                raise PlannerError(f"field 'trials[{i}].plan_path': {t.plan_path!r} must be a "
+                                   "file name inside the trial set's directory")
