@@ -180,6 +180,10 @@ def run_elastic(args) -> int:
 
     lo, hi = _check_elastic_flags(args)
     cluster = resolve_cluster(args.cluster)
+    if cluster.mixed:
+        raise PlannerError(f"--elastic {args.elastic}: cluster {args.cluster!r} mixes device "
+                           f"kinds; elastic plan sets are planned for one kind (pick a "
+                           f"single-kind cluster)")
     sizes, skipped = elastic_sizes(cluster, lo, hi)
     if not sizes:
         raise PlannerError(f"--elastic {args.elastic}: no world size in that range is one node "
