@@ -32,18 +32,19 @@ def forward_backward(par, inputs, targets, layout, loss_fn, device, amp_dtype) -
     # auxiliary losses (a MoE router's) are scaled like the loss: the schedule divides the
     # gradients by num_microbatches afterwards; without one each loss is divided before
     set_aux_loss_scale(1.0 if par.schedule is not None else 1.0 / layout.num_microbatches)
+    loss_context = par.loss_context or contextlib.nullcontext
     if par.schedule is not None:
         losses: list = []
         args = (inputs,) if par.first else ()
         kwargs = {"target": targets, "losses": losses} if par.last else {}
-        with _autocast(device, amp_dtype):
+        with _autocast(device, amp_dtype), loss_context():
             par.schedule.step(*args, **kwargs)
         for loss in losses:
             total += loss.detach().to(torch.float64)
         return total
     model, m = par.parts[0], layout.num_microbatches
     for i, (x, y) in enumerate(_microbatches(inputs, targets, layout.microbatch_size)):
-        with par.dp.no_sync(last=i == m - 1), _autocast(device, amp_dtype):
+        with par.dp.no_sync(last=i == m - 1), _autocast(device, amp_dtype), loss_context():
             loss = loss_fn(model(x), y)
             (loss / m).backward()
         total += loss.detach().to(torch.float64)

@@ -35,6 +35,7 @@ class Parallelized:
     first: bool                    # holds the first pipeline chunk (feeds the inputs)
     last: bool                     # holds the last pipeline chunk (computes the loss)
     counts_loss: bool              # adds its losses to the reported global mean (tp rank 0 only)
+    loss_context: object = None    # factory of the context forward and backward run under
 
 
 def check_layout(spec, layout, where: str = "plan", num_blocks: int | None = None) -> None:
@@ -74,4 +75,5 @@ def parallelize(model, layout, mesh, device, where: str = "plan") -> Parallelize
                                          mesh["pp"].get_group(), device, model.loss, metas,
                                          len(model.blocks))
     return Parallelized(strategy.parts, parts, strategy, schedule, first, last,
-                        counts_loss=last and tp_i == 0)
+                        counts_loss=last and tp_i == 0,
+                        loss_context=tp_mod.loss_context(model.spec, layout))

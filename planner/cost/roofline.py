@@ -110,7 +110,8 @@ class BlockTime(NamedTuple):
 
 
 def block_time(name, kind, fwd_ops, bwd_ops, dm, dtype, colls, flops, core=0.0, extra_s=0.0):
-    """A block's passes timed: each takes max(GPU kernels, host issue) (module docstring)."""
-    fg, fh = pass_times_s(fwd_ops, dm, dtype, colls)
-    bg, bh = pass_times_s(bwd_ops, dm, dtype, colls)
+    """A block's passes timed: each takes max(GPU kernels, host issue) (module docstring);
+    ``colls`` (forward, backward) collectives the block launches besides its kernels."""
+    fg, fh = pass_times_s(fwd_ops, dm, dtype, colls[0])
+    bg, bh = pass_times_s(bwd_ops, dm, dtype, colls[1])
     return BlockTime(name, kind, max(fg, fh) + extra_s, max(bg, bh), fg + extra_s, bg, flops, core)

@@ -101,22 +101,24 @@ def collectives(run: RunSpec, layout, costs: LayoutCosts, result: StepResult) ->
 
 def _partial_grad_collectives(run: RunSpec, layout, costs: LayoutCosts, owner) -> list:
     """The tp all-reduces of gradients that are partial over tp ranks (``Family.
-    partial_grad_params``: sequence-parallel norms, routers): one per pipeline stage and step,
+    partial_grad_params``, ``edge_partial_grad_params``: sequence-parallel norms, routers): one
+    per pipeline stage and step,
     or under FSDP one per parameter at each of its block's reduce-scatters (every micro-batch
     without pipelining, once per step with it). A few KiB to a few hundred KiB per layer, so
     their time is not simulated."""
     family, spec = families.of(run.model), run.model
     e, sp = ELEMENT_BYTES[run.dtype], layout.tensor.sequence_parallel
+    kinds = family.block_kinds(spec)
     layer_of, n = {}, 0
-    for x, kind in enumerate(family.block_kinds(spec)):
+    for x, kind in enumerate(kinds):
         if kind == "block":
             layer_of[x], n = n, n + 1
     per_stage: dict = {}
     for c, chunk in enumerate(costs.chunks):
         for x in chunk.blocks:
-            if x in layer_of:
-                per_stage.setdefault(owner[c], []).extend(
-                    family.partial_grad_params(spec, layer_of[x], sp))
+            per_stage.setdefault(owner[c], []).extend(
+                family.partial_grad_params(spec, layer_of[x], sp) if x in layer_of else
+                family.edge_partial_grad_params(spec, kinds[x], sp))
     out = []
     fsdp = rules.fsdp_runs(layout)
     times = layout.num_microbatches if layout.pp == 1 else 1
