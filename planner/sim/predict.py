@@ -81,12 +81,16 @@ def collectives(run: RunSpec, layout, costs: LayoutCosts, result: StepResult) ->
     for (phase, name, nbytes), k in sorted(costs.tp_counts.items()):
         out.append(CollectiveCount(phase, name, "tp", layout.tp, k, int(nbytes)))
     owner = result.owner
+    m, scatter = layout.num_microbatches, costs.bundle.scatter
     for c in range(len(costs.chunks) - 1):
         if owner[c] != owner[c + 1]:
             nb = costs.chunks[c].send_bytes
             for phase in ("forward", "backward"):
-                out.append(CollectiveCount(phase, "send_recv", "pp", layout.pp,
-                                           layout.num_microbatches, int(nb)))
+                out.append(CollectiveCount(phase, "send_recv", "pp", layout.pp, m,
+                                           int(nb // layout.tp if scatter else nb)))
+                if scatter:     # Megatron's scatter/gather: the pieces gathered over tp
+                    out.append(CollectiveCount(phase, "all_gather", "tp", layout.tp, m,
+                                               int(nb)))
     for (phase, name, group, size, nbytes), k in sorted(result.dp_counts.items()):
         out.append(CollectiveCount(phase, name, group, size, k, int(nbytes)))
     if layout.tp > 1:
