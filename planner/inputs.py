@@ -16,8 +16,8 @@ from planner.cost import compute
 from planner.cost.memory import ELEMENT_BYTES
 from planner.errors import PlannerError
 from planner.models import resolve_model
-from planner.specs import (COMPRESSION, DP_COMM, DTYPES, OPTIMIZERS, RECOMPUTE, SCHEDULES,
-                           Cluster, ModelProfile, ModelSpec)
+from planner.specs import (COMPRESSION, DP_COMM, DTYPES, IMPLEMENTATIONS, OPTIMIZERS, PARTITIONS,
+                           RECOMPUTE, SCHEDULES, Cluster, ModelProfile, ModelSpec)
 
 PROFILES_DIR = "profiles"
 
@@ -38,8 +38,15 @@ class PlanInputs:
     # size not measured come from the fitted overhead + work/throughput line
     # (planner.profile.extrapolate) instead of proportional scaling.
     other_profiles: tuple[ModelProfile, ...] = ()
+    implementation: str = "executor"    # planner.specs.IMPLEMENTATIONS: what is costed
+    partition: str = "balanced"         # planner.specs.PARTITIONS: chunk boundaries searched
+    # The device model analytic costs use; None: the one the cluster's device names. The
+    # calibration passes the figures it is fitting, and so costs exactly what the CLI costs.
+    device_model: object = None
 
     def block_costs(self, microbatch_size: int) -> tuple[compute.BlockCost, ...]:
+        """Per-block costs at ``microbatch_size``: the profile's (extrapolated to other sizes
+        from several), else analytic for ``implementation`` (``planner.cost.compute``)."""
         if self.profile is not None:
             if self.other_profiles and microbatch_size != self.profile.microbatch_size:
                 from planner.profile.extrapolate import extrapolate_profile
@@ -47,7 +54,9 @@ class PlanInputs:
                 return compute.from_profile(prof, microbatch_size)
             return compute.from_profile(self.profile, microbatch_size)
         return compute.analytic_costs(self.model, microbatch_size, self.cluster.device,
-                                      self.dtype, ELEMENT_BYTES[self.dtype])
+                                      self.dtype, ELEMENT_BYTES[self.dtype],
+                                      device_model=self.device_model,
+                                      implementation=self.implementation)
 
 
 def add_arguments(parser) -> None:
@@ -68,6 +77,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate the executor uses")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--implementation", choices=IMPLEMENTATIONS, default="executor",
+                        help="what runs the plan: this project's executor (default), or "
+                             "Megatron-LM (its layer, vocabulary padding and pipeline "
+                             "scatter/gather; analytic costs only)")
+    parser.add_argument("--partition", choices=PARTITIONS, default="balanced",
+                        help="pipeline chunk boundaries: the fastest balanced cut (default) or "
+                             "Megatron's even split of the layers (embedding with the first "
+                             "chunk, head with the last)")
 
 
 def add_layout_arguments(parser, required: bool = False) -> None:
@@ -141,8 +158,19 @@ def resolve(args) -> PlanInputs:
     cluster = cluster.with_size(n)
     cpu = cluster.backend == "gloo"
     dtype = args.dtype or ("float32" if cpu else "bf16-mixed")
+    implementation = getattr(args, "implementation", "executor")
+    partition = getattr(args, "partition", "balanced")
     profile, path, others = None, "", ()
-    if args.profile:
+    if implementation != "executor":
+        if args.profile:
+            raise PlannerError(f"--profile measures this project's model; --implementation "
+                               f"{implementation} is costed analytically (drop --profile)")
+        model = resolve_model(args.model)
+        if not families.of(model).builtin or cpu:
+            raise PlannerError(f"--implementation {implementation} costs a built-in model "
+                               f"family on a GPU cluster's device model; got {model.name} on "
+                               f"{cluster.name}")
+    elif args.profile:
         paths = [args.profile] if isinstance(args.profile, str) else list(args.profile)
         loaded = [(p, ModelProfile.load(p)) for p in paths]
         (path, profile), others = loaded[0], tuple(p for _, p in loaded[1:])
@@ -171,4 +199,4 @@ def resolve(args) -> PlanInputs:
     if args.global_batch < 1:
         raise PlannerError(f"--global-batch must be >= 1, got {args.global_batch}")
     return PlanInputs(model, cluster, n, args.global_batch, dtype, args.optimizer, args.lr,
-                      args.seed, profile, path or "", others)
+                      args.seed, profile, path or "", others, implementation, partition)

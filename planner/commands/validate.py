@@ -127,6 +127,9 @@ def run(args) -> int:
     if args.steps <= args.warmup:
         raise PlannerError(f"--steps {args.steps} must exceed --warmup {args.warmup} (no timed "
                            "step would be left)")
+    if args.implementation != "executor":
+        raise PlannerError(f"--implementation {args.implementation}: validate runs this "
+                           "project's executor; plan for it with --implementation executor")
     inp = plan_inputs.resolve(args)
     pool = max(POOL_MIN, args.top_k + POOL_PER_SAMPLE * args.sample)
     from planner.inputs import space_from_args

@@ -13,14 +13,15 @@ from planner.specs.common import Serde
 from planner.specs.layout import (COMPRESSION, DP_COMM, RECOMPUTE, SCHEDULES, DataParallel,
                                   Layout, Pipeline, TensorParallel)
 from planner.specs.model import FAMILIES, BlockProfile, ModelProfile, ModelSpec
-from planner.specs.results import (DTYPES, OPTIMIZERS, Candidate, CollectiveCount, Metrics,
-                                   Plan, Prediction, RankMemory, TimelineEvent, Validation,
-                                   ValidationRow)
+from planner.specs.results import (DTYPES, IMPLEMENTATIONS, OPTIMIZERS, PARTITIONS, Candidate,
+                                   CollectiveCount, Metrics, Plan, Prediction, RankMemory,
+                                   TimelineEvent, Validation, ValidationRow)
 
 SCHEMA_VERSION = 1
 
 __all__ = [
-    "COMPRESSION", "DP_COMM", "DTYPES", "FAMILIES", "OPTIMIZERS", "RECOMPUTE", "SCHEDULES",
+    "COMPRESSION", "DP_COMM", "DTYPES", "FAMILIES", "IMPLEMENTATIONS", "OPTIMIZERS",
+    "PARTITIONS", "RECOMPUTE", "SCHEDULES",
     "SCHEMA_VERSION", "BlockProfile", "Candidate", "Cluster", "CollectiveCount", "CollectiveFit",
     "DataParallel", "DeviceSpec", "Layout", "LinkLevel", "Metrics", "ModelProfile", "ModelSpec",
     "NodeLevels", "NodeLink", "ParallelDims", "Pipeline", "Plan", "Prediction", "RankMemory",
