@@ -297,3 +297,38 @@ def test_layouts_the_executor_refuses_are_refused_here():
                 Layout.make(dp=16, zero=1, dp_comm="parameter_server", ps_shards=2)):
         with pytest.raises(PlannerError):
             evaluate(run, blocks, bad, timeline=False)
+
+
+def test_megatron_pipeline_sends_scatter_and_gather():
+    """Megatron (tp > 1, no sp): each tp rank sends 1/tp of the boundary activation and the
+    receivers all-gather it over tp, per boundary, micro-batch and direction; the executor
+    sends it whole; under sp every implementation sends the rank's slice."""
+    from dataclasses import replace
+    run, _ = gpt("gpt3-1.3b", gpus=16)
+    layout = Layout.make(tp=8, pp=2, microbatch_size=1, num_microbatches=4)
+    b, s, h, m = 1, run.model.seq_len, run.model.hidden_size, 4
+    act = b * s * h * 2
+    sends = {}
+    for impl in ("executor", "megatron"):
+        r = replace(run, implementation=impl)
+        blocks = compute.analytic_costs(r.model, 1, r.cluster.device, "bf16-mixed", 2,
+                                        implementation=impl)
+        _, pred = evaluate(r, blocks, layout, timeline=False)
+        sends[impl] = {}
+        for c in pred.collectives:     # forward and backward listed apart: summed here
+            if c.group == "pp" or (c.collective, c.bytes_each) == ("all_gather", act):
+                key = (c.collective, c.group, c.bytes_each)
+                sends[impl][key] = sends[impl].get(key, 0) + c.count
+        _, sp = evaluate(r, blocks, replace(layout, tensor=replace(layout.tensor,
+                                                                   sequence_parallel=True)),
+                         timeline=False)
+        assert {c.bytes_each for c in sp.collectives if c.group == "pp"} == {act // 8}
+    assert sends["executor"] == {("send_recv", "pp", act): 2 * m}
+    assert sends["megatron"] == {("send_recv", "pp", act // 8): 2 * m,
+                                 ("all_gather", "tp", act): 2 * m}
+    # the transfer costs the send of 1/8 plus the all-gather
+    from planner.cost import pp as pp_cost
+    from planner.sim import default_comm_time
+    comm = default_comm_time(run.cluster, layout)
+    assert pp_cost.send_time(comm, act, 8, True) == pytest.approx(
+        comm("send_recv", act // 8, "pp") + comm("all_gather", act, "tp"))
