@@ -179,6 +179,7 @@ class RowsBundle:
         self.activation_bytes = sum(n * r.activation_bytes for n, r in zip(counts, unique))
         self.tp_per_microbatch = _tp_counts(unique, counts, msg, split.recompute)
         distinct = _pattern(blocks)[0]
+        self._kinds = tuple(blk.kind for blk in distinct)
         self.model_flops = sum(n * blk.forward_flops for n, blk in zip(counts, distinct))
         self.recompute_flops = sum(n * f for n, f in zip(
             counts, _recompute_flops(run, distinct, split)))
@@ -216,7 +217,7 @@ class RowsBundle:
         """``planner.partition.even_partition`` of these blocks into ``k`` chunks (memoised)."""
         hit = self._even.get(k)
         if hit is None:
-            kinds = tuple(self._unique[x].kind for x in self._pattern)
+            kinds = tuple(self._kinds[x] for x in self._pattern)
             hit = self._even[k] = even_partition(kinds, k)
         return hit
 
