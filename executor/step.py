@@ -43,11 +43,13 @@ def forward_backward(par, inputs, targets, layout, loss_fn, device, amp_dtype) -
     # loss is multiplied by weight / m before its backward
     set_aux_loss_scale(loss_scale(layout, par.dp_rank) if par.schedule is not None
                        else weight / m)
+    # the loss-parallel head computes its cross-entropy inside this context (tp)
+    loss_context = par.loss_context or contextlib.nullcontext
     if par.schedule is not None:
         losses: list = []
         args = (inputs,) if par.first else ()
         kwargs = {"target": targets, "losses": losses} if par.last else {}
-        with _autocast(device, amp_dtype):
+        with _autocast(device, amp_dtype), loss_context():
             par.schedule.step(*args, **kwargs)
         scale = loss_scale(layout, par.dp_rank)   # what the schedule's loss carries
         for loss in losses:
@@ -55,7 +57,7 @@ def forward_backward(par, inputs, targets, layout, loss_fn, device, amp_dtype) -
         return total
     model = par.parts[0]
     for i, (x, y) in enumerate(_microbatches(inputs, targets, layout.microbatch_size)):
-        with par.dp.no_sync(last=i == m - 1), _autocast(device, amp_dtype):
+        with par.dp.no_sync(last=i == m - 1), _autocast(device, amp_dtype), loss_context():
             loss = loss_fn(model(x), y)
             (loss / m if weight == 1.0 else loss * (weight / m)).backward()
         total += loss.detach().to(torch.float64)

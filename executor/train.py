@@ -37,6 +37,10 @@ def check_plan(plan, path: str, world_size: int, args, elastic=None):
     except PlannerError as err:
         raise PlannerError(f"{path}: field 'layout': {err} (launch with --nproc-per-node x "
                            f"--nnodes = {plan.layout.world_size})") from None
+    if plan.implementation != "executor":
+        raise PlannerError(f"{path}: field 'implementation': this plan was costed for "
+                           f"{plan.implementation!r}, not for this executor; plan again with "
+                           "--implementation executor to run it here")
     _check_model_flag(plan, path, args.model)
     preflight.check_outputs(args, runtime.env_rank())
     resuming = args.resume or args.auto_resume

@@ -187,85 +187,118 @@ def calibrate(rows: Sequence[Row], predict, start: DeviceModel, names: Sequence[
 
 
 # --------------------------------------------------------------------------------------------
-# Predicting a measured Megatron-DeepSpeed run with the project's simulator
+# Predicting a measured Megatron-DeepSpeed run through the command line's own costing path
 # --------------------------------------------------------------------------------------------
 GPT2_VOCAB = 50257      # the GPT-2 BPE vocabulary Megatron's GPT examples train with
 
 
-def megatron_vocab(tp: int, divisible_by: int = 128) -> int:
-    """Megatron pads the vocabulary to a multiple of ``make-vocab-size-divisible-by`` (128) x tp
-    (megatron/tokenizer/tokenizer.py, ``_vocab_size_with_padding``)."""
-    step = divisible_by * tp
-    return -(-GPT2_VOCAB // step) * step
-
-
-def megatron_boundaries(num_layers: int, pp: int) -> tuple[int, ...]:
-    """Stage starts of Megatron-DeepSpeed's GPTModelPipe (partition_method "type:transformer":
-    layers split evenly, the embedding on the first stage, the head on the last)."""
-    if pp == 1:
-        return ()
-    per = num_layers // pp
-    return (0,) + tuple(1 + i * per for i in range(1, pp))
-
-
 class SimulatorPredictor:
-    """``predict(row, device_model) -> seconds`` through ``planner.sim`` on a DGX A100 node.
+    """``predict(row, device_model) -> seconds`` exactly as ``planner simulate`` costs the row.
 
-    ``recompute`` is the assumption about the runs ("none", "selective", "full"); the step is
-    the simulator's 1F1B schedule (DeepSpeed's pipeline engine runs 1F1B; without pipelining the
-    micro-batches are gradient accumulation), with the cluster preset's fitted NCCL all-reduce
-    and the optimizer estimate the planner uses.
+    A row becomes the ``planner.inputs.PlanInputs`` that ``planner simulate`` builds from
+    ``cli_args(row, model_path)`` (``--implementation megatron --partition even``, the row's
+    layout, 1F1B, dgx-a100-80gb), with the device model being fitted in place of the one the
+    cluster names; its block costs (``PlanInputs.block_costs``) and ``RunSpec``
+    (``planner.planfile.run_spec``) go to ``planner.sim.evaluate``. So what the calibration
+    predicts is what a user gets from the command line (tests/test_calibrate.py checks it).
+    ``recompute`` is the assumption about the runs ("none", "selective", "full"): DeepSpeed's
+    pipeline engine runs 1F1B; without pipelining the micro-batches are gradient accumulation.
     """
 
-    def __init__(self, recompute: str = "full", impl: str = "megatron",
-                 cluster: str = "dgx-a100-80gb", dtype: str = "bf16-mixed",
-                 optimizer: str = "adam"):
+    def __init__(self, recompute: str = "none", implementation: str = "megatron",
+                 partition: str = "even", cluster: str = "dgx-a100-80gb",
+                 dtype: str = "bf16-mixed", optimizer: str = "adam"):
         from planner.clusters import resolve_cluster
-        self.recompute, self.impl, self.dtype, self.optimizer = recompute, impl, dtype, optimizer
+        self.recompute, self.implementation, self.partition = recompute, implementation, partition
+        self.cluster_name, self.dtype, self.optimizer = cluster, dtype, optimizer
         self.cluster = resolve_cluster(cluster)
         self._comm: dict = {}
         self._blocks_for, self._blocks = None, {}
 
-    def layout(self, row: Row):
-        from planner.specs import Layout
-        return Layout.make(dp=row.dp, tp=row.tp, pp=row.pp, microbatch_size=row.microbatch_size,
-                      num_microbatches=row.num_microbatches, schedule="1f1b",
-                      recompute=self.recompute,
-                      stage_boundaries=megatron_boundaries(row.num_layers, row.pp))
+    def settings(self) -> dict[str, str]:
+        """What reproduces this predictor (``Calibration.predictor``)."""
+        return {"recompute": self.recompute, "implementation": self.implementation,
+                "partition": self.partition, "cluster": self.cluster_name, "dtype": self.dtype,
+                "optimizer": self.optimizer}
 
     def spec(self, row: Row):
         from planner.specs import ModelSpec
         return ModelSpec(f"megatron-gpt-l{row.num_layers}-h{row.hidden_size}", "gpt",
                          num_layers=row.num_layers, hidden_size=row.hidden_size,
-                         num_heads=row.num_heads, seq_len=row.seq_len,
-                         vocab_size=megatron_vocab(row.tp))
+                         num_heads=row.num_heads, seq_len=row.seq_len, vocab_size=GPT2_VOCAB)
+
+    def architecture(self, row: Row) -> dict:
+        """The ``--model`` architecture file of the row (``planner.models.load_architecture``)."""
+        spec = self.spec(row)
+        return {"name": spec.name, "family": "gpt", "num_layers": spec.num_layers,
+                "hidden_size": spec.hidden_size, "num_heads": spec.num_heads,
+                "seq_len": spec.seq_len, "vocab_size": spec.vocab_size}
+
+    def cli_args(self, row: Row, model_path: str) -> list[str]:
+        """The ``planner simulate`` flags that predict ``row`` (the model in ``model_path``)."""
+        return ["--model", model_path, "--cluster", self.cluster_name, "--gpus", str(row.gpus),
+                "--global-batch", str(row.global_batch), "--dp", str(row.dp), "--tp",
+                str(row.tp), "--pp", str(row.pp), "--microbatch-size",
+                str(row.microbatch_size), "--schedule", "1f1b", "--recompute", self.recompute,
+                "--implementation", self.implementation, "--partition", self.partition,
+                "--dtype", self.dtype, "--optimizer", self.optimizer]
+
+    def inputs(self, row: Row, dm: DeviceModel | None = None):
+        from planner.inputs import PlanInputs
+        return PlanInputs(self.spec(row), self.cluster.with_size(row.gpus), row.gpus,
+                          row.global_batch, self.dtype, self.optimizer, 1e-3, 0, None, "",
+                          implementation=self.implementation, partition=self.partition,
+                          device_model=dm)
+
+    def layout(self, row: Row):
+        from planner.specs import Layout
+        return Layout.make(dp=row.dp, tp=row.tp, pp=row.pp, microbatch_size=row.microbatch_size,
+                           num_microbatches=row.num_microbatches, schedule="1f1b",
+                           recompute=self.recompute)
 
     def __call__(self, row: Row, dm: DeviceModel) -> float:
         from planner import sim
-        from planner.cost.compute import analytic_costs
-        from planner.cost.memory import ELEMENT_BYTES
-        cluster = self.cluster.with_size(row.gpus)
-        spec = self.spec(row)
+        from planner.planfile import run_spec
+        inp = self.inputs(row, dm)
         layout = self.layout(row)
         key = (row.gpus, row.dp, row.tp, row.pp)
         if key not in self._comm:
-            self._comm[key] = sim.default_comm_time(cluster, layout)
-        bkey = (spec, row.microbatch_size)
+            self._comm[key] = sim.default_comm_time(inp.cluster, layout)
         if self._blocks_for is not dm:      # one fit step: rows share block costs
             self._blocks_for, self._blocks = dm, {}
+        bkey = (inp.model, row.microbatch_size)
         blocks = self._blocks.get(bkey)
         if blocks is None:
-            blocks = analytic_costs(spec, row.microbatch_size, cluster.device, self.dtype,
-                                    ELEMENT_BYTES[self.dtype], device_model=dm, impl=self.impl)
-            self._blocks[bkey] = blocks
-        run = sim.RunSpec(spec, cluster, self.dtype, self.optimizer)
-        _, pred = sim.evaluate(run, blocks, layout, self._comm[key], timeline=False)
+            blocks = self._blocks[bkey] = inp.block_costs(row.microbatch_size)
+        _, pred = sim.evaluate(run_spec(inp), blocks, layout, self._comm[key], timeline=False)
         return pred.step_time_s
+
+
+def sensitivity(rows: Sequence[Row], predict, dm: DeviceModel, names: Sequence[str],
+                rel: float = 0.1) -> dict[str, dict[str, float]]:
+    """How much the median absolute % error on ``rows`` (the held-out half) moves when one
+    figure moves by -``rel`` and +``rel`` of its value, the others as they are: for each name,
+    {"-10%": change, "+10%": change} in percentage points. A figure whose moves change nothing
+    is one the data does not identify."""
+    base = float(np.median(evaluate(rows, predict, dm)))
+    out = {}
+    for name in names:
+        value = getattr(dm, name).value
+        moved = {}
+        for sign in (-1, 1):
+            v = value * (1 + sign * rel)
+            if name in UNIT:
+                v = min(v, 1.0)
+            err = float(np.median(evaluate(rows, predict, dm.with_values(**{name: v}))))
+            moved[f"{sign * rel:+.0%}"] = round(err - base, 3)
+        out[name] = moved
+    return out
 
 
 def fitted_profile(result: Result, data: str, date: str, seed: int, assumptions: dict,
                    predictor: dict, alternatives: dict[str, "Result"] | None = None,
-                   train_losses: dict[str, float] | None = None) -> DeviceModel:
+                   train_losses: dict[str, float] | None = None,
+                   sensitivities: dict[str, dict[str, float]] | None = None) -> DeviceModel:
     """The fitted model with each fitted figure's source and the calibration record."""
     from dataclasses import replace
 
@@ -277,8 +310,10 @@ def fitted_profile(result: Result, data: str, date: str, seed: int, assumptions:
     cal = Calibration(
         data=data, date=date,
         method="Nelder-Mead on the mean squared log(predicted/measured) of a random half of the "
-               "rows; errors on the other half; predictions by planner.sim (1F1B, "
-               "dgx-a100-80gb links) from planner.cost.roofline block costs (impl megatron)",
+               "rows; errors on the other half; predictions through planner simulate's costing "
+               "(planner.inputs.PlanInputs, planner.planfile.run_spec, planner.sim) with the "
+               "predictor's flags; the matmul ceiling is not fitted (the data cannot identify "
+               "it: see its source)",
         split_seed=seed, train_rows=result.train_rows, heldout_rows=result.heldout_rows,
         train_median_abs_pct_error=round(float(np.median(result.train_errors)), 3),
         heldout_median_abs_pct_error=round(result.heldout_median, 3),
@@ -288,7 +323,8 @@ def fitted_profile(result: Result, data: str, date: str, seed: int, assumptions:
             k: round(r.heldout_median, 3) for k, r in alts.items()} or None,
         alternatives_heldout_max_abs_pct_error={
             k: round(r.heldout_max, 3) for k, r in alts.items()} or None,
-        alternatives_train_loss={k: round(v, 6) for k, v in (train_losses or {}).items()} or None)
+        alternatives_train_loss={k: round(v, 6) for k, v in (train_losses or {}).items()} or None,
+        sensitivity_heldout_median_abs_pct_error=sensitivities or None)
     return replace(dm, calibration=cal)
 
 

@@ -16,7 +16,8 @@ COMMANDS = {
     "demo": ("planner.commands.demo",
              "end to end on built-in defaults: profile, plan, run, predicted vs measured"),
     "profile": ("planner.commands.profile",
-                "measure a model's per-block costs here (--network: the links, under torchrun)"),
+                "measure a model's per-block costs here (--network: the links, under torchrun; "
+                "--gemm: matmul efficiency into a device model)"),
     "plan": ("planner.commands.plan", "search layouts and write the best as a plan file"),
     "simulate": ("planner.commands.simulate", "evaluate one complete layout; write a plan file"),
     "compare": ("planner.commands.compare", "a plan's prediction against executor metrics"),
@@ -25,6 +26,7 @@ COMMANDS = {
                  "run the executor on top layouts and measure prediction error"),
 }
 NETWORK_MODULE = "planner.commands.profile_network"
+GEMM_MODULE = "planner.commands.profile_gemm"
 
 
 def _load(module: str):
@@ -45,6 +47,8 @@ def build_parser(argv) -> argparse.ArgumentParser:
                 module = NETWORK_MODULE
                 sp.add_argument("--network", action="store_true",
                                 help="measure collectives over the links (run under torchrun)")
+            elif name == "profile" and "--gemm" in argv:
+                module = GEMM_MODULE       # adds --gemm itself
             mod = _load(module)
             mod.add_arguments(sp)
             sp.set_defaults(_run=mod.run)

@@ -48,6 +48,34 @@ class Calibration:
     alternatives_heldout_median_abs_pct_error: dict[str, float] | None = None  # assumption ->
     alternatives_heldout_max_abs_pct_error: dict[str, float] | None = None
     alternatives_train_loss: dict[str, float] | None = None   # mean squared log error
+    # fitted figure -> {"-10%": ..., "+10%": ...}: how many percentage points the held-out
+    # median error moves when the figure moves by that much (planner.calibrate.sensitivity)
+    sensitivity_heldout_median_abs_pct_error: dict[str, dict[str, float]] | None = None
+
+
+@dataclass(frozen=True)
+class GemmPoint:
+    """One timed matrix multiply of a ``planner profile --gemm`` sweep: C[m,n] = A[m,k] B[k,n]."""
+    m: int
+    n: int
+    k: int
+    flops: float                # 2mnk
+    time_s: float               # median of the timed repeats
+
+    def __post_init__(self):
+        if min(self.m, self.n, self.k) < 1 or not self.flops > 0 or not self.time_s > 0:
+            raise PlannerError(f"gemm point m={self.m} n={self.n} k={self.k}: sizes must be >= 1 "
+                               f"and flops, time_s > 0 (got {self.flops}, {self.time_s})")
+
+
+@dataclass(frozen=True)
+class GemmSweep:
+    """What ``planner profile --gemm`` measured, so that the fitted curve can be checked."""
+    device_name: str
+    dtype: str
+    date: str
+    timer: str                  # "cuda-events" | "wall"
+    points: tuple[GemmPoint, ...]
 
 
 @dataclass(frozen=True)
@@ -56,7 +84,9 @@ class DeviceModel:
 
     - ``matmul_efficiency_max`` and ``matmul_efficiency_scale_flops``: a matrix multiply of F
       FLOPs runs at ``peak * max * (1 - exp(-F / scale))`` (a saturating curve: small GEMMs fill
-      few of the SMs and waves, large ones approach ``max``).
+      few of the SMs and waves, large ones approach ``max``). Measured by ``planner profile
+      --gemm`` (the sweep kept in ``gemm``), or ``max`` from published maximum achievable
+      matmul throughput and ``scale`` fitted on step times (``planner.calibrate``).
     - ``memory_efficiency``: achieved / datasheet HBM bandwidth for memory-bound kernels.
     - ``kernel_overhead_s``: fixed GPU time per kernel (launch latency, ramp-up and tail).
     - ``host_overhead_s``: CPU time the framework spends issuing one kernel; a pass cannot run
@@ -78,6 +108,7 @@ class DeviceModel:
     calibration: Calibration | None = None
     notes: str = ""
     schema_version: int = SCHEMA_VERSION
+    gemm: GemmSweep | None = None       # the sweep the matmul figures were fitted on, if any
 
     def __post_init__(self):
         if self.schema_version != SCHEMA_VERSION:
@@ -122,8 +153,12 @@ class DeviceModel:
         serde.write_json(path, self.to_dict())
 
 
-FITTED = ("matmul_efficiency_max", "matmul_efficiency_scale_flops", "memory_efficiency",
-          "kernel_overhead_s", "host_overhead_s", "microbatch_overhead_s")
+# What the calibration on measured step times fits. The matmul ceiling is not among them:
+# single-node runs of small models cannot identify it (fixing it anywhere from 0.64 to 0.87
+# and refitting the rest gives about the same held-out error), so it comes from published
+# maximum achievable GEMM throughput or from `planner profile --gemm`.
+FITTED = ("matmul_efficiency_scale_flops", "memory_efficiency", "kernel_overhead_s",
+          "host_overhead_s", "microbatch_overhead_s")
 
 
 def resolve_path(path: str) -> str:

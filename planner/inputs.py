@@ -16,8 +16,8 @@ from planner.cost import compute
 from planner.cost.memory import ELEMENT_BYTES
 from planner.errors import PlannerError
 from planner.models import resolve_model
-from planner.specs import (COMPRESSION, DP_COMM, DTYPES, OPTIMIZERS, RECOMPUTE, SCHEDULES,
-                           Cluster, ModelProfile, ModelSpec)
+from planner.specs import (COMPRESSION, DP_COMM, DTYPES, IMPLEMENTATIONS, OPTIMIZERS, PARTITIONS,
+                           RECOMPUTE, SCHEDULES, Cluster, ModelProfile, ModelSpec)
 
 PROFILES_DIR = "profiles"
 
@@ -38,6 +38,11 @@ class PlanInputs:
     # size not measured come from the fitted overhead + work/throughput line
     # (planner.profile.extrapolate) instead of proportional scaling.
     other_profiles: tuple[ModelProfile, ...] = ()
+    implementation: str = "executor"    # planner.specs.IMPLEMENTATIONS: what is costed
+    partition: str = "balanced"         # planner.specs.PARTITIONS: chunk boundaries searched
+    # The device model analytic costs use; None: the one the cluster's device names. The
+    # calibration passes the figures it is fitting, and so costs exactly what the CLI costs.
+    device_model: object = None
     _on_device: dict = field(default_factory=dict, compare=False, repr=False)
 
     def costs_on(self, device, microbatch_size: int) -> tuple[compute.BlockCost, ...]:
@@ -47,10 +52,13 @@ class PlanInputs:
         hit = self._on_device.get(key)
         if hit is None:
             hit = self._on_device[key] = compute.analytic_costs(
-                self.model, microbatch_size, device, self.dtype, ELEMENT_BYTES[self.dtype])
+                self.model, microbatch_size, device, self.dtype, ELEMENT_BYTES[self.dtype],
+                implementation=self.implementation)
         return hit
 
     def block_costs(self, microbatch_size: int) -> tuple[compute.BlockCost, ...]:
+        """Per-block costs at ``microbatch_size``: the profile's (extrapolated to other sizes
+        from several), else analytic for ``implementation`` (``planner.cost.compute``)."""
         if self.profile is not None:
             if self.other_profiles and microbatch_size != self.profile.microbatch_size:
                 from planner.profile.extrapolate import extrapolate_profile
@@ -58,7 +66,9 @@ class PlanInputs:
                 return compute.from_profile(prof, microbatch_size)
             return compute.from_profile(self.profile, microbatch_size)
         return compute.analytic_costs(self.model, microbatch_size, self.cluster.device,
-                                      self.dtype, ELEMENT_BYTES[self.dtype])
+                                      self.dtype, ELEMENT_BYTES[self.dtype],
+                                      device_model=self.device_model,
+                                      implementation=self.implementation)
 
 
 def add_arguments(parser, batch_required: bool = True) -> None:
@@ -84,6 +94,14 @@ def add_arguments(parser, batch_required: bool = True) -> None:
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate the executor uses")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--implementation", choices=IMPLEMENTATIONS, default="executor",
+                        help="what runs the plan: this project's executor (default), or "
+                             "Megatron-LM (its layer, vocabulary padding and pipeline "
+                             "scatter/gather; analytic costs only)")
+    parser.add_argument("--partition", choices=PARTITIONS, default="balanced",
+                        help="pipeline chunk boundaries: the fastest balanced cut (default) or "
+                             "Megatron's even split of the layers (embedding with the first "
+                             "chunk, head with the last)")
 
 
 def add_layout_arguments(parser, required: bool = False) -> None:
@@ -157,12 +175,23 @@ def resolve(args) -> PlanInputs:
     cluster = cluster.with_size(n)
     cpu = cluster.backend == "gloo"
     dtype = args.dtype or ("float32" if cpu else "bf16-mixed")
+    implementation = getattr(args, "implementation", "executor")
+    partition = getattr(args, "partition", "balanced")
     profile, path, others = None, "", ()
     if cluster.mixed and args.profile:
         raise PlannerError(f"--profile: a profile measures one kind of device, and cluster "
                            f"{cluster.name} mixes {', '.join(d.name for d in cluster.kinds)}: "
                            "plans for it come from each kind's device model (drop --profile)")
-    if args.profile:
+    if implementation != "executor":
+        if args.profile:
+            raise PlannerError(f"--profile measures this project's model; --implementation "
+                               f"{implementation} is costed analytically (drop --profile)")
+        model = resolve_model(args.model, args.seq_len)
+        if not families.of(model).builtin or cpu:
+            raise PlannerError(f"--implementation {implementation} costs a built-in model "
+                               f"family on a GPU cluster's device model; got {model.name} on "
+                               f"{cluster.name}")
+    elif args.profile:
         paths = [args.profile] if isinstance(args.profile, str) else list(args.profile)
         loaded = [(p, ModelProfile.load(p)) for p in paths]
         (path, profile), others = loaded[0], tuple(p for _, p in loaded[1:])
@@ -195,4 +224,4 @@ def resolve(args) -> PlanInputs:
     if args.cluster == localhost.PRESET:    # last: bad input fails before a measurement
         cluster = localhost.resolve(n, getattr(args, "no_measure", False)).with_size(n)
     return PlanInputs(model, cluster, n, args.global_batch, dtype, args.optimizer, args.lr,
-                      args.seed, profile, path or "", others)
+                      args.seed, profile, path or "", others, implementation, partition)

@@ -84,19 +84,23 @@ def _pack(prefix, send_s, k: int, limit: float, mem: "ChunkMemory | None" = None
     return None
 
 def balanced_partition(costs: Sequence[float], k: int, send_s: Sequence[float] | None = None,
-                       rel_tol: float = 1e-6, memory: "ChunkMemory | None" = None
-                       ) -> tuple[tuple[int, ...], float]:
+                       rel_tol: float = 1e-6, memory: "ChunkMemory | None" = None,
+                       cap: float = float("inf")) -> tuple[tuple[int, ...], float]:
     """Split ``costs`` (one per block, seconds) into ``k`` contiguous non-empty chunks.
 
     ``send_s[j]`` is the boundary cost of cutting after block j (0 if omitted). Returns
     ``(starts, bottleneck_s)``: the first block index of every chunk (``starts[0] == 0``; the
     layout's ``stage_boundaries``) and the cost of the slowest chunk.
 
-    Several partitions usually share the optimal bottleneck. With ``memory`` (one chunk per
-    rank) the one with the smallest peak memory among them is chosen, by a second binary search
-    (``_pack`` with ``mem``): under 1F1B stage r keeps min(p - r, m) micro-batches of activations, so
-    the early stages should hold fewer blocks. Otherwise cuts go near equal shares
-    (``_spread``), which keeps the sums of a rank's several chunks even.
+    Several partitions usually share the optimal bottleneck. The cuts go near equal shares
+    (``_spread``), which keeps the sums of a rank's several chunks even and leaves the slack
+    spread over the stages rather than stacked at the bottleneck (stacked bottleneck stages
+    lengthen a pipeline's fill and drain). Only when that partition does not fit (``memory``,
+    one chunk per rank, exceeds ``cap`` bytes on some rank) is the one with the least peak
+    memory among the equally fast ones chosen, by a second binary search (``_pack`` with
+    ``mem``): under 1F1B stage r keeps min(p - r, m) micro-batches of activations, so the early
+    stages should hold fewer blocks. The memory tie-break so never lengthens a step that fits
+    without it.
     """
     n = len(costs)
     if k < 1 or k > n:
@@ -108,14 +112,19 @@ def balanced_partition(costs: Sequence[float], k: int, send_s: Sequence[float] |
     prefix = [0.0, *accumulate(costs)]
     if k == 1:
         return (0,), prefix[-1]
-    if memory is not None:
-        hi, best, _ = _fastest(tuple(costs), k, send_s, rel_tol)
-        best = _least_memory(prefix, send_s, k, hi, memory, best)
-    else:
-        best = _even(tuple(costs), k, send_s, rel_tol)
+    best = _even(tuple(costs), k, send_s, rel_tol)
+    if memory is not None and peak_bytes(memory, best, n) > cap:
+        hi, fastest, _ = _fastest(tuple(costs), k, send_s, rel_tol)
+        best = _least_memory(prefix, send_s, k, hi, memory, fastest)
     bounds = list(best) + [n]
     bottleneck = max(chunk_cost(prefix, send_s, bounds[c], bounds[c + 1] - 1) for c in range(k))
     return tuple(best), bottleneck
+
+
+def peak_bytes(memory: "ChunkMemory", starts: Sequence[int], n: int) -> float:
+    """The fullest chunk's bytes (``ChunkMemory.of``) under the partition ``starts``."""
+    bounds = list(starts) + [n]
+    return max(memory.of(c, bounds[c], bounds[c + 1] - 1) for c in range(len(starts)))
 
 
 @lru_cache(maxsize=4096)
@@ -344,6 +353,32 @@ def _pack_from(prefix, send_s, i0: int, k: int, limit: float) -> bool:
             return False
         i = j + 1
     return False
+
+
+@lru_cache(maxsize=1024)
+def even_partition(kinds: tuple[str, ...], k: int) -> tuple[int, ...]:
+    """Megatron's split (``--partition even``): the layers (blocks of kind "block") divided
+    evenly over ``k`` chunks, the blocks before the first layer (the embedding) with the first
+    chunk and those after the last (head and loss) with the last.
+
+    Megatron-LM (megatron/core/transformer/transformer_block.py) gives every virtual stage
+    num_layers / (pp * v) layers and refuses other counts; Megatron-DeepSpeed's GPTModelPipe
+    (partition_method "type:transformer") does the same when the layers divide. When they do
+    not, the first num_layers % k chunks take one layer more (DeepSpeed's
+    ``ds_utils.partition_uniform``). Returns the first block of every chunk."""
+    layers = [i for i, kind in enumerate(kinds) if kind == "block"]
+    if k < 1 or k > max(len(layers), 1):
+        raise PlannerError(f"--partition even cannot give {k} pipeline chunks at least one of "
+                           f"the {len(layers)} layers each; needs pp * virtual_stages <= "
+                           f"{len(layers)}")
+    if k == 1:
+        return (0,)
+    per, extra = divmod(len(layers), k)
+    starts, taken = [0], 0
+    for c in range(1, k):
+        taken += per + (1 if c <= extra else 0)
+        starts.append(layers[taken])
+    return tuple(starts)
 
 
 def chunk_blocks(starts: Sequence[int], num_blocks: int) -> list[range]:

@@ -26,7 +26,8 @@ def run_spec(inp):
         opt = inp.profile.optimizer_step_time_s
     return RunSpec(inp.model, inp.cluster, inp.dtype, inp.optimizer,
                    compute_source="profile" if inp.profile else "analytic",
-                   optimizer_step_s=opt, flop_rate=rate)
+                   optimizer_step_s=opt, flop_rate=rate, implementation=inp.implementation,
+                   partition=inp.partition)
 
 
 def default_out(inp, devices: str = "", suffix: str = "") -> str:
@@ -42,7 +43,8 @@ def make_plan(inp, layout, prediction, candidates=(), explanation: str = "") -> 
                 layout=layout, prediction=prediction, profile_path=inp.profile_path,
                 seed=inp.seed, candidates=tuple(candidates), explanation=explanation,
                 created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(
-                    timespec="seconds"))
+                    timespec="seconds"), implementation=inp.implementation,
+                partition=inp.partition)
 
 
 def param_counts(plan: Plan) -> tuple[int, int] | None:
@@ -82,15 +84,17 @@ def summary(plan: Plan, path: str) -> dict:
             "device_memory_bytes": p.device_memory_bytes,
             "bubble_fraction": p.bubble_fraction, "compute_source": p.compute_source,
             "layout": plan.layout.to_dict(), "breakdown_s": p.breakdown_s,
+            "implementation": plan.implementation, "partition": plan.partition,
             "collectives": [c.to_dict() for c in p.collectives]}
 
 
 def print_text(plan: Plan, path: str, out=sys.stdout) -> None:
     p = plan.prediction
     gib = 2**30
+    costed = "" if plan.implementation == "executor" else f", costed for {plan.implementation}"
     print(f"model {plan.model.name} on {plan.cluster.name} x{plan.world_size}, global batch "
           f"{plan.global_batch_size}, {plan.dtype}, {plan.optimizer} "
-          f"(compute from {p.compute_source})", file=out)
+          f"(compute from {p.compute_source}{costed})", file=out)
     print(f"parameters  {format_params(param_counts(plan))}; {plan.model.family}, "
           f"{plan.model.num_layers} layers, seq_len {plan.model.seq_len}", file=out)
     print(f"layout      {plan.layout.describe()}", file=out)

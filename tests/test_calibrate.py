@@ -4,7 +4,9 @@ tests/data/a100_iteration_times.csv is an unchanged copy of
 ../shared/data/a100-single-node/megatron_deepspeed_iteration_times.csv (VIA-Research/vTrain,
 MIT-style licence), so these tests run without ../shared; the shared file is used when present.
 """
+import json
 import os
+import random
 
 import numpy as np
 import pytest
@@ -73,12 +75,42 @@ def test_shipped_a100_profile_heldout_errors_reproduce():
     assert np.max(errors) == pytest.approx(c.heldout_max_abs_pct_error, abs=0.01)
 
 
+def test_cli_reproduces_the_calibrated_predictions_exactly(tmp_path, capsys):
+    """One costing path: `planner simulate` with the flags of a calibration row predicts exactly
+    what the calibration predicted for it (a sample of rows of every tp, pp and micro-batch)."""
+    from planner import cli
+    from planner.serde import write_json
+    dm = devices.load("profiles/a100-sxm4-80gb.json")
+    settings = dm.calibration.predictor
+    assert (settings["implementation"], settings["partition"]) == ("megatron", "even")
+    predict = cal.SimulatorPredictor(**settings)
+    rows = cal.load_rows(DATA)
+    by_shape: dict = {}
+    for r in rows:
+        by_shape.setdefault((r.tp, r.pp, r.dp > 1, r.microbatch_size > 1), []).append(r)
+    pick = [random.Random(0).choice(group) for _, group in sorted(by_shape.items())]
+    assert len(pick) >= 12
+    for row in pick:
+        arch = tmp_path / f"gpt-l{row.num_layers}-h{row.hidden_size}.json"
+        write_json(str(arch), predict.architecture(row))
+        rc = cli.main(["simulate", *predict.cli_args(row, str(arch)), "--format", "json",
+                       "--out", str(tmp_path / "plan.json")])
+        assert rc == 0, capsys.readouterr().err
+        got = json.loads(capsys.readouterr().out)
+        assert got["step_time_s"] == predict(row, dm), row
+        assert (got["implementation"], got["partition"]) == ("megatron", "even")
+
+
 def test_h100_profile_carries_the_a100_efficiencies_and_says_so():
     a100, h100 = (devices.load(f"profiles/{n}.json") for n in ("a100-sxm4-80gb", "h100-sxm5-80gb"))
     for n in devices.FITTED:
         assert getattr(h100, n).value == getattr(a100, n).value
         assert "no H100 data" in getattr(h100, n).source
     assert h100.peak("bf16-mixed") == 989e12
+    # the ceilings are each device's own published figure, not fitted nor carried over
+    for dm, got, peak in ((a100, 271.2, 312.0), (h100, 794.5, 989.0)):
+        assert dm.matmul_efficiency_max.value == pytest.approx(got / peak)
+        assert dm.matmul_efficiency_max.source.startswith("published")
 
 
 def test_bad_data_file_is_a_one_line_error(tmp_path):

@@ -59,3 +59,29 @@ def test_plan_json_output_on_a_preset(tmp_path):
     dims = out["layout"]["dims"]
     assert dims["dp"] * dims["tp"] * dims["pp"] == 8
     assert out["fits"] is True and out["step_time_s"] > 0
+
+
+def test_implementation_megatron_flags(tmp_path):
+    """--implementation megatron is costed analytically on a GPU cluster and recorded in the
+    plan; the executor and validate refuse a plan costed for another implementation."""
+    out = tmp_path / "m.json"
+    proc = planner("simulate", "--model", "gpt3-1.3b", "--cluster", "dgx-a100-80gb", "--gpus",
+                   "16", "--global-batch", "16", "--tp", "2", "--pp", "4", "--microbatch-size",
+                   "1", "--implementation", "megatron", "--partition", "even", "--format",
+                   "json", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert (got["implementation"], got["partition"]) == ("megatron", "even")
+    # Megatron's even split: 24 layers over 4 stages, embedding first, head last
+    assert got["layout"]["pipeline"]["stage_boundaries"] == [0, 7, 13, 19]
+    plan = json.loads(out.read_text())
+    assert (plan["implementation"], plan["partition"]) == ("megatron", "even")
+    assert_user_error(planner("plan", "--model", "gpt-tiny", "--global-batch", "8",
+                              "--implementation", "megatron"),
+                      "--implementation megatron", "localhost-cpu")
+    assert_user_error(planner("validate", "--model", "gpt-tiny", "--gpus", "2", "--global-batch",
+                              "8", "--implementation", "megatron"), "validate runs this")
+    proc = subprocess.run([sys.executable, "-m", "executor", "--plan", str(out), "--steps", "2"],
+                          capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "WORLD_SIZE": "16"})
+    assert proc.returncode == 2 and "field 'implementation'" in proc.stderr, proc.stderr

@@ -24,12 +24,15 @@ MB = dict(microbatch_size=2, num_microbatches=2)
 # under pipelining gathered once and reduce-scattered once per step; TP 4 all-reduces per block
 # and micro-batch (2 forward, 2 backward); SP 4 all-gathers + 4 reduce-scatters instead, plus the
 # head's input gather and the first block's gradient gather per micro-batch, and one all-reduce
-# of the layer norms' gradients (Partial over the sequence slices) per step; full recompute
+# of the layer norms' gradients (Partial over the sequence slices) per step. Vocabulary
+# parallel, per micro-batch: the embedding's forward all-reduce, the head's backward all-reduce
+# of its input gradient (under SP a reduce-scatter) and the loss's 3 all-reduces (max, sum of
+# exponentials, target logit; torch's loss_parallel, Megatron's cross entropy); full recompute
 # reruns a block's forward collectives except the last reduce-scatter (the checkpoint stops once
 # every saved tensor is recomputed); under FSDP the layer norms' partial gradients are summed by
-# FSDP itself, one all-reduce per parameter (4 per block) and micro-batch; PP on rank 0 sends M
-# activations per outgoing boundary and receives M gradients back (and the reverse for
-# boundaries coming in).
+# FSDP itself, one all-reduce per parameter (4 per block, 2 for the head's norm) and
+# micro-batch; PP on rank 0 sends M activations per outgoing boundary and receives M gradients
+# back (and the reverse for boundaries coming in).
 WORLD2 = {
     "zero1": (dict(dp=2, zero=1, **MB), {"reduce_scatter@dp": 1, "all_gather@dp": 1}),
     "zero2+selective": (dict(dp=2, zero=2, recompute="selective", **MB),
@@ -37,9 +40,9 @@ WORLD2 = {
     "zero3+full": (dict(dp=2, zero=3, recompute="full", **MB),
                    {"all_gather@dp": 24, "reduce_scatter@dp": 12}),
     "ddp+full": (dict(dp=2, recompute="full", **MB), {"all_reduce@dp": 1}),
-    "tp": (dict(tp=2, **MB), {"all_reduce@tp": 32}),
+    "tp": (dict(tp=2, **MB), {"all_reduce@tp": 42}),
     "tp+sp": (dict(tp=2, sequence_parallel=True, **MB),
-              {"all_gather@tp": 36, "reduce_scatter@tp": 32, "all_reduce@tp": 1}),
+              {"all_gather@tp": 36, "reduce_scatter@tp": 34, "all_reduce@tp": 9}),
     "pp-gpipe": (dict(pp=2, schedule="gpipe", microbatch_size=2, num_microbatches=4),
                  {"send@pp": 4, "recv@pp": 4}),
     "pp-1f1b-cut": (dict(pp=2, schedule="1f1b", stage_boundaries=(0, 4), **MB),
@@ -53,13 +56,13 @@ WORLD2 = {
 
 WORLD4 = {
     "fsdp x tp": (dict(dp=2, tp=2, zero=3, **MB),
-                  {"all_gather@dp": 24, "reduce_scatter@dp": 12, "all_reduce@tp": 32}),
+                  {"all_gather@dp": 24, "reduce_scatter@dp": 12, "all_reduce@tp": 42}),
     "fsdp x tp+sp": (dict(dp=2, tp=2, zero=2, sequence_parallel=True, **MB),
                      {"all_gather@dp": 12, "reduce_scatter@dp": 12, "all_gather@tp": 36,
-                      "reduce_scatter@tp": 32, "all_reduce@tp": 32}),
-    "dp(allreduce) x tp": (dict(dp=2, tp=2, **MB), {"all_reduce@dp": 1, "all_reduce@tp": 32}),
+                      "reduce_scatter@tp": 34, "all_reduce@tp": 44}),
+    "dp(allreduce) x tp": (dict(dp=2, tp=2, **MB), {"all_reduce@dp": 1, "all_reduce@tp": 42}),
     "ps x tp": (dict(dp=2, tp=2, dp_comm="parameter_server", ps_shards=2, **MB),
-                {"reduce@dp": 2, "broadcast@dp": 2, "all_reduce@tp": 32}),
+                {"reduce@dp": 2, "broadcast@dp": 2, "all_reduce@tp": 42}),
     "dp(allreduce) x pp-zbv": (dict(dp=2, pp=2, schedule="zbv", virtual_stages=2, **MB),
                                {"all_reduce@dp": 1, "send@pp": 4, "recv@pp": 4}),
     "ddp x pp": (dict(dp=2, pp=2, schedule="1f1b", **MB),
@@ -78,7 +81,7 @@ WORLD4 = {
                        "reduce_scatter@tp": 32, "all_reduce@tp": 1}),
     "pp x tp+sp+full": (dict(pp=2, tp=2, sequence_parallel=True, recompute="full",
                              schedule="1f1b", **MB),
-                        {"all_gather@tp": 26, "reduce_scatter@tp": 20, "all_reduce@tp": 1,
+                        {"all_gather@tp": 26, "reduce_scatter@tp": 20, "all_reduce@tp": 3,
                          "send@pp": 2, "recv@pp": 2}),
 }
 
@@ -137,14 +140,14 @@ MIXED = {
                                dict(pp=2, tp=2, schedule="interleaved-1f1b", virtual_stages=2,
                                     sequence_parallel=True, **MB),
                                {"all_gather@tp": 18, "reduce_scatter@tp": 16,
-                                "all_reduce@tp": 1, "send@pp": 6, "recv@pp": 6}),
+                                "all_reduce@tp": 3, "send@pp": 6, "recv@pp": 6}),
     "mlp pp-zbv": (MLP, "float64", "sgd", dict(pp=2, schedule="zbv", virtual_stages=2, **MB),
                    {"send@pp": 4, "recv@pp": 4}),
     # 4 units (input projection, 2 residual blocks, head); 2 tp all-reduces per block and mb
     "mlp fsdp x tp": (MLP, "float64", "adam", dict(dp=2, tp=2, zero=2, **MB),
                       {"all_gather@dp": 8, "reduce_scatter@dp": 8, "all_reduce@tp": 8}),
     "float32 fsdp x tp": (GPT, "float32", "sgd-momentum", dict(dp=2, tp=2, zero=3, **MB),
-                          {"all_gather@dp": 24, "reduce_scatter@dp": 12, "all_reduce@tp": 32}),
+                          {"all_gather@dp": 24, "reduce_scatter@dp": 12, "all_reduce@tp": 42}),
 }
 
 
@@ -160,11 +163,12 @@ def test_world8_dp_pp_tp_is_exact(tmp_path):
     """Rank 0 holds 3 FSDP units (embedding + 2 transformer blocks) of stage 0. Under the
     pipeline, ZeRO-3 gathers each unit for every forward micro-batch and once for all backward
     ones (kept until the last), and reduce-scatters once per step; FSDP resolves the layer
-    norms' Partial gradients over tp one parameter at a time (2 blocks x 2 norms x 2)."""
+    norms' Partial gradients over tp one parameter at a time (2 blocks x 2 norms x 2); the
+    vocabulary-parallel embedding all-reduces its output once per micro-batch."""
     check_exact(make_plan(dp=2, pp=2, tp=2, zero=3, sequence_parallel=True, schedule="1f1b",
                           **MB), tmp_path,
                 collectives={"all_gather@dp": 9, "reduce_scatter@dp": 3, "all_gather@tp": 18,
-                             "reduce_scatter@tp": 16, "all_reduce@tp": 8, "send@pp": 2,
+                             "reduce_scatter@tp": 16, "all_reduce@tp": 10, "send@pp": 2,
                              "recv@pp": 2})
 
 

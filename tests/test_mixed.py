@@ -237,18 +237,20 @@ def test_data_parallelism_syncs_at_the_slowest_replica():
     c = two_kinds()
     run = RunSpec(SMALL, c, "bf16-mixed", "adam")
     mx = msim.MixedRun(run, costs_for(SMALL))
-    even = Layout.make(dp=2, tp=8, microbatch_size=2, num_microbatches=8)
+    even = Layout.make(dp=2, tp=8, microbatch_size=4, num_microbatches=8)
     lay, pred, step = msim.evaluate_mixed(mx, even, timeline=False)
     fast, slow = step.alone_s
     assert [r.kinds for r in step.replicas] == [(0,), (1,)]
     assert fast < slow and pred.step_time_s >= slow
     assert step.results[0].step_time_s == pytest.approx(pred.step_time_s, rel=0.05)
-    # at tp 8 this small model waits on NVLink as much as it computes: an A100 replica takes
-    # only ~1.25x an H100's, and 9 + 7 micro-batches balance them
-    split = replace(even, num_microbatches=9, replica_microbatches=(9, 7))
+    # give each replica micro-batches in inverse proportion to its time alone (at tp 8 this
+    # small model waits on NVLink a good part of the time, so the A100 replica is less slower
+    # than the peak ratio): the step is shorter and the replicas finish nearly together
+    k = round(16 * slow / (fast + slow))
+    split = replace(even, num_microbatches=k, replica_microbatches=(k, 16 - k))
     _, faster, step = msim.evaluate_mixed(mx, split, timeline=False)
-    assert faster.step_time_s < 0.9 * pred.step_time_s
-    assert max(step.alone_s) / min(step.alone_s) < 1.02
+    assert 8 < k < 12 and faster.step_time_s < 0.95 * pred.step_time_s
+    assert max(step.alone_s) / min(step.alone_s) < 1 + 1.5 / (16 - k)   # whole micro-batches
     with pytest.raises(PlannerError, match="spans 2 device kinds"):
         msim.evaluate_mixed(mx, Layout.make(tp=16, microbatch_size=2, num_microbatches=8))
 
@@ -257,7 +259,9 @@ def test_a_pipeline_across_kinds_gives_the_slow_stage_fewer_layers():
     c = two_kinds()
     run = RunSpec(SMALL, c, "bf16-mixed", "adam")
     mx = msim.MixedRun(run, costs_for(SMALL))
-    lay = Layout.make(pp=2, tp=8, microbatch_size=1, num_microbatches=16)
+    # micro-batches of 4: at 1 this small model's tp-8 kernels are too short for the device
+    # kinds to differ much (per-kernel overheads, tp communication)
+    lay = Layout.make(pp=2, tp=8, microbatch_size=4, num_microbatches=8)
     lay, pred, step = msim.evaluate_mixed(mx, lay, timeline=True)
     first = lay.pipeline.stage_boundaries[1]
     assert first > SMALL.num_blocks - first            # the H100 stage holds more blocks

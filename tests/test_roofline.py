@@ -49,7 +49,7 @@ def test_matmul_efficiency_saturates_with_size():
     assert rates[-1] == pytest.approx(peak * 0.8, rel=1e-6)
 
 
-@pytest.mark.parametrize("impl", ["megatron", "zoo"])
+@pytest.mark.parametrize("impl", ["megatron", "executor"])
 def test_layer_matmul_flops_match_the_megatron_formula(impl):
     # Forward matmuls: 24bsh^2 + 4bs^2h (Narayanan et al. SC'21 eq. 2 / 3 per layer); the
     # backward of every matmul is two GEMMs of the same FLOPs (flash attention excepted).
@@ -135,7 +135,7 @@ def test_tp_split_per_rank_costs():
     assert 0 < core8 < f8
     # A collective on the stream hides behind a launch-bound pass, never below the GPU time.
     g = gpt_costs.block_times(1, rl.Shape(1, 2048, 4096, 32, 16384, 51200, 8), dm, "bf16-mixed",
-                           "zoo", 2)[1]
+                              "executor")[1]
     assert layer.tp_split(8, False, 1.0, 1.0)[:2] == (g.forward_gpu_s, g.backward_gpu_s)
 
 

@@ -96,3 +96,23 @@ def test_nested_field_path_in_error():
     with pytest.raises(PlannerError, match=r"c.json: field 'intra_node.bandwidth_bytes_per_s': "
                                            r"expected a number, got \"fast\""):
         Cluster.from_dict(data, ctx="c.json")
+
+
+def test_plans_without_implementation_read_and_keep_their_fingerprint():
+    """Plans written before --implementation/--partition read with the defaults (this
+    project's executor, the balanced partition) and fingerprint as before; a plan costed for
+    Megatron is another plan."""
+    from dataclasses import replace
+
+    from executor_helpers import make_plan
+    from planner.specs import Plan
+    plan = make_plan(dp=2)
+    old = plan.to_dict()
+    del old["implementation"], old["partition"]
+    read = Plan.from_dict(old, ctx="old-plan.json")
+    assert (read.implementation, read.partition) == ("executor", "balanced")
+    assert read.fingerprint() == plan.fingerprint()
+    assert replace(plan, partition="even").fingerprint() == plan.fingerprint()
+    assert replace(plan, implementation="megatron").fingerprint() != plan.fingerprint()
+    with pytest.raises(PlannerError, match="implementation 'deepspeed' is not one of"):
+        Plan.from_dict({**old, "implementation": "deepspeed"}, ctx="bad.json")

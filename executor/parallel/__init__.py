@@ -37,6 +37,7 @@ class Parallelized:
     last: bool                     # holds the last pipeline chunk (computes the loss)
     counts_loss: bool              # adds its losses to the reported global mean (tp rank 0 only)
     dp_rank: int = 0               # its data-parallel replica (whose share of the batch it runs)
+    loss_context: object = None    # factory of the context forward and backward run under
 
 
 def check_layout(spec, layout, where: str = "plan", num_blocks: int | None = None) -> None:
@@ -79,4 +80,5 @@ def parallelize(model, layout, mesh, device, where: str = "plan") -> Parallelize
                                          mesh["pp"].get_group(), device, model.loss, metas,
                                          len(model.blocks), dp_i)
     return Parallelized(strategy.parts, parts, strategy, schedule, first, last,
-                        counts_loss=last and tp_i == 0, dp_rank=dp_i)
+                        counts_loss=last and tp_i == 0, dp_rank=dp_i,
+                        loss_context=tp_mod.loss_context(model.spec, layout))

@@ -7,6 +7,8 @@ here is generic: resolving the partial gradients DTensor leaves behind.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.distributed.tensor import DTensor
@@ -18,6 +20,17 @@ def apply_tp(model, layout, tp_mesh) -> None:
     """Shard ``model`` in place over ``tp_mesh`` by its family's plan."""
     families.of(model.spec).model_module().apply_tp(model, tp_mesh,
                                                     layout.tensor.sequence_parallel)
+
+
+def loss_context(spec, layout):
+    """What forward and backward of a micro-batch run under: ``loss_parallel`` (torch's
+    vocabulary-parallel cross entropy) where the family splits the head over tp, so that the
+    loss of split logits and its backward reduce over the tp group (Megatron's
+    vocab-parallel cross entropy), else nothing. Returns a context-manager factory."""
+    if layout.tp > 1 and families.of(spec).tp_splits("head"):
+        from torch.distributed.tensor.parallel import loss_parallel
+        return loss_parallel
+    return contextlib.nullcontext
 
 
 def reduce_partial_grads(parts) -> None:

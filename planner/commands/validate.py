@@ -171,6 +171,9 @@ def run(args) -> int:
     if args.steps <= args.warmup:
         raise PlannerError(f"--steps {args.steps} must exceed --warmup {args.warmup} (no timed "
                            "step would be left)")
+    if args.implementation != "executor":
+        raise PlannerError(f"--implementation {args.implementation}: validate runs this "
+                           "project's executor; plan for it with --implementation executor")
     if args.slurm and (args.trials or args.node_rank):
         raise PlannerError("--slurm writes the trials and the script that runs them: drop "
                            "--trials and --node-rank")

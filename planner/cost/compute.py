@@ -50,10 +50,10 @@ def from_profile(profile: ModelProfile, microbatch_size: int) -> tuple[BlockCost
 
 
 def analytic_costs(spec: ModelSpec, microbatch_size: int, device: DeviceSpec, dtype: str,
-                   bytes_per_element: int, device_model=None, impl: str = "zoo"
+                   bytes_per_element: int, device_model=None, implementation: str = "executor"
                    ) -> tuple[BlockCost, ...]:
     """Block costs without a profile, from the model's family (``Family.analytic_costs``):
     its kernels against the device model's roofline, or FLOPs at peak * efficiency."""
     from planner import families
     return families.of(spec).analytic_costs(spec, microbatch_size, device, dtype,
-                                            bytes_per_element, device_model, impl)
+                                            bytes_per_element, device_model, implementation)

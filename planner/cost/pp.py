@@ -18,6 +18,25 @@ def boundary_bytes(output_bytes: int, tp: int, sequence_parallel: bool) -> int:
     return output_bytes // tp if sequence_parallel else output_bytes
 
 
+def scatter_gather(implementation: str, tp: int, sequence_parallel: bool) -> bool:
+    """Whether boundary transfers use Megatron-LM's scatter/gather (Narayanan et al. SC'21,
+    sec. 4.1; megatron/p2p_communication.py with ``scatter_gather_tensors_in_pipeline``, on by
+    default): with tp > 1 and no sequence parallelism, each of the t tensor-parallel ranks
+    sends 1/t of the boundary activation (each over its own link) and the receiving ranks
+    all-gather the pieces over their tp group. Under sequence parallelism each rank's boundary
+    tensor is already its own 1/t slice. The executor (torch pipelining) sends the whole tensor
+    from every tp rank."""
+    return implementation == "megatron" and tp > 1 and not sequence_parallel
+
+
+def send_time(comm, n_bytes: int, tp: int, scatter: bool, stage: int | None = None) -> float:
+    """One boundary transfer of ``n_bytes`` (each way, per micro-batch): a send over the pp
+    link, or under ``scatter_gather`` a send of n/t bytes then an all-gather of n over tp."""
+    if scatter:
+        return comm("send_recv", n_bytes // tp, "pp", stage) + comm("all_gather", n_bytes, "tp")
+    return comm("send_recv", n_bytes, "pp", stage)
+
+
 def bubble_fraction(p: int, m: int, v: int = 1) -> float:
     """Idle share of a flushing pipeline with equal stages: (p-1)/(v*m + p-1).
 

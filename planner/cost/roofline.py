@@ -74,11 +74,50 @@ def linear(name: str, tokens: float, k: float, n: float, e: int, bias: bool = Tr
     return fwd, bwd
 
 
+def matmul_efficiency(flops: float, ceiling: float, scale_flops: float) -> float:
+    """eff(F) = ceiling * (1 - exp(-F / scale)): the share of peak a GEMM of F FLOPs reaches."""
+    return ceiling * -math.expm1(-flops / scale_flops)
+
+
+def fit_matmul_efficiency(flops, efficiency) -> tuple[float, float]:
+    """(ceiling, scale_flops) of ``matmul_efficiency`` fitted to measured (FLOPs, achieved /
+    peak) pairs: least squares on log efficiency. For a given scale the best log ceiling is the
+    mean of log(eff / (1 - exp(-F/scale))), so only the scale is searched: a log-spaced grid over
+    the measured FLOPs range (x 1e-3 .. x 1e3), then golden-section refinement around the best
+    grid point. numpy only (planning code never imports scipy)."""
+    import numpy as np
+    f = np.asarray(flops, float)
+    e = np.asarray(efficiency, float)
+    if len(f) < 2 or np.any(f <= 0) or np.any(e <= 0) or not np.all(np.isfinite(e)):
+        raise ValueError("need >= 2 points with positive FLOPs and efficiencies")
+    log_e = np.log(e)
+
+    def ceiling_and_loss(log_scale: float) -> tuple[float, float]:
+        shape = np.log(-np.expm1(-f / math.exp(log_scale)))
+        log_c = float(np.mean(log_e - shape))
+        return log_c, float(np.sum((log_e - log_c - shape) ** 2))
+
+    grid = np.linspace(math.log(f.min()) - 3 * math.log(10), math.log(f.max()) + 3 * math.log(10),
+                       241)
+    losses = [ceiling_and_loss(x)[1] for x in grid]
+    i = int(np.argmin(losses))
+    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    ratio = (math.sqrt(5) - 1) / 2
+    for _ in range(60):
+        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        if ceiling_and_loss(a)[1] < ceiling_and_loss(b)[1]:
+            hi = b
+        else:
+            lo = a
+    best = 0.5 * (lo + hi)
+    return math.exp(ceiling_and_loss(best)[0]), math.exp(best)
+
+
 def op_time_s(op: Op, dm: DeviceModel, peak_flops_per_s: float) -> float:
     """The roofline time of one kernel (module docstring)."""
     eff = dm.matmul_efficiency_max.value
     if op.matmul:
-        eff *= -math.expm1(-op.flops / dm.matmul_efficiency_scale_flops.value)
+        eff = matmul_efficiency(op.flops, eff, dm.matmul_efficiency_scale_flops.value)
     compute = op.flops / (peak_flops_per_s * eff) if op.flops else 0.0
     memory = op.bytes / (dm.memory_bandwidth_bytes_per_s.value * dm.memory_efficiency.value)
     return max(compute, memory) + dm.kernel_overhead_s.value
@@ -110,7 +149,8 @@ class BlockTime(NamedTuple):
 
 
 def block_time(name, kind, fwd_ops, bwd_ops, dm, dtype, colls, flops, core=0.0, extra_s=0.0):
-    """A block's passes timed: each takes max(GPU kernels, host issue) (module docstring)."""
-    fg, fh = pass_times_s(fwd_ops, dm, dtype, colls)
-    bg, bh = pass_times_s(bwd_ops, dm, dtype, colls)
+    """A block's passes timed: each takes max(GPU kernels, host issue) (module docstring);
+    ``colls`` (forward, backward) collectives the block launches besides its kernels."""
+    fg, fh = pass_times_s(fwd_ops, dm, dtype, colls[0])
+    bg, bh = pass_times_s(bwd_ops, dm, dtype, colls[1])
     return BlockTime(name, kind, max(fg, fh) + extra_s, max(bg, bh), fg + extra_s, bg, flops, core)

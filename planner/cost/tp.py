@@ -10,8 +10,25 @@ simulator counts them as exposed; overlapping them with compute is not modelled.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 _NONE: tuple = ((), ())
+
+
+class TokenCollective(NamedTuple):
+    """A tp collective of one value per token instead of the b*s*h activations: the
+    vocabulary-parallel cross entropy's reductions (the logits' maximum, the sum of their
+    exponentials, the target's logit; Megatron-LM's
+    megatron/core/tensor_parallel/cross_entropy.py and torch's ``loss_parallel`` issue the
+    same three all-reduces). A family lists it among its ``tp_collectives`` beside plain names."""
+    name: str
+
+
+def message(entry, activation_bytes: int, token_bytes: int) -> tuple[str, int]:
+    """(collective name, bytes) of one entry of a family's ``tp_collectives``."""
+    if isinstance(entry, TokenCollective):
+        return entry.name, token_bytes
+    return entry, activation_bytes
 
 
 def block_collectives(family, kind: str, sequence_parallel: bool, tp: int
@@ -28,13 +45,21 @@ def split_time(time_s: float, split: bool, tp: int) -> float:
     return time_s / tp if split else time_s
 
 
-def collective_time(names: tuple[str, ...], n_bytes: float,
-                    comm_time: Callable[[str, float, str], float]) -> float:
-    """Total time of ``names`` collectives of ``n_bytes`` each on the tp group, back to back."""
-    return sum(comm_time(name, n_bytes, "tp") for name in names)
+def collective_time(entries: tuple, n_bytes: float, comm_time: Callable[[str, float, str], float],
+                    token_bytes: float = 0) -> float:
+    """Total time of a block's tp collectives back to back: plain names move ``n_bytes``
+    each, ``TokenCollective`` entries ``token_bytes``."""
+    return sum(comm_time(*message(x, n_bytes, token_bytes), "tp") for x in entries)
 
 
 def activation_message_bytes(microbatch_size: int, seq_len: int, hidden: int,
                              element_bytes: int) -> int:
     """Bytes of one TP collective: the b*s*h activations (formulas.md, Megatron)."""
     return microbatch_size * seq_len * hidden * element_bytes
+
+
+def token_message_bytes(microbatch_size: int, seq_len: int, element_bytes: int) -> int:
+    """Bytes of one ``TokenCollective``: b*s values in the loss's precision, float32 unless the
+    run is wider (Megatron's cross entropy casts the logits to fp32; the executor's loss,
+    ``planner.families.sequential``, keeps float64 and upcasts anything narrower)."""
+    return microbatch_size * seq_len * max(element_bytes, 4)

@@ -61,7 +61,8 @@ class Family:
         return (), ()
 
     def tp_splits(self, kind: str) -> bool:
-        """Whether a block of ``kind`` has its weights and matmuls divided over tp ranks."""
+        """Whether a block of ``kind`` has its matmuls divided over tp ranks (a measured
+        block's time is then divided by tp)."""
         return False
 
     def partial_grad_params(self, spec, layer: int, sequence_parallel: bool
@@ -72,6 +73,16 @@ class Family:
         in one all-reduce per step (``executor.parallel.tp.reduce_partial_grads``), or, under
         FSDP, one all-reduce per parameter at each reduce-scatter (FSDP2 redistributes the
         Partial gradient to the parameter's Replicate placement)."""
+        return ()
+
+    def tp_params(self, kind: str, spec, param_count: float, tp: int) -> float:
+        """Parameters of a block of ``kind`` on one tp rank (the largest shard)."""
+        return param_count / tp if self.tp_splits(kind) else param_count
+
+    def edge_partial_grad_params(self, spec, kind: str, sequence_parallel: bool
+                                 ) -> tuple[int, ...]:
+        """``partial_grad_params`` of a block that is not a decoder layer (``kind``
+        "embedding" or "head"), tp > 1."""
         return ()
 
     # -- memory --------------------------------------------------------------------------------
@@ -104,7 +115,7 @@ class Family:
         return []
 
     def analytic_costs(self, spec, microbatch_size: int, device, dtype: str,
-                       element_bytes: int, device_model=None, impl: str = "zoo"):
+                       element_bytes: int, device_model=None, implementation: str = "executor"):
         """Per-block costs without a profile (``planner.cost.compute.BlockCost``)."""
         raise PlannerError(f"model {spec.name!r} (family {self.name}) has no analytic cost "
                            "model: profile it with `planner profile --model ...` first")

@@ -9,6 +9,8 @@ columns, then rows) issues the same collectives as a dense MLP.
 """
 from __future__ import annotations
 
+from planner.cost.tp import TokenCollective
+
 _BLOCK = (("all_reduce", "all_reduce"), ("all_reduce", "all_reduce"))
 _BLOCK_SP = (("all_gather", "reduce_scatter", "all_gather", "reduce_scatter"),
              ("all_gather", "reduce_scatter", "all_gather", "reduce_scatter"))
@@ -28,3 +30,28 @@ def block_collectives(kind: str, sequence_parallel: bool
         # the backward of the slice all-gathers the gradient (counted here, at the boundary).
         return (), ("all_gather",)
     return (), ()
+
+
+# Vocabulary-parallel embedding (Megatron's VocabParallelEmbedding; torch's RowwiseParallel on
+# nn.Embedding): each rank looks up the tokens of its vocabulary rows, zeros elsewhere, and the
+# partial sums are all-reduced in forward (the backward of that all-reduce is the identity).
+# With sequence parallelism the embedding output (tokens + learned positions) is then cut to
+# the rank's sequence slice, whose backward all-gathers the gradient (Megatron with learned
+# positions does the same: all-reduce, add positions, scatter_to_sequence_parallel_region).
+# Loss-parallel head (Megatron's ColumnParallelLinear with gather_output=False and its
+# vocab-parallel cross entropy, megatron/core/tensor_parallel/cross_entropy.py; torch's
+# ColwiseParallel + loss_parallel): the logits stay split by vocabulary; the input's gradient
+# is all-reduced in backward (under sp: the input is all-gathered in forward and its gradient
+# reduce-scattered); the cross entropy all-reduces three values per token in forward (max, sum
+# of exponentials, the target's logit).
+_LOSS = (TokenCollective("all_reduce"),) * 3
+_VOCAB = {("embedding", False): (("all_reduce",), ()),
+          ("embedding", True): (("all_reduce",), ("all_gather",)),
+          ("head", False): (_LOSS, ("all_reduce",)),
+          ("head", True): (("all_gather",) + _LOSS, ("reduce_scatter",))}
+
+
+def vocab_parallel_collectives(kind: str, sequence_parallel: bool) -> tuple[tuple, tuple]:
+    """(forward, backward) tp collectives of a vocabulary-parallel embedding or loss-parallel
+    head per micro-batch, tp > 1 (comment above); other kinds issue none."""
+    return _VOCAB.get((kind, sequence_parallel), ((), ()))

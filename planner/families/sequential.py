@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 
 class SequentialModel(nn.Module):
@@ -36,7 +37,10 @@ class SequentialModel(nn.Module):
         # Half precision is upcast for a stable softmax; float64 stays float64 (exactness tests).
         if logits.dtype != torch.float64:
             logits = logits.float()
-        return F.cross_entropy(logits, targets.reshape(-1))
+        loss = F.cross_entropy(logits, targets.reshape(-1))
+        # Vocabulary-split logits (a DTensor, under ``loss_parallel``) give a replicated loss:
+        # its local value is the loss, as a plain tensor for the caller to sum and scale.
+        return loss.to_local() if isinstance(loss, DTensor) else loss
 
 
 class AuxLoss(torch.autograd.Function):

@@ -81,7 +81,9 @@ def _search(run, blocks_for, num_devices: int, global_batch: int, space: Space, 
     if cluster.mixed:
         raise PlannerError(f"cluster {cluster.name} mixes device kinds: search it with "
                            "planner.search.mixed.search_mixed")
-    nblocks = spec.num_blocks
+    # chunks a partition can give: any block may start one; Megatron's even split needs a
+    # layer in each (planner.partition.even_partition)
+    nblocks = spec.num_layers if run.partition == "even" else spec.num_blocks
     cache = _Blocks(blocks_for)
     comms: dict = {}
     res = Result(ranked=[])

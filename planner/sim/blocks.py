@@ -18,6 +18,7 @@ from planner import families
 from planner.cost import pp as pp_cost, tp as tp_cost
 from planner.cost.compute import BlockCost
 from planner.cost.precision import ELEMENT_BYTES
+from planner.partition import even_partition
 from planner.sim.run import CommTime, RunSpec, compute_slowdown
 
 # Share of a block's backward that computes weight gradients (the "W" of zero-bubble
@@ -107,7 +108,8 @@ def _cached(blocks):
 
 def block_rows(run: RunSpec, blocks: Sequence[BlockCost], split: Split, comm: CommTime
                ) -> tuple[list[BlockRow], int]:
-    """The rows of ``blocks`` under ``split`` and the bytes of one TP collective."""
+    """The rows of ``blocks`` under ``split`` and the bytes of one TP collective: (the
+    activations', a ``TokenCollective``'s)."""
     rows, _, msg = _unique_rows(run, blocks, split, comm)
     _, pattern = _pattern(blocks)
     return [rows[k] for k in pattern], msg
@@ -117,8 +119,10 @@ def _unique_rows(run, blocks, split: Split, comm) -> tuple[list[BlockRow], tuple
     spec = run.model
     family = families.of(spec)
     slow = compute_slowdown(run.cluster, split.world_size)
-    msg = tp_cost.activation_message_bytes(split.microbatch_size, spec.seq_len,
-                                           spec.hidden_size, ELEMENT_BYTES[run.dtype])
+    e = ELEMENT_BYTES[run.dtype]
+    msg = (tp_cost.activation_message_bytes(split.microbatch_size, spec.seq_len,
+                                            spec.hidden_size, e),
+           tp_cost.token_message_bytes(split.microbatch_size, spec.seq_len, e))
     unique, pattern = _pattern(blocks)
     rows = [_row(run, family, blk, split, comm, msg, slow, x)
             for blk, x in zip(unique, _first_indices(blocks))]
@@ -128,8 +132,8 @@ def _unique_rows(run, blocks, split: Split, comm) -> tuple[list[BlockRow], tuple
 def _row(run, family, blk: BlockCost, split: Split, comm, msg, slow, x: int) -> BlockRow:
     spec, t, sp, rc = run.model, split.tp, split.sequence_parallel, split.recompute
     fwd_names, bwd_names = tp_cost.block_collectives(family, blk.kind, sp, t)
-    f_tp = tp_cost.collective_time(fwd_names, msg, comm)
-    b_tp = tp_cost.collective_time(bwd_names, msg, comm)
+    f_tp = tp_cost.collective_time(fwd_names, msg[0], comm, msg[1])
+    b_tp = tp_cost.collective_time(bwd_names, msg[0], comm, msg[1])
     core = None
     divided = family.tp_splits(blk.kind)
     if blk.tp_split is not None:   # analytic per-rank costs (planner.cost.roofline)
@@ -144,7 +148,7 @@ def _row(run, family, blk: BlockCost, split: Split, comm, msg, slow, x: int) -> 
     elif blk.kind == "block" and rc == "selective" and family.selective_recompute:
         rec = core * slow if core is not None else f * family.selective_share(
             blk.forward_flops, spec, split.microbatch_size)
-    params = blk.param_count / t if divided else blk.param_count
+    params = family.tp_params(blk.kind, spec, blk.param_count, t)
     act = family.activation_bytes(blk.saved_activation_bytes, blk.output_bytes, blk.kind,
                                   spec, t, sp, rc, x)
     work = family.recompute_working_bytes(blk.saved_activation_bytes, blk.output_bytes,
@@ -162,7 +166,10 @@ class RowsBundle:
     def __init__(self, run: RunSpec, blocks: Sequence[BlockCost], split: Split, comm: CommTime):
         unique, pattern, msg = _unique_rows(run, blocks, split, comm)
         self._unique, self._pattern, self._comm = unique, pattern, comm
-        self.message_bytes = msg
+        self.message_bytes = msg[0]
+        self.tp = split.tp
+        self.scatter = pp_cost.scatter_gather(run.implementation, split.tp,
+                                              split.sequence_parallel)
         counts = [0] * len(unique)
         for k in pattern:
             counts[k] += 1
@@ -172,6 +179,7 @@ class RowsBundle:
         self.activation_bytes = sum(n * r.activation_bytes for n, r in zip(counts, unique))
         self.tp_per_microbatch = _tp_counts(unique, counts, msg, split.recompute)
         distinct = _pattern(blocks)[0]
+        self._kinds = tuple(blk.kind for blk in distinct)
         self.model_flops = sum(n * blk.forward_flops for n, blk in zip(counts, distinct))
         self.recompute_flops = sum(n * f for n, f in zip(
             counts, _recompute_flops(run, distinct, split)))
@@ -179,6 +187,7 @@ class RowsBundle:
         # what layouts over these rows share, filled by planner.sim.costs
         self.chunks: dict = {}      # (starts, split backward, placement, pp) -> [Chunk]
         self.memory: dict = {}      # (data strategy, dims, pipelined) -> MemRows
+        self._even: dict = {}       # chunk count -> Megatron's even split
 
     @property
     def rows(self) -> list[BlockRow]:
@@ -199,9 +208,18 @@ class RowsBundle:
         """Per block, the boundary transfer if the pipeline is cut after it."""
         if self._send_s is None:
             comm = self._comm
-            per = [comm("send_recv", r.send_bytes, "pp") for r in self._unique]
+            per = [pp_cost.send_time(comm, r.send_bytes, self.tp, self.scatter)
+                   for r in self._unique]
             self._send_s = [per[k] for k in self._pattern]
         return self._send_s
+
+    def even_starts(self, k: int) -> tuple[int, ...]:
+        """``planner.partition.even_partition`` of these blocks into ``k`` chunks (memoised)."""
+        hit = self._even.get(k)
+        if hit is None:
+            kinds = tuple(self._kinds[x] for x in self._pattern)
+            hit = self._even[k] = even_partition(kinds, k)
+        return hit
 
     def prefixes(self) -> tuple[list[float], ...]:
         """Prefix sums over blocks of forward_s, forward_tp_s, backward_s, recompute_s,
@@ -222,14 +240,18 @@ class RowsBundle:
 def _tp_counts(unique, counts, msg, recompute) -> dict:
     """(phase, collective, bytes) -> TP collectives per micro-batch."""
     out: dict = {}
+
+    def add(phase, entry, n):
+        key = (phase, *tp_cost.message(entry, *msg))
+        out[key] = out.get(key, 0) + n
     for r, n in zip(unique, counts):
         for phase, names in (("forward", r.forward_collectives),
                              ("backward", r.backward_collectives)):
-            for name in names:
-                out[(phase, name, msg)] = out.get((phase, name, msg), 0) + n
+            for entry in names:
+                add(phase, entry, n)
         if r.recompute_s and recompute == "full":
-            for name in r.forward_collectives:   # the recomputed forward issues them again
-                out[("backward", name, msg)] = out.get(("backward", name, msg), 0) + n
+            for entry in r.forward_collectives:   # the recomputed forward issues them again
+                add("backward", entry, n)
     return out
 
 

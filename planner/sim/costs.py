@@ -32,7 +32,8 @@ class LayoutCosts:
 
 
 def layout_costs(run: RunSpec, blocks: Sequence[BlockCost], layout, comm: CommTime):
-    """Partition the blocks (unless the layout fixes ``stage_boundaries``) and cost each chunk.
+    """Partition the blocks (unless the layout fixes ``stage_boundaries``: the balanced
+    partition, or the even split with ``run.partition`` "even") and cost each chunk.
     Returns the layout with its stage boundaries filled in and its ``LayoutCosts``."""
     bundle = rows_bundle(run, blocks, layout, comm)
     param_e, grad_e = run.bytes_per_param[:2]
@@ -43,8 +44,14 @@ def layout_costs(run: RunSpec, blocks: Sequence[BlockCost], layout, comm: CommTi
     mem_rows = memory_rows(run, layout, bundle)
     starts = layout.pipeline.stage_boundaries
     if not starts:
-        starts = balanced_partition(bundle.block_s, k, bundle.send_s,
-                                    memory=chunk_memory(layout, mem_rows))[0] if k > 1 else (0,)
+        if k == 1:
+            starts = (0,)
+        elif run.partition == "even":
+            starts = bundle.even_starts(k)
+        else:
+            starts = balanced_partition(bundle.block_s, k, bundle.send_s,
+                                        memory=chunk_memory(layout, mem_rows),
+                                        cap=run.cluster.device.usable_memory_bytes)[0]
         layout = layout.with_boundaries(starts if k > 1 else ())
     elif starts[-1] >= len(blocks):
         raise PlannerError(f"stage_boundaries {list(starts)} start a chunk at block {starts[-1]}; "
@@ -57,7 +64,7 @@ def layout_costs(run: RunSpec, blocks: Sequence[BlockCost], layout, comm: CommTi
     if chunks is None:
         chunks = bundle.chunks[key] = [Chunk(rng, bundle, kind.split_backward, param_e, grad_e)
                                        for rng in chunk_blocks(starts, len(blocks))]
-        chunk_links(chunks, layout, comm)
+        chunk_links(chunks, layout, comm, bundle.scatter)
     m = layout.num_microbatches
     tp_counts = {key: k_mb * m for key, k_mb in bundle.tp_per_microbatch.items()}
     return layout, LayoutCosts(chunks, bundle, tp_counts, mem_rows)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from planner import schedules
+from planner.cost import pp as pp_cost
 from planner.schedules.frontier import live_frontier
 
 KINDS = {"F": 0, "B": 1, "I": 2, "W": 3}    # index of an op kind in the durations table
@@ -93,13 +94,14 @@ def schedule_shape(schedule: str, p: int, m: int, v: int):
     return owner, mine, frontiers
 
 
-def chunk_links(chunks, layout, comm) -> None:
+def chunk_links(chunks, layout, comm, scatter: bool = False) -> None:
     """Price each chunk's boundary send (``Chunk.send_s``) where the next chunk sits on another
-    rank: the link between ranks a and b; p-1 -> 0 is the wrap of looped schedules."""
+    rank: the link between ranks a and b; p-1 -> 0 is the wrap of looped schedules.
+    ``scatter``: Megatron's scatter/gather over the tp ranks (``planner.cost.pp``)."""
     p = layout.pp
     kind = layout.pipeline.kind
     for i, c in enumerate(chunks[:-1]):
         a, b = kind.chunk_rank(i, p), kind.chunk_rank(i + 1, p)
         if a != b:
             stage = p - 1 if {a, b} == {p - 1, 0} and p > 2 else min(a, b)
-            c.send_s = comm("send_recv", c.send_bytes, "pp", stage)
+            c.send_s = pp_cost.send_time(comm, c.send_bytes, layout.tp, scatter, stage)

@@ -82,12 +82,16 @@ def collectives(run: RunSpec, layout, costs: LayoutCosts, result: StepResult) ->
     for (phase, name, nbytes), k in sorted(costs.tp_counts.items()):
         out.append(CollectiveCount(phase, name, "tp", layout.tp, k, int(nbytes)))
     owner = result.owner
+    m, scatter = layout.num_microbatches, costs.bundle.scatter
     for c in range(len(costs.chunks) - 1):
         if owner[c] != owner[c + 1]:
             nb = costs.chunks[c].send_bytes
             for phase in ("forward", "backward"):
-                out.append(CollectiveCount(phase, "send_recv", "pp", layout.pp,
-                                           layout.num_microbatches, int(nb)))
+                out.append(CollectiveCount(phase, "send_recv", "pp", layout.pp, m,
+                                           int(nb // layout.tp if scatter else nb)))
+                if scatter:     # Megatron's scatter/gather: the pieces gathered over tp
+                    out.append(CollectiveCount(phase, "all_gather", "tp", layout.tp, m,
+                                               int(nb)))
     for (phase, name, group, size, nbytes), k in sorted(result.dp_counts.items()):
         out.append(CollectiveCount(phase, name, group, size, k, int(nbytes)))
     if layout.tp > 1:
@@ -102,22 +106,24 @@ def collectives(run: RunSpec, layout, costs: LayoutCosts, result: StepResult) ->
 
 def _partial_grad_collectives(run: RunSpec, layout, costs: LayoutCosts, owner) -> list:
     """The tp all-reduces of gradients that are partial over tp ranks (``Family.
-    partial_grad_params``: sequence-parallel norms, routers; who sums them:
-    ``rules.partial_grads_by``): one per pipeline stage and step, or under FSDP one per parameter at each of its block's reduce-scatters (every micro-batch
+    partial_grad_params``, ``edge_partial_grad_params``: sequence-parallel norms, routers; who
+    sums them: ``rules.partial_grads_by``): one per pipeline stage and step, or under FSDP one
+    per parameter at each of its block's reduce-scatters (every micro-batch
     without pipelining, once per step with it). A few KiB to a few hundred KiB per layer, so
     their time is not simulated."""
     family, spec = families.of(run.model), run.model
     e, sp = ELEMENT_BYTES[run.dtype], layout.tensor.sequence_parallel
+    kinds = family.block_kinds(spec)
     layer_of, n = {}, 0
-    for x, kind in enumerate(family.block_kinds(spec)):
+    for x, kind in enumerate(kinds):
         if kind == "block":
             layer_of[x], n = n, n + 1
     per_stage: dict = {}
     for c, chunk in enumerate(costs.chunks):
         for x in chunk.blocks:
-            if x in layer_of:
-                per_stage.setdefault(owner[c], []).extend(
-                    family.partial_grad_params(spec, layer_of[x], sp))
+            per_stage.setdefault(owner[c], []).extend(
+                family.partial_grad_params(spec, layer_of[x], sp) if x in layer_of else
+                family.edge_partial_grad_params(spec, kinds[x], sp))
     out = []
     by = rules.partial_grads_by(layout)
     times = layout.num_microbatches if layout.pp == 1 else 1

@@ -14,18 +14,21 @@ from planner.specs.layout import (COMPRESSION, DP_COMM, RECOMPUTE, SCHEDULES, Da
                                   Layout, Pipeline, TensorParallel)
 from planner.specs.elastic import ElasticPlan
 from planner.specs.model import FAMILIES, BlockProfile, ModelProfile, ModelSpec
-from planner.specs.results import (DTYPES, OPTIMIZERS, Candidate, CollectiveCount, Metrics,
-                                   Plan, Prediction, RankMemory, TimelineEvent, Trial, TrialSet,
-                                   Validation, ValidationRow)
+from planner.specs.results import (DTYPES, IMPLEMENTATIONS, OPTIMIZERS, PARTITIONS, Candidate,
+                                   CollectiveCount, Metrics, Plan, Prediction, RankMemory,
+                                   TimelineEvent, Trial, TrialSet, Validation,
+                                   ValidationRow)
 
 SCHEMA_VERSION = 1
 
 __all__ = [
-    "COMPRESSION", "DP_COMM", "DTYPES", "FAMILIES", "OPTIMIZERS", "RECOMPUTE", "SCHEDULES",
+    "COMPRESSION", "DP_COMM", "DTYPES", "FAMILIES", "IMPLEMENTATIONS", "OPTIMIZERS",
+    "PARTITIONS", "RECOMPUTE", "SCHEDULES",
     "SCHEMA_VERSION", "BlockProfile", "Candidate", "Cluster", "CollectiveCount", "CollectiveFit",
     "DataParallel", "DeviceSpec", "ElasticPlan", "Layout", "LinkLevel", "Metrics",
     "ModelProfile", "ModelSpec",
-    "NodeGroup", "NodeLevels", "NodeLink", "ParallelDims", "Pipeline", "Plan", "Prediction", "RankMemory",
+    "NodeGroup", "NodeLevels", "NodeLink", "ParallelDims", "Pipeline", "Plan", "Prediction",
+    "RankMemory",
     "Serde", "TensorParallel", "TimelineEvent", "Trial", "TrialSet", "Validation",
     "ValidationRow",
 ]

@@ -14,6 +14,12 @@ from planner.specs.model import ModelSpec
 SCHEMA_VERSION = 1
 DTYPES = ("float32", "float64", "bfloat16", "float16", "bf16-mixed", "fp16-mixed")
 OPTIMIZERS = ("adam", "adamw", "sgd", "sgd-momentum")
+# The software a plan is costed for: this project's executor, or Megatron-LM (its layer, its
+# vocabulary padding, its pipeline scatter/gather; planner.families.gpt.costs). Which chunk
+# boundaries a search gives a pipeline: the balanced partition (planner.partition) or
+# Megatron's even split of the layers (embedding first, head last).
+IMPLEMENTATIONS = ("executor", "megatron")
+PARTITIONS = ("balanced", "even")
 
 
 @dataclass(frozen=True)
@@ -110,8 +116,15 @@ class Plan(Serde):
     candidates: tuple[Candidate, ...] = ()
     explanation: str = ""
     schema_version: int = SCHEMA_VERSION
+    # What the prediction was costed for (``IMPLEMENTATIONS``) and how the search placed chunk
+    # boundaries (``PARTITIONS``; the boundaries themselves are in the layout). Plan inputs,
+    # like dtype and optimizer, not part of the layout: the same layout runs under either.
+    implementation: str = "executor"
+    partition: str = "balanced"
 
     def __post_init__(self):
+        choice("implementation", self.implementation, IMPLEMENTATIONS)
+        choice("partition", self.partition, PARTITIONS)
         if self.model_fingerprint != self.model.fingerprint():
             raise PlannerError(f"model_fingerprint {self.model_fingerprint} does not match the "
                                f"model described ({self.model.fingerprint()})")
@@ -122,10 +135,13 @@ class Plan(Serde):
 
     def fingerprint(self) -> str:
         """Identity of what runs: model, layout, batch, precision, optimizer, seed."""
-        return fingerprint({"model": self.model_fingerprint, "layout": self.layout.identity(),
-                             "world_size": self.world_size, "batch": self.global_batch_size,
-                             "dtype": self.dtype, "optimizer": self.optimizer,
-                             "lr": self.learning_rate, "seed": self.seed})
+        ident = {"model": self.model_fingerprint, "layout": self.layout.identity(),
+                 "world_size": self.world_size, "batch": self.global_batch_size,
+                 "dtype": self.dtype, "optimizer": self.optimizer, "lr": self.learning_rate,
+                 "seed": self.seed}
+        if self.implementation != "executor":     # plans written before keep their identity
+            ident["implementation"] = self.implementation
+        return fingerprint(ident)
 
 
 @dataclass(frozen=True)

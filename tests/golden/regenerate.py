@@ -49,6 +49,15 @@ CASES = {
         "simulate", "--model", "gpt2-small", "--cluster", "dgx-a100-80gb", "--gpus", "8",
         "--global-batch", "16", "--microbatch-size", "1", "--compression", "powersgd",
         "--powersgd-rank", "4"],
+    "simulate-gpt3-175b-a100x64-b64-megatron-even-interleaved": [
+        "simulate", "--model", "gpt3-175b", "--cluster", "dgx-a100-80gb", "--gpus", "64",
+        "--global-batch", "64", "--tp", "8", "--pp", "8", "--microbatch-size", "1",
+        "--schedule", "interleaved-1f1b", "--virtual-stages", "3", "--recompute", "selective",
+        "--sequence-parallel", "--implementation", "megatron", "--partition", "even"],
+    "simulate-gpt3-1.3b-a100x16-b16-megatron-scatter-gather": [
+        "simulate", "--model", "gpt3-1.3b", "--cluster", "dgx-a100-80gb", "--gpus", "16",
+        "--global-batch", "16", "--tp", "8", "--pp", "2", "--microbatch-size", "1",
+        "--implementation", "megatron"],
     "simulate-gpt2-small-a100x16-b32-ps2-tp2": [
         "simulate", "--model", "gpt2-small", "--cluster", "dgx-a100-80gb", "--gpus", "16",
         "--global-batch", "32", "--tp", "2", "--microbatch-size", "2", "--dp-comm",

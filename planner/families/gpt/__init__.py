@@ -22,6 +22,12 @@ from planner.families.base import Family
 WHOLE_UNITS, SPLIT_UNITS = 10.0, 24.0
 
 
+def vocab_shard(vocab_size: int, tp: int) -> int:
+    """Vocabulary rows of the largest tp shard: DTensor's Shard(0) splits like torch.chunk,
+    ceil(V/tp) rows on the first ranks."""
+    return -(-vocab_size // tp)
+
+
 def attention_core_units(spec) -> float:
     """5*a*s/h: the attention core's share of a layer's activations (Korthikanti Table 2)."""
     return 5.0 * spec.num_heads * spec.seq_len / spec.hidden_size
@@ -74,10 +80,23 @@ class GptFamily(Family):
         return ""
 
     def tp_collectives(self, kind: str, sequence_parallel: bool):
-        return megatron.block_collectives(kind, sequence_parallel)
+        if kind == "block":
+            return megatron.block_collectives(kind, sequence_parallel)
+        return megatron.vocab_parallel_collectives(kind, sequence_parallel)
 
     def tp_splits(self, kind: str) -> bool:
-        return kind == "block"
+        """Blocks and the head's GEMM and loss split over tp; the embedding's lookup of b*s
+        rows is the same work on every rank (only its table is split: ``tp_params``)."""
+        return kind in ("block", "head")
+
+    def tp_params(self, kind, spec, param_count, tp):
+        """Decoder blocks: 1/tp (Megatron's split; the replicated norms and row-parallel
+        biases are left out). Embedding and head: the vocabulary rows split (the largest shard,
+        ceil(V/tp) rows), positions and the final norm whole."""
+        if kind in ("embedding", "head"):
+            v, h = spec.vocab_size, spec.hidden_size
+            return param_count - (v - vocab_shard(v, tp)) * h
+        return param_count / tp if kind == "block" else param_count
 
     def partial_grad_params(self, spec, layer, sequence_parallel):
         """Under sequence parallelism each rank holds a partial sum over its sequence shard of
@@ -85,11 +104,19 @@ class GptFamily(Family):
         bias of h each."""
         return (spec.hidden_size,) * 4 if sequence_parallel else ()
 
+    def edge_partial_grad_params(self, spec, kind, sequence_parallel):
+        """The head's final LayerNorm runs on the sequence slice too (``model.vocab_plans``)."""
+        return (spec.hidden_size,) * 2 if sequence_parallel and kind == "head" else ()
+
     def activation_bytes(self, saved, output, kind, spec, tp, sequence_parallel, recompute,
                          block=None):
         """``saved`` (measured, or Korthikanti's s*b*h*(34 + 5as/h)) divided among Korthikanti's
-        parts in the proportions above, each scaled as his Table 2 says. Embedding and head are
-        not split or recomputed by the executor, so they keep ``saved`` (the head's logits)."""
+        parts in the proportions above, each scaled as his Table 2 says. The head keeps its
+        input (h per token) and its rank's share of the logits (V/tp per token); the embedding
+        is not split or recomputed."""
+        if kind == "head" and tp > 1:
+            v, h = spec.vocab_size, spec.hidden_size
+            return saved * (h + vocab_shard(v, tp)) / (h + v)
         if kind != "block":
             return saved
         rest = tp if sequence_parallel else 1
@@ -121,16 +148,17 @@ class GptFamily(Family):
 
     def block_matrices(self, kind, spec, tp, block=None):
         """q, k, v and attention output h x h, MLP fc ffn x h and proj h x ffn (the split
-        dimension divided by t); embedding: vocab x h and positions seq x h; head: vocab x h."""
+        dimension divided by t); embedding: vocab/t x h and positions seq x h; head: vocab/t x
+        h."""
         h, f, t = spec.hidden_size, spec.ffn_hidden_size, tp
         if kind == "block":
             return [(h // t, h)] * 3 + [(h, h // t), (f // t, h), (h, f // t)]
         if kind == "embedding":
-            return [(spec.vocab_size, h), (spec.seq_len, h)]
-        return [(spec.vocab_size, h)]
+            return [(vocab_shard(spec.vocab_size, t), h), (spec.seq_len, h)]
+        return [(vocab_shard(spec.vocab_size, t), h)]
 
     def analytic_costs(self, spec, microbatch_size, device, dtype, element_bytes,
-                       device_model=None, impl="zoo"):
+                       device_model=None, implementation="executor"):
         from planner.families.gpt.costs import analytic_costs
         return analytic_costs(spec, microbatch_size, device, dtype, element_bytes,
-                              device_model, impl)
+                              device_model, implementation)

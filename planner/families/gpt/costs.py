@@ -2,7 +2,7 @@
 
 Every forward and backward pass of a block is a list of kernels (``planner.cost.roofline.Op``)
 with the FLOPs they do and the bytes they move through HBM, priced by ``planner.cost.roofline``.
-The operation lists follow two implementations (``impl``):
+The operation lists follow two implementations (``implementation``):
 
 - ``"megatron"``: Megatron-LM's ParallelTransformerLayer (Shoeybi et al. 2019, arXiv 1909.08053,
   fig. 3; megatron/model/transformer.py): fused QKV column-parallel GEMM, QK^T as baddbmm,
@@ -10,15 +10,18 @@ The operation lists follow two implementations (``impl``):
   fused bias-dropout-add, fused bias-GeLU; embedding with dropout; head through the (tied) word
   embedding and the vocab-parallel cross entropy of megatron/core/tensor_parallel/
   cross_entropy.py (logits cast to fp32, max, subtract, exp, sum, divide; backward multiply and
-  cast back). This is what the calibration runs (Megatron-DeepSpeed) executed.
-- ``"zoo"``: this project's GPT (``planner.families.gpt.model``): separate q/k/v linears,
+  cast back); the vocabulary padded to a multiple of 128 x tp (``megatron_vocab``). This is
+  what the calibration runs (Megatron-DeepSpeed) executed.
+- ``"executor"``: this project's GPT (``planner.families.gpt.model``): separate q/k/v linears,
   ``scaled_dot_product_attention`` (FlashAttention-2 on A100/H100 in 16-bit: Dao 2023,
   arXiv 2307.08691 -- causal blocks above the diagonal skipped, so half of 4bs^2h FLOPs in the
   forward and 2.5x that in the backward, which recomputes QK^T; no s x s matrix in HBM), GELU,
-  residual adds, no dropout, untied head and ``F.cross_entropy`` on fp32 logits.
+  residual adds, no dropout, untied head and ``F.cross_entropy`` on fp32 logits, the vocabulary
+  split unpadded (ceil(V/tp) rows on the largest shard).
 
 Tensor parallelism (Megatron column/row split) divides the GEMMs' output or reduction dimension,
-heads and vocabulary by ``tp``; LayerNorm, dropout and residual work on the full b*s*h unless
+heads and vocabulary (both implementations shard embedding and head by vocabulary and compute
+the cross entropy loss-parallel) by ``tp``; LayerNorm, dropout and residual work on the full b*s*h unless
 sequence parallelism splits the tokens by ``tp`` too (Korthikanti et al. 2022, arXiv 2205.05198,
 sec. 4.2.2). Communication is not here: the simulator adds it. Backward of a linear layer is two
 GEMMs of the same FLOPs as its forward (input gradient dY W^T and weight gradient X^T dY);
@@ -35,9 +38,9 @@ from planner.cost.precision import peak_flops
 from planner.cost.roofline import (BlockTime, Op, Shape, block_time, gemm, linear,
                                    pass_time_s, pointwise)
 from planner.errors import PlannerError
-from planner.families.gpt import block_forward_flops, layer_params
+from planner.families.gpt import block_forward_flops, layer_params, vocab_shard
+from planner.specs import IMPLEMENTATIONS
 
-IMPLS = ("zoo", "megatron")
 MASK_BYTES = 1          # dropout masks are bool/uint8 tensors
 FP32 = 4
 
@@ -47,12 +50,12 @@ def _norm(name, sh: Shape):
     return [pointwise(name, n, 2 * sh.e, 8)], [pointwise(name + ".bwd", n, 3 * sh.e, 12)]
 
 
-def _attention_core(sh: Shape, impl: str):
+def _attention_core(sh: Shape, implementation: str):
     """QK^T, softmax (+ dropout), AV of a/tp heads; returns (forward, backward) op lists."""
     heads = sh.a // sh.tp
     d = sh.h // sh.a
     bh, s, e = sh.b * heads, sh.s, sh.e
-    if impl == "zoo":
+    if implementation == "executor":
         full = 4.0 * bh * s * s * d                  # QK^T and AV, 2 FLOPs per multiply-add
         io = e * bh * s * d
         fwd = [Op("flash_attn", full / 2, 4 * io, True)]              # read q,k,v, write o
@@ -69,15 +72,14 @@ def _attention_core(sh: Shape, impl: str):
     return fwd, bwd
 
 
-def attention_core_forward_ops(sh: Shape, impl: str = "zoo") -> list[Op]:
+def attention_core_forward_ops(sh: Shape, implementation: str = "executor") -> list[Op]:
     """What selective recompute (Korthikanti et al. 2022, sec. 4) runs again in the backward."""
-    return _attention_core(sh, impl)[0]
+    return _attention_core(sh, implementation)[0]
 
 
-def layer_ops(sh: Shape, impl: str = "zoo") -> tuple[list[Op], list[Op]]:
+def layer_ops(sh: Shape, implementation: str = "executor") -> tuple[list[Op], list[Op]]:
     """Forward and backward kernels of one decoder layer on one tensor-parallel rank."""
-    if impl not in IMPLS:
-        raise PlannerError(f"impl {impl!r} is not one of: {', '.join(IMPLS)}")
+    _check(implementation)
     T, h, f, t, e = sh.tokens, sh.h, sh.f, sh.tp, sh.e
     res = sh.norm_tokens * h
     fwd, bwd = [], []
@@ -87,53 +89,72 @@ def layer_ops(sh: Shape, impl: str = "zoo") -> tuple[list[Op], list[Op]]:
         bwd[:0] = pair[1]            # backward runs in reverse order
 
     add(_norm("ln1", sh))
-    if impl == "megatron":
+    if implementation == "megatron":
         add(linear("qkv", T, h, 3 * h / t, e))
     else:
         for name in ("q", "k", "v"):
             add(linear(name, T, h, h / t, e))
-    add(_attention_core(sh, impl))
+    add(_attention_core(sh, implementation))
     add(([pointwise("context_copy", T * h / t, 2 * e)],
          [pointwise("context_copy.bwd", T * h / t, 2 * e)]))
     add(linear("attn_out", T, h / t, h, e))
-    add(_residual("residual1", res, e, impl))
+    add(_residual("residual1", res, e, implementation))
     add(_norm("ln2", sh))
     add(linear("fc1", T, h, f / t, e))
     add(([pointwise("gelu", T * f / t, 2 * e, 8)], [pointwise("gelu.bwd", T * f / t, 3 * e, 12)]))
     add(linear("fc2", T, f / t, h, e))
-    add(_residual("residual2", res, e, impl))
+    add(_residual("residual2", res, e, implementation))
     return fwd, bwd
 
 
-def _residual(name, n, e, impl):
-    if impl == "megatron":   # fused bias-dropout-add: read x and residual, write y and the mask
+def _residual(name, n, e, implementation):
+    if implementation == "megatron":   # fused bias-dropout-add: read x and residual, write y and the mask
         return ([pointwise(name, n, 3 * e + MASK_BYTES)],
                 [pointwise(name + ".bwd", n, 2 * e + MASK_BYTES)])
     return [pointwise(name, n, 3 * e)], []       # the gradient passes through unchanged
 
 
-def _vocab(sh: Shape, impl: str) -> float:
-    """Vocabulary rows on one tp rank: Megatron splits embedding and head by vocabulary
-    (VocabParallelEmbedding); the zoo's executor keeps them replicated (executor/parallel/tp.py)."""
-    return sh.v / sh.tp if impl == "megatron" else sh.v
+def _check(implementation: str) -> None:
+    if implementation not in IMPLEMENTATIONS:
+        raise PlannerError(f"implementation {implementation!r} is not one of: "
+                           f"{', '.join(IMPLEMENTATIONS)}")
 
 
-def embedding_ops(sh: Shape, impl: str = "zoo") -> tuple[list[Op], list[Op]]:
+MEGATRON_VOCAB_DIVISIBLE_BY = 128   # Megatron-LM's --make-vocab-size-divisible-by default
+
+
+def megatron_vocab(vocab_size: int, tp: int) -> int:
+    """Megatron pads the vocabulary to a multiple of ``make-vocab-size-divisible-by`` (128) x
+    tp (megatron/training/tokenizer/tokenizer.py, ``_vocab_size_with_padding``)."""
+    step = MEGATRON_VOCAB_DIVISIBLE_BY * tp
+    return -(-vocab_size // step) * step
+
+
+def _vocab(sh: Shape, implementation: str) -> float:
+    """Vocabulary rows on one tp rank: both split embedding and head by vocabulary (Megatron's
+    VocabParallelEmbedding; the executor's RowwiseParallel/ColwiseParallel, executor/parallel/
+    tp.py); Megatron pads the vocabulary first, the executor's shards are uneven."""
+    if implementation == "megatron":
+        return megatron_vocab(sh.v, sh.tp) // sh.tp
+    return vocab_shard(sh.v, sh.tp)
+
+
+def embedding_ops(sh: Shape, implementation: str = "executor") -> tuple[list[Op], list[Op]]:
     """Token + position embedding lookup; Megatron adds dropout.
 
     Backward: PyTorch's dense embedding backward zero-fills a V/tp x h gradient, index-adds the
     b*s rows into it and accumulates it into ``.grad`` (read + write)."""
     T, h, e = sh.tokens, sh.h, sh.e
     fwd = [pointwise("tok_lookup", T * h, 2 * e), pointwise("pos_add", T * h, 3 * e)]
-    bwd = [pointwise("tok_grad", _vocab(sh, impl) * h, 4 * e),
+    bwd = [pointwise("tok_grad", _vocab(sh, implementation) * h, 4 * e),
            pointwise("tok_index_add", T * h, 3 * e), pointwise("pos_grad", T * h, 2 * e)]
-    if impl == "megatron":
+    if implementation == "megatron":
         fwd.append(pointwise("emb_dropout", T * h, 2 * e + MASK_BYTES))
         bwd.insert(0, pointwise("emb_dropout.bwd", T * h, 2 * e + MASK_BYTES))
     return fwd, bwd
 
 
-def head_ops(sh: Shape, impl: str = "zoo") -> tuple[list[Op], list[Op]]:
+def head_ops(sh: Shape, implementation: str = "executor") -> tuple[list[Op], list[Op]]:
     """Final LayerNorm, LM head GEMM and the cross-entropy loss.
 
     Cross entropy per logit (fp32 after a cast): Megatron's vocab-parallel version does cast
@@ -142,10 +163,10 @@ def head_ops(sh: Shape, impl: str = "zoo") -> tuple[list[Op], list[Op]]:
     max/sum pass 8) forward, and log-softmax backward (12) + cast back (4 + e).
     """
     T, h, e = sh.tokens, sh.h, sh.e
-    logits = T * _vocab(sh, impl)
+    logits = T * _vocab(sh, implementation)
     ln_f, ln_b = _norm("ln_f", sh)
-    lin_f, lin_b = linear("lm_head", T, h, _vocab(sh, impl), e, bias=False)
-    if impl == "megatron":
+    lin_f, lin_b = linear("lm_head", T, h, _vocab(sh, implementation), e, bias=False)
+    if implementation == "megatron":
         ce_f = [pointwise("ce.cast", logits, e + FP32), pointwise("ce.max", logits, FP32),
                 pointwise("ce.sub", logits, 2 * FP32), pointwise("ce.exp", logits, 2 * FP32, 4),
                 pointwise("ce.sum", logits, FP32), pointwise("ce.div", logits, 2 * FP32)]
@@ -160,39 +181,50 @@ def head_ops(sh: Shape, impl: str = "zoo") -> tuple[list[Op], list[Op]]:
     return ln_f + lin_f + ce_f, ce_b + lin_b + ln_b
 
 
-def block_times(num_layers: int, sh: Shape, dm, dtype: str, impl: str = "zoo",
-                tp_collectives_per_layer: int = 0) -> list[BlockTime]:
+def _launches(kind: str, sh: Shape) -> tuple[int, int]:
+    """The tp collectives a block of ``kind`` launches per (forward, backward) pass: the
+    family's list (``GptFamily.tp_collectives``)."""
+    if sh.tp == 1:
+        return 0, 0
+    from planner import families
+    fwd, bwd = families.get("gpt").tp_collectives(kind, sh.sp)
+    return len(fwd), len(bwd)
+
+
+def block_times(num_layers: int, sh: Shape, dm, dtype: str, implementation: str = "executor"
+                ) -> list[BlockTime]:
     """Embedding, ``num_layers`` identical layers and the head, timed on one tp rank.
 
-    ``tp_collectives_per_layer`` (per pass) only adds host launch time: their transfer time
-    belongs to the simulator. The head's forward carries ``microbatch_overhead_s``. Forward
-    FLOPs are the model's (Narayanan et al. SC'21 eq. 2 per layer, 2bshV head) for MFU, not the
-    kernels' (flash attention skips the masked half of causal attention).
+    The tp collectives of each block (``_launches``) only add host launch time: their transfer
+    time belongs to the simulator. The head's forward carries ``microbatch_overhead_s``.
+    Forward FLOPs are the model's (Narayanan et al. SC'21 eq. 2 per layer, 2bshV head) for
+    MFU, not the kernels' (flash attention skips the masked half of causal attention).
     """
-    lf, lb = layer_ops(sh, impl)
-    core = pass_time_s(attention_core_forward_ops(sh, impl), dm, dtype)
-    layer = block_time("layer", "block", lf, lb, dm, dtype, tp_collectives_per_layer,
+    lf, lb = layer_ops(sh, implementation)
+    core = pass_time_s(attention_core_forward_ops(sh, implementation), dm, dtype)
+    layer = block_time("layer", "block", lf, lb, dm, dtype, _launches("block", sh),
                        float(block_forward_flops(sh.b, sh.s, sh.h, sh.f)), core)
-    emb = block_time("embedding", "embedding", *embedding_ops(sh, impl), dm, dtype, 0, 0.0)
-    head = block_time("head", "head", *head_ops(sh, impl), dm, dtype, 0,
-                      2.0 * sh.b * sh.s * sh.h * sh.v, extra_s=dm.microbatch_overhead_s.value)
+    emb = block_time("embedding", "embedding", *embedding_ops(sh, implementation), dm, dtype,
+                     _launches("embedding", sh), 0.0)
+    head = block_time("head", "head", *head_ops(sh, implementation), dm, dtype,
+                      _launches("head", sh), 2.0 * sh.b * sh.s * sh.h * sh.v,
+                      extra_s=dm.microbatch_overhead_s.value)
     return [emb] + [layer._replace(name=f"block{i}") for i in range(num_layers)] + [head]
 
 
 def analytic_costs(spec, microbatch_size: int, device, dtype: str, bytes_per_element: int,
-                   device_model=None, impl: str = "zoo") -> tuple[BlockCost, ...]:
+                   device_model=None, implementation: str = "executor") -> tuple[BlockCost, ...]:
     """Block costs of a GPT without a profile (module docstring): with a device model
     (``device_model``, or the profile ``device.model_profile`` names) each block's kernels
     against the roofline, with ``tp_split`` for tensor-parallel ranks; without one, FLOPs at
     ``peak * compute_efficiency``."""
-    if impl not in IMPLS:
-        raise PlannerError(f"impl {impl!r} is not one of: {', '.join(IMPLS)}")
+    _check(implementation)
     if device_model is None and device.model_profile:
         from planner import devices
         device_model = devices.load(device.model_profile)
     if device_model is not None:
         return _roofline_costs(spec, microbatch_size, device_model, dtype, bytes_per_element,
-                               impl)
+                               implementation)
     peak = peak_flops(device, dtype)
     if not peak:
         raise PlannerError(f"device {device.name} has no peak_flops_per_s for dtype {dtype} to "
@@ -218,7 +250,7 @@ def _saved_bytes(spec, b: int, e: int) -> int:
     return int(s * b * h * (34 + 5 * a * s / h) * e / 2)
 
 
-def _roofline_costs(spec, b: int, dm, dtype: str, e: int, impl: str) -> tuple[BlockCost, ...]:
+def _roofline_costs(spec, b: int, dm, dtype: str, e: int, implementation: str) -> tuple[BlockCost, ...]:
     """``analytic_costs`` from the roofline: times at tp=1 plus ``tp_split``."""
     s, h, f, a, v = spec.seq_len, spec.hidden_size, spec.ffn_hidden_size, spec.num_heads, \
         spec.vocab_size
@@ -228,10 +260,7 @@ def _roofline_costs(spec, b: int, dm, dtype: str, e: int, impl: str) -> tuple[Bl
         key = (tp, sp)
         if key not in cache:
             sh = Shape(b, s, h, a, f, v, tp, sp, e)
-            # The TP collectives of a block are launches too (2 all-reduces, or 2 all-gathers
-            # and 2 reduce-scatters with sequence parallelism, per pass).
-            colls = 0 if tp == 1 else (4 if sp else 2)
-            cache[key] = block_times(1, sh, dm, dtype, impl, colls)
+            cache[key] = block_times(1, sh, dm, dtype, implementation)
         return cache[key]
 
     def splitter(index: int) -> TpSplit:

@@ -7,15 +7,24 @@ heads so the same code runs on a tensor-parallel shard.
 Tensor parallel plan (DTensor ``parallelize_module``), per block: q, k, v and mlp.fc split by
 output features (``ColwiseParallel``: heads / tp whole heads and ffn / tp hidden units per rank),
 attn.proj and mlp.proj by input features (``RowwiseParallel``: partial sums all-reduced). Two
-all-reduces per block forward and two in backward. Embedding, layer norms and the LM head stay
-replicated on every tp rank (their gradients are identical there, so they need no tp
-collective).
+all-reduces per block forward and two in backward. Layer norms and position embeddings stay
+replicated (their gradients are identical on every tp rank, so they need no tp collective).
+
+Vocabulary parallel, as Megatron-LM does (Shoeybi et al. 2019 sec. 3, VocabParallelEmbedding
+and the vocab-parallel cross entropy) and torchtitan with torch's own APIs: the token embedding
+is split by vocabulary rows (``RowwiseParallel(input_layouts=Replicate())``: each rank looks up
+its rows, the partial sums are all-reduced), the LM head by output features with the logits
+left split (``ColwiseParallel(output_layouts=Shard(-1), use_local_output=False)``), and the
+cross entropy runs on the split logits under ``torch.distributed.tensor.parallel.loss_parallel``
+(the executor enters it around forward and backward; three all-reduces of one value per
+token). Uneven splits (a vocabulary tp does not divide) are DTensor's: ceil(V/tp) rows first.
 
 Sequence parallel (Korthikanti et al. 2022, sec. 4.2.2): the residual stream between blocks is
 the rank's slice of the sequence, as a plain tensor (mixing DTensor and tensor in the residual
 add fails); layer norms run on that slice (``SequenceParallel``), attention and MLP inputs are
 all-gathered (``PrepareModuleInput``) and their row-parallel outputs reduce-scattered back to a
-slice. The first block slices the replicated embedding output; the head all-gathers its input.
+slice. The first block slices the replicated embedding output; the head's norm runs on the
+slice and its GEMM all-gathers its input (reduce-scattering the input's gradient back).
 """
 from __future__ import annotations
 
@@ -156,18 +165,32 @@ def block_plan(sequence_parallel: bool, attention: bool = True) -> dict:
     return plan
 
 
+def vocab_plans(sequence_parallel: bool) -> tuple[dict, dict]:
+    """The ``parallelize_module`` plans of the embedding and the head (module docstring)."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import (ColwiseParallel, RowwiseParallel,
+                                                   SequenceParallel)
+    embedding = {"tok": RowwiseParallel(input_layouts=Replicate())}
+    logits = dict(output_layouts=Shard(-1), use_local_output=False)
+    if sequence_parallel:
+        head = {"ln": SequenceParallel(), "out": ColwiseParallel(input_layouts=Shard(1), **logits)}
+    else:
+        head = {"out": ColwiseParallel(**logits)}
+    return embedding, head
+
+
 def apply_tp(model, tp_mesh, sequence_parallel: bool) -> None:
-    """Shard the decoder blocks of ``model`` in place over ``tp_mesh``."""
+    """Shard ``model`` in place over ``tp_mesh``: decoder blocks (Megatron), embedding and head
+    (vocabulary parallel)."""
     from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor.parallel import PrepareModuleInput, parallelize_module
     blocks = [b for b in model.blocks if getattr(b, "kind", "") == "block"]
     for block in blocks:
         parallelize_module(block, tp_mesh, block_plan(sequence_parallel))
+    embedding, head = vocab_plans(sequence_parallel)
+    parallelize_module(model.blocks[0], tp_mesh, embedding)
+    parallelize_module(model.blocks[len(model.blocks) - 1], tp_mesh, head)
     if sequence_parallel:
         parallelize_module(blocks[0], tp_mesh, PrepareModuleInput(
             input_layouts=(Replicate(),), desired_input_layouts=(Shard(1),),
-            use_local_output=True))
-        head = model.blocks[len(model.blocks) - 1]
-        parallelize_module(head, tp_mesh, PrepareModuleInput(
-            input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),),
             use_local_output=True))

@@ -224,10 +224,10 @@ class LlamaFamily(Family):
         return dense_mlp_ops(spec, sh, layer)
 
     def analytic_costs(self, spec, microbatch_size, device, dtype, element_bytes,
-                       device_model=None, impl="zoo"):
+                       device_model=None, implementation="executor"):
         from planner.families.llama.costs import analytic_costs
         return analytic_costs(self, spec, microbatch_size, device, dtype, element_bytes,
-                              device_model, impl)
+                              device_model, implementation)
 
 
 def _layer(block) -> int:

@@ -1,8 +1,8 @@
 """Llama's analytic block costs: its kernels against a device model's roofline.
 
 The kernels are those of this project's torch model (``planner.families.llama.model``) on a GPU
-(``impl`` "zoo", the only one): fused RMSNorm (read x, write y; backward reads x and dy, writes
-dx), separate q/k/v projections (k and v at ``num_kv_heads`` heads: grouped-query attention,
+(``implementation`` "executor", the only one): fused RMSNorm (read x, write y; backward reads x
+and dy, writes dx), separate q/k/v projections (k and v at ``num_kv_heads`` heads: grouped-query attention,
 Ainslie et al. 2023), rotary embedding on q and k (Su et al. 2021; read, write), optional
 per-head q/k RMSNorm (Qwen3), ``scaled_dot_product_attention`` with ``enable_gqa`` as
 FlashAttention-2 (Dao 2023, arXiv 2307.08691: the causal half of 4bs^2*a*d FLOPs forward and
@@ -127,12 +127,14 @@ def _variants(family, spec) -> dict[str, int]:
 
 def _block_times(family, spec, sh: Shape, dm, dtype: str) -> dict:
     """Embedding, head and one layer per variant timed on one tp rank. Host launch time
-    counts the block's tp collectives too (2 per pass, 4 under sequence parallelism)."""
-    colls = 0 if sh.tp == 1 else (4 if sh.sp else 2)
+    counts the block's tp collectives too (2 per pass, 4 under sequence parallelism), as
+    (forward, backward) launches."""
+    n = 0 if sh.tp == 1 else (4 if sh.sp else 2)
+    colls, none = (n, n), (0, 0)
     b = sh.b
-    out = {"embedding": block_time("embedding", "embedding", *embedding_ops(sh), dm, dtype, 0,
+    out = {"embedding": block_time("embedding", "embedding", *embedding_ops(sh), dm, dtype, none,
                                    0.0),
-           "head": block_time("head", "head", *head_ops(sh), dm, dtype, 0,
+           "head": block_time("head", "head", *head_ops(sh), dm, dtype, none,
                               2.0 * b * sh.s * sh.h * sh.v,
                               extra_s=dm.microbatch_overhead_s.value)}
     for variant, layer in _variants(family, spec).items():
@@ -142,13 +144,15 @@ def _block_times(family, spec, sh: Shape, dm, dtype: str) -> dict:
 
 
 def analytic_costs(family, spec, microbatch_size: int, device, dtype: str, e: int,
-                   device_model=None, impl: str = "zoo") -> tuple[BlockCost, ...]:
+                   device_model=None, implementation: str = "executor"
+                   ) -> tuple[BlockCost, ...]:
     """Block costs of a Llama-style model without a profile: the kernels above against the
     device model (``device_model``, or the one ``device.model_profile`` names), with
     ``tp_split`` for tensor-parallel ranks; without one, FLOPs at ``peak * efficiency``."""
-    if impl != "zoo":
-        raise PlannerError(f"impl {impl!r}: the {spec.family} family has only the 'zoo' "
-                           "implementation (this project's torch model)")
+    if implementation != "executor":
+        raise PlannerError(f"--implementation {implementation}: the {spec.family} family is "
+                           "costed only as this project's executor runs it (--implementation "
+                           "executor)")
     if device_model is None and device.model_profile:
         from planner import devices
         device_model = devices.load(device.model_profile)
