@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import argparse
 import glob
+import math
 import os
 from dataclasses import dataclass
 
-from planner import families
+from planner import families, limits
 from planner.clusters import resolve_cluster
 from planner.cost import compute
 from planner.cost.memory import ELEMENT_BYTES
@@ -38,6 +39,13 @@ class PlanInputs:
     # size not measured come from the fitted overhead + work/throughput line
     # (planner.profile.extrapolate) instead of proportional scaling.
     other_profiles: tuple[ModelProfile, ...] = ()
+    other_profile_paths: tuple[str, ...] = ()
+
+    @property
+    def band(self) -> tuple[float, str]:
+        """(relative uncertainty of predicted step times, where it comes from)."""
+        from planner.noise import prediction_band
+        return prediction_band(self.profile, self.cluster)
 
     def block_costs(self, microbatch_size: int) -> tuple[compute.BlockCost, ...]:
         if self.profile is not None:
@@ -51,7 +59,10 @@ class PlanInputs:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", help="preset name, architecture .json, hf:PATH/config.json "
+    from planner.clusters import PRESETS as CLUSTERS
+    from planner.models import PRESETS as MODELS
+    parser.add_argument("--model", help=f"preset ({', '.join(MODELS)}; `planner models` lists "
+                                        "their sizes), architecture .json, hf:PATH/config.json "
                                         "(Hugging Face), or package.module:callable")
     parser.add_argument("--seq-len", type=int,
                         help="sequence length to plan for (default: the model's; a Hugging "
@@ -60,38 +71,53 @@ def add_arguments(parser) -> None:
                         help="ModelProfile JSON(s) from `planner profile`; several micro-batch "
                              "sizes of one model let costs at other sizes be extrapolated")
     parser.add_argument("--cluster", default="localhost-cpu",
-                        help="preset (localhost-cpu, dgx-a100-80gb, dgx-h100-80gb) or .json/.toml")
+                        help=f"preset ({', '.join(CLUSTERS)}; `planner clusters` lists their "
+                             "figures) or a .json/.toml cluster file (default localhost-cpu)")
     parser.add_argument("--gpus", type=int, help="devices to plan for (default: the cluster's)")
     parser.add_argument("--global-batch", type=int, required=True, help="sequences per step")
     parser.add_argument("--dtype", choices=DTYPES,
                         help="default: float32 on gloo/CPU clusters, bf16-mixed on GPUs")
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
-    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate the executor uses")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
+                        help="default adam")
+    parser.add_argument("--lr", type=float, default=1e-3,
+                        help="learning rate the executor uses (default 1e-3)")
+    parser.add_argument("--seed", type=int, default=0, help="default 0")
 
 
 def add_layout_arguments(parser, required: bool = False) -> None:
-    """The layout flags shared by `planner plan` (fix a dimension) and `planner simulate`."""
-    fix = "" if required else " (fixes it; default: searched)"
-    parser.add_argument("--dp", type=int, help="data-parallel size" + fix)
-    parser.add_argument("--tp", type=int, help="tensor-parallel size" + fix)
-    parser.add_argument("--pp", type=int, help="pipeline stages" + fix)
-    parser.add_argument("--microbatch-size", type=int, help="sequences per micro-batch" + fix)
-    parser.add_argument("--schedule", choices=SCHEDULES, help="pipeline schedule" + fix)
+    """The layout flags shared by `planner plan` (fix a dimension) and `planner simulate`
+    (``required``: a complete layout, each flag's default said in its help)."""
+    def text(what: str, default: str) -> str:
+        return f"{what} (default {default})" if required else \
+            f"{what} (fixes it; default: searched)"
+    parser.add_argument("--dp", type=int, help=text("data-parallel size",
+                                                    "the devices left after tp x pp"))
+    parser.add_argument("--tp", type=int, help=text("tensor-parallel size", "1"))
+    parser.add_argument("--pp", type=int, help=text("pipeline stages", "1"))
+    parser.add_argument("--microbatch-size", type=int,
+                        help=text("sequences per micro-batch",
+                                  "the whole per-replica batch in one micro-batch"))
+    parser.add_argument("--schedule", choices=SCHEDULES,
+                        help=text("pipeline schedule", "1f1b"))
     parser.add_argument("--virtual-stages", type=int,
-                        help="model chunks per pipeline rank (interleaved-1f1b; zbv: 2)" + fix)
-    parser.add_argument("--zero", type=int, choices=(0, 1, 2, 3), help="ZeRO stage" + fix)
-    parser.add_argument("--recompute", choices=RECOMPUTE, help="activation recomputation" + fix)
+                        help=text("model chunks per pipeline rank (interleaved-1f1b; zbv: 2)",
+                                  "1, 2 for zbv"))
+    parser.add_argument("--zero", type=int, choices=(0, 1, 2, 3),
+                        help=text("ZeRO stage", "0"))
+    parser.add_argument("--recompute", choices=RECOMPUTE,
+                        help=text("activation recomputation", "none"))
     parser.add_argument("--sequence-parallel", action=argparse.BooleanOptionalAction,
-                        default=None, help="Megatron sequence parallelism (needs tp > 1)" + fix)
+                        default=None,
+                        help=text("Megatron sequence parallelism (needs tp > 1)", "off"))
     parser.add_argument("--dp-comm", choices=DP_COMM, default="all_reduce",
                         help="gradient exchange between replicas (default all_reduce)")
     parser.add_argument("--ps-shards", type=int, default=1,
-                        help="parameter-server shards with --dp-comm parameter_server")
+                        help="parameter-server shards with --dp-comm parameter_server "
+                             "(default 1)")
     parser.add_argument("--compression", choices=COMPRESSION, default="none",
-                        help="gradient compression (a DDP hook; ZeRO 0/1)")
+                        help="gradient compression (a DDP hook; ZeRO 0/1; default none)")
     parser.add_argument("--powersgd-rank", type=int, default=2,
-                        help="PowerSGD rank with --compression powersgd")
+                        help="PowerSGD rank with --compression powersgd (default 2)")
 
 
 def space_from_args(args):
@@ -133,19 +159,37 @@ def find_profiles(model: ModelSpec, device: str, dtype: str, directory: str = PR
     return out
 
 
+def check_flags(args) -> None:
+    """Numbers that make no sense whatever the model: one-line errors before any work."""
+    if args.gpus is not None and args.gpus < 1:
+        raise PlannerError(f"--gpus must be >= 1, got {args.gpus}")
+    if args.global_batch < 1:
+        raise PlannerError(f"--global-batch must be >= 1, got {args.global_batch}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise PlannerError(f"--lr must be a finite number > 0 (the executor's learning rate), "
+                           f"got {args.lr}")
+    for flag in ("dp", "tp", "pp", "microbatch_size", "virtual_stages", "ps_shards",
+                 "powersgd_rank", "max_virtual_stages"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise PlannerError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+
+
 def resolve(args) -> PlanInputs:
     if not args.model and not args.profile:
         raise PlannerError("give --model (preset, .json or module:callable) or --profile")
+    check_flags(args)
     cluster = resolve_cluster(args.cluster)
-    n = args.gpus or cluster.num_devices
+    n = args.gpus if args.gpus is not None else cluster.num_devices
     cluster = cluster.with_size(n)
     cpu = cluster.backend == "gloo"
     dtype = args.dtype or ("float32" if cpu else "bf16-mixed")
-    profile, path, others = None, "", ()
+    profile, path, others, other_paths = None, "", (), ()
     if args.profile:
         paths = [args.profile] if isinstance(args.profile, str) else list(args.profile)
         loaded = [(p, ModelProfile.load(p)) for p in paths]
         (path, profile), others = loaded[0], tuple(p for _, p in loaded[1:])
+        other_paths = tuple(p for p, _ in loaded[1:])
         for other_path, other in loaded[1:]:
             if not same_model(other.model, profile.model) or other.device != profile.device:
                 raise PlannerError(f"{other_path}: profiles {other.model.name} on "
@@ -163,12 +207,12 @@ def resolve(args) -> PlanInputs:
         found = find_profiles(model, "cpu" if cpu else "cuda", dtype)
         if found:
             (path, profile), others = found[0], tuple(p for _, p in found[1:])
+            other_paths = tuple(p for p, _ in found[1:])
             model = profile.model  # a custom model's sizes are known once it was built
         if profile is None and (cpu or not families.of(model).builtin):
             raise PlannerError(
                 f"no profile of {model.name} ({dtype}) in {PROFILES_DIR}/: run `planner profile "
                 f"--model {args.model} --dtype {dtype}` first, or pass --profile")
-    if args.global_batch < 1:
-        raise PlannerError(f"--global-batch must be >= 1, got {args.global_batch}")
+    limits.check_problem_size(n, args.global_batch, model.num_blocks, model.name)
     return PlanInputs(model, cluster, n, args.global_batch, dtype, args.optimizer, args.lr,
-                      args.seed, profile, path or "", others)
+                      args.seed, profile, path or "", others, other_paths)

@@ -106,6 +106,15 @@ class Plan(Serde):
     candidates: tuple[Candidate, ...] = ()
     explanation: str = ""
     schema_version: int = SCHEMA_VERSION
+    # Added later (defaults: not recorded). The search's counters (``planner plan``: enumerated,
+    # refused, simulated, memory_pruned, not_fitting, dominated, bounded_out), so a report counts
+    # what the CLI printed; the relative uncertainty of predicted step times and where it comes
+    # from (``planner.noise.prediction_band``); profiles beyond ``profile_path`` that costs were
+    # extrapolated from.
+    search_counts: dict[str, int] = field(default_factory=dict)
+    uncertainty: float = 0.0
+    uncertainty_source: str = ""
+    other_profile_paths: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.model_fingerprint != self.model.fingerprint():
@@ -113,6 +122,8 @@ class Plan(Serde):
                                f"model described ({self.model.fingerprint()})")
         choice("dtype", self.dtype, DTYPES)
         choice("optimizer", self.optimizer, OPTIMIZERS)
+        finite("learning_rate", self.learning_rate, 0, low_open=True)
+        finite("uncertainty", self.uncertainty, 0)
         self.layout.check_world(self.world_size)
         self.layout.check_batch(self.global_batch_size)
 
