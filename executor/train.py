@@ -24,6 +24,7 @@ from executor.step import train_step
 from planner import families, grid
 from planner.errors import PlannerError
 from planner.models.custom import check_trusted
+from planner.noise import machine_load
 from planner.specs import Metrics
 
 
@@ -158,4 +159,5 @@ def _metrics(job, loss_sums, times, first, counter) -> Metrics | None:
         peak_memory_bytes=tuple(int(p) for p in peaks), memory_measure=job.memory.measure,
         tokens_per_s=tokens / step_time, torch_version=torch.__version__,
         created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        first_step=first, collectives=dict(counter.counts) if counter else {})
+        first_step=first, collectives=dict(counter.counts) if counter else {},
+        load_average=machine_load()[0], cpu_count=machine_load()[1])

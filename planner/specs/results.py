@@ -158,6 +158,10 @@ class Metrics(Serde):
     first_step: int = 0                    # index of losses[0]: > 0 after --resume
     # Collectives issued in one measured step (--count-collectives), "kind@group" -> count.
     collectives: dict[str, int] = field(default_factory=dict)
+    # The 1-minute load average and the cores of rank 0's machine at the end of the run
+    # (0: not recorded): above one runnable process per core, times include waiting for one.
+    load_average: float = 0.0
+    cpu_count: int = 0
 
 
 @dataclass(frozen=True)
