@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from executor import checkpoint, failures, faults, preflight, runtime, trace
 from executor.collectives import CollectiveCounter, group_names
-from executor.data import dp_rows, make_data
+from executor.data import check_data, dp_rows, make_data
 from executor.memory import PeakMemory
 from executor.parallel import check_layout, parallelize
 from executor.step import train_step
@@ -53,6 +53,8 @@ def check_plan(plan, path: str, world_size: int, args):
                            + (" + 1 counted step" if args.count_collectives else ""))
     if families.of(plan.model).builtin:   # a custom model's blocks are known once it is built
         check_layout(plan.model, plan.layout, path)
+    if args.data:
+        check_data(args.data, plan.model)
     return ckpt
 
 

@@ -85,8 +85,11 @@ def why_nothing(spec, space: Space, num_devices: int, global_batch: int,
     family, nblocks, tally = families.of(spec), spec.num_blocks, _Tally()
     found = 0
     for tp in divisors(num_devices):
-        if space.tp is not None and tp != space.tp:
-            continue
+        splits = [(pp, num_devices // (tp * pp)) for pp in divisors(num_devices // tp)
+                  if (space.pp is None or pp == space.pp)
+                  and (space.dp is None or num_devices // (tp * pp) == space.dp)]
+        if (space.tp is not None and tp != space.tp) or not splits:
+            continue                    # excluded by the flags that fix dimensions
         problem = family.tp_problem(spec, tp, False) if tp > 1 else ""
         if problem:
             tally.drop("tensor-parallel divisibility", problem, "tp degree")
@@ -101,11 +104,7 @@ def why_nothing(spec, space: Space, num_devices: int, global_batch: int,
             tally.drop("tp within one node", f"tp({tp}) > {devices_per_node} devices per node "
                                               "(--tp-across-nodes allows it)", "tp degree")
             continue
-        for pp in divisors(num_devices // tp):
-            dp = num_devices // (tp * pp)
-            if (space.pp is not None and pp != space.pp) or (space.dp is not None
-                                                             and dp != space.dp):
-                continue
+        for pp, dp in splits:
             if pp > nblocks:
                 tally.drop("pp at most the model's blocks", f"pp({pp}) > {nblocks} blocks",
                            "(tp, pp) split")

@@ -123,7 +123,8 @@ def memory_table(plan: Plan, max_rows: int = 16) -> list[str]:
     return lines
 
 
-def print_text(plan: Plan, path: str, out=sys.stdout) -> None:
+def print_text(plan: Plan, path: str, out=None) -> None:
+    out = out or sys.stdout   # looked up per call: stdout may be replaced
     p = plan.prediction
     gib = 2**30
     print(f"model {plan.model.name} on {plan.cluster.name} x{plan.world_size}, global batch "

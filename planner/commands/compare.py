@@ -20,7 +20,8 @@ def _span(low: float, high: float) -> str:
     return f"{format_duration(low)} .. {format_duration(high)}"
 
 
-def print_text(row: dict, out=sys.stdout) -> None:
+def print_text(row: dict, out=None) -> None:
+    out = out or sys.stdout   # looked up per call: stdout may be replaced
     mib = 2**20
     print(f"layout {row['layout']} (world {row['world_size']}), "
           f"{row['steps_measured']} measured steps", file=out)

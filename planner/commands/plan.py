@@ -41,7 +41,8 @@ def search_counts(res) -> dict[str, int]:
     return {name: getattr(res, name) for name in COUNTS}
 
 
-def _print_search(res, elapsed_s: float, band: float, out=sys.stdout) -> None:
+def _print_search(res, elapsed_s: float, band: float, out=None) -> None:
+    out = out or sys.stdout   # looked up per call: stdout may be replaced
     print(f"search      {res.enumerated} layouts enumerated ({res.refused} more left out: the "
           f"executor cannot run them), {res.simulated} simulated, "
           f"{res.memory_pruned} over memory by bound, {res.not_fitting} over memory exactly, "

@@ -11,11 +11,13 @@ writes a calibrated cluster file (and profile, when compute came from one).
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 
 from planner import families, inputs as plan_inputs
 from planner.errors import PlannerError
+from planner.outputs import check_writable
 
 
 # The sample is drawn from the search's best `max(POOL_MIN, K + POOL_PER_SAMPLE * S)` layouts.
@@ -61,7 +63,8 @@ def feasible_plans(inp, space, pool: int) -> list:
     return [planfile.make_plan(inp, layout, pred) for layout, pred in res.ranked]
 
 
-def print_text(v, out=sys.stdout) -> None:
+def print_text(v, out=None) -> None:
+    out = out or sys.stdout   # looked up per call: stdout may be replaced
     mib = 2**20
     print(f"validate {v.model} on {v.cluster} x{v.world_size}, global batch "
           f"{v.global_batch_size}, {v.steps} steps ({v.warmup_steps} warm-up) per layout", file=out)
@@ -121,24 +124,54 @@ def calibrate(inp, v, workdir: str) -> dict:
     return out
 
 
-def run(args) -> int:
-    from planner import validate as val
-
+def _check_numbers(args) -> None:
     if args.steps <= args.warmup:
         raise PlannerError(f"--steps {args.steps} must exceed --warmup {args.warmup} (no timed "
                            "step would be left)")
+    for flag, low in (("warmup", 0), ("top_k", 1), ("sample", 0)):
+        if getattr(args, flag) < low:
+            raise PlannerError(f"--{flag.replace('_', '-')} must be >= {low}, got "
+                               f"{getattr(args, flag)}")
+    if not (math.isfinite(args.timeout_s) and args.timeout_s > 0):
+        raise PlannerError(f"--timeout-s must be a positive number of seconds, got "
+                           f"{args.timeout_s}")
+
+
+def noise_notes(v) -> list[str]:
+    """A loaded machine, and layouts whose measured steps spread widely (``planner.noise``)."""
+    from planner import noise
+    notes = [noise.load_note("the measured step times")]
+    wide = [r for r in v.rows if r.status == "ok" and noise.relative_spread(
+        r.measured_step_time_iqr_s, r.measured_step_time_s) > noise.NOISY_SPREAD]
+    if wide:
+        worst = max(wide, key=lambda r: r.measured_step_time_iqr_s / r.measured_step_time_s)
+        notes.append(f"{len(wide)} of the measured layouts spread by more than "
+                     f"{noise.NOISY_SPREAD:.0%} of their median (IQR column; worst "
+                     f"{worst.layout.describe()}: "
+                     f"{worst.measured_step_time_iqr_s / worst.measured_step_time_s:.0%}): "
+                     "errors and rank correlations below that are noise")
+    return [n for n in notes if n]
+
+
+def run(args) -> int:
+    from planner import validate as val
+
+    _check_numbers(args)
     inp = plan_inputs.resolve(args)
     pool = max(POOL_MIN, args.top_k + POOL_PER_SAMPLE * args.sample)
     from planner.inputs import space_from_args
 
+    workdir = args.workdir or os.path.join(
+        "out", "validate", f"{inp.model.name}-{inp.cluster.name}-g{inp.num_devices}-"
+                           f"b{inp.global_batch_size}")
+    check_writable("--workdir", workdir, "dir")      # before the runs, not after them
+    if args.out:
+        check_writable("--out", args.out)
     plans = feasible_plans(inp, space_from_args(args), pool)
     if not plans:
         raise PlannerError(f"no layout of {inp.model.name} fits {inp.cluster.name} "
                            f"x{inp.num_devices}: nothing to validate")
     roles = val.choose_layouts(plans, args.top_k, args.sample, args.sample_seed)
-    workdir = args.workdir or os.path.join(
-        "out", "validate", f"{inp.model.name}-{inp.cluster.name}-g{inp.num_devices}-"
-                           f"b{inp.global_batch_size}")
     custom = not families.of(inp.model).builtin and args.model == inp.model.callable_path
     settings = val.RunSettings(workdir, args.steps, args.warmup, args.timeout_s,
                                model=args.model if custom else "")
@@ -149,12 +182,10 @@ def run(args) -> int:
                      {"model": inp.model.name, "cluster": inp.cluster.name,
                       "world_size": inp.num_devices, "global_batch_size": inp.global_batch_size},
                      progress=lambda msg: print(msg, file=sys.stderr, flush=True))
-    load, cores = os.getloadavg()[0], os.cpu_count() or 1
-    if load > cores:
+    for note in noise_notes(v):
         # Wall-clock step times of ranks that share cores with other work are not the costs
         # the profile measured: say so next to the numbers.
-        print(f"note: load average {load:.1f} on {cores} cores during the runs: measured times "
-              "include contention from other processes", file=sys.stderr)
+        print(f"note: {note}", file=sys.stderr)
     if args.out:
         v.save(args.out)
     cal = calibrate(inp, v, workdir) if args.calibrate else None

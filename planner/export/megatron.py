@@ -51,15 +51,29 @@ def _pipeline(plan) -> list[str]:
     if kind == "interleaved-1f1b":
         if len(set(counts)) > 1:
             raise refuse(ENGINE, f"layers per chunk {counts}: Megatron-LM's interleaved "
-                                 "schedule needs the same number in every chunk")
+                                 "schedule needs the same number in every chunk"
+                                 + _even_hint(plan))
         return args + ["--num-layers-per-virtual-pipeline-stage", str(counts[0])]
     if len(set(counts)) == 1:
         return args
     if len(set(counts[1:-1])) > 1:
         raise refuse(ENGINE, f"layers per stage {counts}: Megatron-LM sets only the first and "
-                             "last stage apart from an even split of the rest")
+                             "last stage apart from an even split of the rest"
+                             + _even_hint(plan))
     return args + ["--decoder-first-pipeline-num-layers", str(counts[0]),
                    "--decoder-last-pipeline-num-layers", str(counts[-1])]
+
+
+def _even_hint(plan) -> str:
+    """The --stage-boundaries of Megatron-LM's even split (the embedding with the first
+    layers, the head with the last), for `planner simulate` to cost it."""
+    n, layers = plan.layout.num_chunks, plan.model.num_layers
+    if layers % n:
+        return f" ({layers} layers do not split evenly over {n} chunks)"
+    per = layers // n
+    starts = [0] + [1 + per * i for i in range(1, n)]
+    return (f"; simulate Megatron-LM's even split with --stage-boundaries "
+            f"{','.join(map(str, starts))}")
 
 
 def _data_parallel(plan) -> list[str]:

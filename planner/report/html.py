@@ -292,7 +292,8 @@ def check_destination(out_dir: str) -> None:
         ours = False
     if not ours:
         raise PlannerError(f"--out {out_dir}: a directory that is not a planner report "
-                           f"({len(names)} entries); give a new or empty directory")
+                           f"({len(names)} {'entry' if len(names) == 1 else 'entries'}); give "
+                           "a new or empty directory")
 
 
 def build_report(plan: Plan, out_dir: str, plan_path: str = "",
