@@ -114,7 +114,11 @@ def _nothing_fits(res, inp, space) -> str:
     smallest = min((c.peak_memory_bytes for c in tried), default=0)
     more = f"; the smallest of those sized exactly needs {smallest / gib:.2f} GiB" \
         if smallest else ""
-    usable = inp.cluster.device.usable_memory_bytes
-    return (f"no layout fits in {usable / gib:.2f} GiB per device: of {res.enumerated} "
+    dev = inp.cluster.device
+    reserved = (f" ({dev.usable_memory_bytes / gib:.2f} GiB usable: "
+                f"{dev.reserved_memory_bytes / gib:.2f} GiB reserved for the runtime)"
+                if dev.reserved_memory_bytes else "")
+    return (f"no layout fits in {dev.memory_bytes / gib:.2f} GiB per device{reserved}: of "
+            f"{res.enumerated} "
             f"enumerated, {res.memory_pruned} need more by their model states alone and "
             f"{res.not_fitting} more once activations are counted{more}")

@@ -155,7 +155,7 @@ def candidates_figure(candidates: tuple[Candidate, ...], capacity_bytes: int):
     off = "" if cap_drawn else (f"; device capacity {capacity_bytes / GIB:.1f} GiB is off this "
                                 "scale")
     ax.set_title(f"{len(candidates)} layouts sized exactly{off}", fontsize=10)
-    ax.legend(fontsize=8, frameon=False)
+    ax.legend(fontsize=8, frameon=False, loc="upper right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
@@ -228,7 +228,7 @@ def predicted_measured_figure(rows: list[dict]):
         ax.set_title(("step time" if key == "step_time_s" else "peak memory per rank"),
                      fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, frameon=False)
+        ax.legend(fontsize=7, frameon=False, loc="upper left")
     fig.tight_layout()
     return fig
 
