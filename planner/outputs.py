@@ -63,7 +63,7 @@ def replace_dir(new: str, final: str) -> None:
         os.rename(new, final)
         return
     if _exchange(new, final):
-        shutil.rmtree(new)                  # ``new`` now holds the old directory
+        shutil.rmtree(new, ignore_errors=True)   # ``new`` now holds the old directory
         return
     aside = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(final)), prefix=".old-")
     os.rmdir(aside)

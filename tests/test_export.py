@@ -174,3 +174,13 @@ def test_refusals_name_the_engine_and_the_reason(tmp_path, capsys, engine, flags
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: --to {engine}: ") and why in err and "\n" not in err
     assert not list(tmp_path.glob(f"plan.{engine}.*"))
+
+
+def test_megatron_moe_routing(tmp_path):
+    path = make_plan(tmp_path, "mixtral-8x7b", 64, 64, "--dp", "8", "--tp", "8",
+                     "--microbatch-size", "1", "--zero", "2", "--sequence-parallel")
+    text = export(path, "megatron")
+    for arg in ("--num-experts 8", "--moe-router-topk 2", "--rotary-base 1000000",
+                "--moe-aux-loss-coeff 0.02", "--moe-layer-freq '[" + ",".join(["1"] * 32) + "]'",
+                "--num-query-groups 8", "--use-distributed-optimizer"):
+        assert arg in text, arg

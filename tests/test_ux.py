@@ -301,3 +301,18 @@ def test_replace_dir_swaps_whole_directories(tmp_path):
     outputs.replace_dir(str(new), str(old))
     assert os.listdir(old) == ["b"] and not new.exists()
     assert sorted(os.listdir(tmp_path)) == ["r"]
+
+
+def test_report_counts_what_the_cli_printed(tmp_path):
+    import re
+    path = str(tmp_path / "p.json")
+    rc, out, _ = run(["plan", "--model", "gpt2-small", *GPU, "--gpus", "8", "--global-batch",
+                      "32", "--out", path])
+    assert rc == 0
+    cli = re.search(r"search\s+(\d+) layouts enumerated \((\d+) more left out.*?(\d+) simulated",
+                    out)
+    rc, _, _ = run(["report", "--plan", path, "--out", str(tmp_path / "rep")])
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert f"{int(cli.group(1)):,} layouts enumerated" in page
+    assert f"{int(cli.group(2)):,} more left out" in page
+    assert f"{int(cli.group(3)):,} simulated," in page

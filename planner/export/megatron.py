@@ -116,6 +116,13 @@ def _moe(spec) -> list[str]:
     return args
 
 
+def _rotary_base(theta: float) -> str:
+    """Megatron-LM parses --rotary-base as an integer."""
+    if theta != int(theta):
+        raise refuse(ENGINE, f"rope_theta {theta}: Megatron-LM's --rotary-base is an integer")
+    return str(int(theta))
+
+
 def _model(plan) -> list[str]:
     spec = plan.model
     if spec.family not in ("gpt", "llama", "moe"):
@@ -128,7 +135,7 @@ def _model(plan) -> list[str]:
     if spec.family == "gpt":
         return args + ["--untie-embeddings-and-output-weights"]
     args += ["--swiglu", "--normalization", "RMSNorm", "--position-embedding-type", "rope",
-             "--rotary-base", f"{spec.rope_theta:g}", "--disable-bias-linear"]
+             "--rotary-base", _rotary_base(spec.rope_theta), "--disable-bias-linear"]
     kv = spec.num_kv_heads or spec.num_heads
     if kv != spec.num_heads:
         args += ["--group-query-attention", "--num-query-groups", str(kv)]
