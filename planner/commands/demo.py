@@ -44,9 +44,10 @@ def _call(cmd: list[str], what: str) -> None:
 
 def run(args) -> int:
     from planner.commands import compare, plan as plan_cmd
+    from planner.noise import load_note
+    from planner.outputs import check_writable
     from planner.specs import Metrics, Plan
 
-    from planner.outputs import check_writable
     for flag, low in (("global_batch", 1), ("steps", 1), ("warmup", 0), ("repeats", 1)):
         if getattr(args, flag) < low:
             raise PlannerError(f"--{flag.replace('_', '-')} must be >= {low}, got "
@@ -101,7 +102,6 @@ def run(args) -> int:
         compare.print_text(row)
         for note in compare.noise_notes(row, metrics):
             print(f"  note: {note}")
-    from planner.noise import load_note
     note = load_note("the profile and the measured step times")
     if note:
         print(f"note: {note}")
