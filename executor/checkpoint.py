@@ -236,10 +236,11 @@ def save(ckpt: Checkpoints, step: int, named_parts, optimizer, plan,
             sign.write_manifest(ckpt.key, staging, info)
             _replace_dir(staging, final)
             serde.write_json(os.path.join(directory, "latest.json"), info)
-        except OSError as err:
+        except (OSError, PlannerError) as err:   # serde.write_json raises PlannerError
             shutil.rmtree(staging, ignore_errors=True)
             raise PlannerError(f"--checkpoint-dir {directory}: saving step {step} failed "
-                               f"({err.strerror or err}); earlier checkpoints are kept") from None
+                               f"({getattr(err, 'strerror', None) or err}); earlier checkpoints "
+                               "are kept") from None
     dist.barrier()          # no rank reads latest.json before rank 0 wrote it
     return final
 

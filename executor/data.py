@@ -90,8 +90,15 @@ def load_tokens(path: str, vocab_size: int) -> np.ndarray:
         raise PlannerError(f"--data {path}: no such file")
     try:
         tokens = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as err:       # pickled object arrays, or not an .npy file at all
-        raise PlannerError(f"--data {path}: not a NumPy .npy array of token ids ({err})") from None
+    except (ValueError, EOFError, OSError) as err:   # pickles, truncated or other files
+        raise PlannerError(f"--data {path}: not a NumPy .npy array of token ids "
+                           f"({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+                           ) from None
+    if not isinstance(tokens, np.ndarray):          # an .npz archive loads as NpzFile
+        if hasattr(tokens, "close"):
+            tokens.close()
+        raise PlannerError(f"--data {path}: a NumPy archive (.npz) of several arrays; give one "
+                           "1-D .npy array of token ids (numpy.save)")
     if tokens.ndim != 1 or tokens.dtype.kind not in "iu":
         raise PlannerError(f"--data {path}: expected a 1-D integer array of token ids, got "
                            f"{tokens.ndim}-D {tokens.dtype}")
@@ -99,6 +106,11 @@ def load_tokens(path: str, vocab_size: int) -> np.ndarray:
         raise PlannerError(f"--data {path}: token ids must be in [0, vocab_size({vocab_size})), "
                            f"got [{int(tokens.min())}, {int(tokens.max())}]")
     return tokens
+
+
+def check_data(path: str, spec) -> None:
+    """What ``TokenFileData`` refuses, checked before the process group starts."""
+    TokenFileData(path, spec, 1, 0)
 
 
 def make_data(model, plan, path: str = ""):

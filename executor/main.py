@@ -120,16 +120,19 @@ def _main(argv) -> int:
             except OSError as err:
                 raise PlannerError(f"--metrics {args.metrics}: cannot write "
                                    f"({err.strerror or err})") from None
-        _summary(metrics, args.metrics)
+        _summary(metrics, args.metrics, plan)
     runtime.shutdown()
     return 0
 
 
-def _summary(m, path: str) -> None:
+def _summary(m, path: str, plan) -> None:
+    from planner import families
     losses = " ".join(f"{x:.4f}" for x in m.losses)
+    # Metrics.tokens_per_s counts sequences x seq_len: samples for a model without a sequence.
+    unit = "tokens/s" if families.of(plan.model).has_sequence else "samples/s"
     print(f"layout {m.layout.describe()} on {m.world_size} {m.device} rank(s), {m.backend}")
     print(f"losses {losses}")
-    print(f"step_time_s {m.step_time_s:.4f} (median of {len(m.step_times_s)}), tokens/s "
+    print(f"step_time_s {m.step_time_s:.4f} (median of {len(m.step_times_s)}), {unit} "
           f"{m.tokens_per_s:.1f}, peak memory per rank {list(m.peak_memory_bytes)} bytes")
     if path:
         print(f"wrote {path}")

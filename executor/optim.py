@@ -1,18 +1,10 @@
-"""The optimizers a plan may name, with the hyper-parameters the executor fixes.
-
-Betas and epsilon are PyTorch's defaults, which are those of Kingma & Ba 2015 (sec. 2: beta1 0.9,
-beta2 0.999, eps 1e-8); AdamW's decoupled weight decay 0.01 is PyTorch's default for AdamW
-(Loshchilov & Hutter 2019); "sgd-momentum" uses the heavy-ball momentum 0.9 that most recipes use.
-The planner's memory model counts 2 state tensors for adam/adamw, 1 for sgd-momentum, 0 for sgd.
-"""
+"""The optimizers a plan may name, built with the hyper-parameters of ``planner.optimizers``
+(where they are cited; torch-free, so ``planner export`` writes the same ones)."""
 from __future__ import annotations
 
 import torch
 
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8
-ADAMW_WEIGHT_DECAY = 0.01
-SGD_MOMENTUM = 0.9
+from planner.optimizers import ADAM_BETAS, ADAM_EPS, ADAMW_WEIGHT_DECAY, SGD_MOMENTUM  # noqa: F401
 
 
 def optimizer_spec(name: str, lr: float) -> tuple[type, dict]:

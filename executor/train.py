@@ -17,13 +17,14 @@ import torch.distributed as dist
 
 from executor import checkpoint, failures, faults, preflight, runtime, trace
 from executor.collectives import CollectiveCounter, group_names
-from executor.data import dp_rows, make_data
+from executor.data import check_data, dp_rows, make_data
 from executor.memory import PeakMemory
 from executor.parallel import check_layout, parallelize
 from executor.step import train_step
 from planner import families, grid
 from planner.errors import PlannerError
 from planner.models.custom import check_trusted
+from planner.noise import machine_load
 from planner.specs import Metrics
 
 
@@ -60,6 +61,8 @@ def check_plan(plan, path: str, world_size: int, args, elastic=None):
     warmup = _warmup(args, first)
     if families.of(plan.model).builtin:   # a custom model's blocks are known once it is built
         check_layout(plan.model, plan.layout, path)
+    if args.data:
+        check_data(args.data, plan.model)
     return ckpt, warmup
 
 
@@ -195,6 +198,7 @@ def _metrics(job, loss_sums, times, first, counter, warmup) -> Metrics | None:
         measured = measured[:-1]
     step_time = statistics.median(measured)
     tokens = plan.global_batch_size * plan.model.seq_len
+    load, cores = machine_load()
     return Metrics(
         plan_fingerprint=plan.fingerprint(), model_fingerprint=plan.model_fingerprint,
         world_size=rt.world_size, layout=layout, backend=rt.backend,
@@ -206,4 +210,5 @@ def _metrics(job, loss_sums, times, first, counter, warmup) -> Metrics | None:
         created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         first_step=first, collectives=dict(counter.counts) if counter else {},
         earlier_losses=tuple(job.ckpt.losses) if job.ckpt else (),
-        earlier_world_sizes=tuple(job.ckpt.world_sizes) if job.ckpt else ())
+        earlier_world_sizes=tuple(job.ckpt.world_sizes) if job.ckpt else (),
+        load_average=load, cpu_count=cores)

@@ -24,18 +24,43 @@ COMMANDS = {
     "report": ("planner.commands.report", "HTML report with timelines, memory and candidates"),
     "validate": ("planner.commands.validate",
                  "run the executor on top layouts and measure prediction error"),
+    "export": ("planner.commands.export",
+               "write a plan as a torchtitan, Megatron-LM or DeepSpeed configuration"),
+    "models": ("planner.commands.models", "list the model presets with their parameter counts"),
+    "clusters": ("planner.commands.clusters", "list the cluster presets and their key figures"),
 }
 NETWORK_MODULE = "planner.commands.profile_network"
 GEMM_MODULE = "planner.commands.profile_gemm"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors (a bad flag value, a missing flag) are one line like every other error,
+    not argparse's usage block; `--help` still shows the usage."""
+
+    def error(self, message):
+        raise PlannerError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
 def _load(module: str):
     return importlib.import_module(module)
 
 
+def _presets_epilog() -> str:
+    """The preset names (`planner models` and `planner clusters` give their figures)."""
+    import textwrap
+    from planner.clusters import PRESETS as CLUSTERS
+    from planner.models import PRESETS as MODELS
+
+    def wrap(head: str, names) -> str:
+        return textwrap.fill(head + ", ".join(names), width=96, subsequent_indent="  ")
+    return (wrap("model presets (planner models): ", MODELS) + "\n"
+            + wrap("cluster presets (planner clusters): ", CLUSTERS))
+
+
 def build_parser(argv) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="planner", description="Profile, simulate and plan distributed training layouts.")
+    parser = _Parser(
+        prog="planner", description="Profile, simulate and plan distributed training layouts.",
+        epilog=_presets_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     wanted = argv[0] if argv and not argv[0].startswith("-") else None

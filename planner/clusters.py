@@ -156,16 +156,28 @@ def resolve_cluster(arg: str) -> Cluster:
     if arg in PRESETS:
         return PRESETS[arg]()
     if arg.endswith(".toml"):
-        import tomllib
-        try:
-            with open(arg, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise PlannerError(f"{arg}: no such file") from None
-        except tomllib.TOMLDecodeError as err:
-            raise PlannerError(f"{arg}: malformed TOML: {err}") from None
-        return Cluster.from_dict(data, ctx=arg)
+        return Cluster.from_dict(read_toml(arg), ctx=arg)
     if arg.endswith(".json") or os.path.exists(arg):
         return Cluster.from_dict(serde.read_json(arg), ctx=arg)
     raise PlannerError(f"--cluster {arg!r} is not a preset ({', '.join(PRESETS)}) or a "
                        ".json/.toml cluster file")
+
+
+def read_toml(path: str) -> dict:
+    """Parse a TOML file; a missing, unreadable, binary or malformed file is one line."""
+    import tomllib
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise PlannerError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise PlannerError(f"{path}: is a directory, not a TOML cluster file") from None
+    except PermissionError:
+        raise PlannerError(f"{path}: cannot read: permission denied") from None
+    except UnicodeDecodeError:
+        raise PlannerError(f"{path}: not a text file (TOML is UTF-8 text)") from None
+    except tomllib.TOMLDecodeError as err:
+        raise PlannerError(f"{path}: malformed TOML: {err}") from None
+    except (OSError, RecursionError) as err:
+        raise PlannerError(f"{path}: cannot read: {err.__class__.__name__}") from None

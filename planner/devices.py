@@ -13,6 +13,7 @@ them; they use the same strict serde (unknown or mistyped fields are one-line er
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, replace
 
@@ -114,23 +115,24 @@ class DeviceModel:
         if self.schema_version != SCHEMA_VERSION:
             raise PlannerError(f"schema_version {self.schema_version} is not supported (this "
                                f"planner reads {SCHEMA_VERSION})")
+        # NaN fails every comparison, so each check asks for a finite number first.
         for name in ("memory_bytes", "memory_bandwidth_bytes_per_s",
                      "matmul_efficiency_scale_flops"):
-            if getattr(self, name).value <= 0:
-                raise PlannerError(f"field '{name}.value' must be > 0, got "
-                                   f"{getattr(self, name).value}")
+            v = getattr(self, name).value
+            if not (math.isfinite(v) and v > 0):
+                raise PlannerError(f"field '{name}.value' must be a finite number > 0, got {v}")
         for name in ("matmul_efficiency_max", "memory_efficiency"):
             v = getattr(self, name).value
             if not 0 < v <= 1:
                 raise PlannerError(f"field '{name}.value' must be in (0, 1], got {v}")
         for name in ("kernel_overhead_s", "host_overhead_s", "microbatch_overhead_s"):
-            if getattr(self, name).value < 0:
-                raise PlannerError(f"field '{name}.value' must be >= 0, got "
-                                   f"{getattr(self, name).value}")
+            v = getattr(self, name).value
+            if not (math.isfinite(v) and v >= 0):
+                raise PlannerError(f"field '{name}.value' must be a finite number >= 0, got {v}")
         for key, fig in self.peak_flops_per_s.items():
-            if fig.value <= 0:
-                raise PlannerError(f"field 'peak_flops_per_s.{key}.value' must be > 0, got "
-                                   f"{fig.value}")
+            if not (math.isfinite(fig.value) and fig.value > 0):
+                raise PlannerError(f"field 'peak_flops_per_s.{key}.value' must be a finite "
+                                   f"number > 0, got {fig.value}")
 
     def peak(self, dtype: str) -> float:
         """Dense tensor-core peak for a training dtype (``planner.cost.precision.peak_key``)."""

@@ -13,7 +13,7 @@ LABELS = {"compute": "compute", "recompute": "recomputation",
 def format_duration(seconds: float) -> str:
     """A duration at a readable scale: s, ms or us."""
     size = abs(seconds)
-    if size >= 10:
+    if size >= 1:
         return f"{seconds:.2f} s"
     if size >= 1e-3:
         return f"{seconds * 1e3:.1f} ms"
@@ -35,9 +35,12 @@ def layout_diff(a: Layout, b: Layout) -> str:
     return ", ".join(parts) or "only the stage boundaries"
 
 
-def explain(ranked: list[tuple[Layout, Prediction]], top: int = 3) -> str:
+def explain(ranked: list[tuple[Layout, Prediction]], top: int = 3, band: float = 0.0,
+            band_source: str = "") -> str:
     """A paragraph naming the breakdown terms (means over pipeline ranks, which sum to the
-    step time) that differ most between the best and the second-best layout."""
+    step time) that differ most between the best and the second-best layout. When the gap is
+    within ``band`` (the relative uncertainty of the predictions, ``planner.noise``), the two
+    are called a tie: the ranking between them is not something the model can tell."""
     if not ranked:
         return "No layout fits in device memory."
     (wl, wp) = ranked[0]
@@ -54,9 +57,20 @@ def explain(ranked: list[tuple[Layout, Prediction]], top: int = 3) -> str:
         word = "less" if delta > 0 else "more"
         terms.append(f"{format_duration(abs(delta))} {word} {LABELS[key]}")
     pct = 100.0 * gap / rp.step_time_s if rp.step_time_s else 0.0
-    text = (f"{wl.describe()} ({format_duration(wp.step_time_s)} per step) beats {rl.describe()} "
-            f"({format_duration(rp.step_time_s)}) by {format_duration(gap)} ({pct:.1f}%); they differ in "
-            f"{layout_diff(wl, rl)}.")
+    rel = gap / wp.step_time_s if wp.step_time_s > 0 else 0.0
+    if band > 0 and rel <= band:
+        tied = sum(1 for _, p in ranked[1:] if wp.step_time_s > 0
+                   and (p.step_time_s - wp.step_time_s) / wp.step_time_s <= band)
+        text = (f"{wl.describe()} ({format_duration(wp.step_time_s)} per step) and "
+                f"{rl.describe()} ({format_duration(rp.step_time_s)}) are a tie: they differ "
+                f"by {rel:.1%}, within the predictions' uncertainty of +-{band:.1%}"
+                + (f" ({band_source})" if band_source else "")
+                + (f"; {tied} of the ranked layouts are within it" if tied > 1 else "")
+                + f". They differ in {layout_diff(wl, rl)}.")
+    else:
+        text = (f"{wl.describe()} ({format_duration(wp.step_time_s)} per step) beats "
+                f"{rl.describe()} ({format_duration(rp.step_time_s)}) by "
+                f"{format_duration(gap)} ({pct:.1f}%); they differ in {layout_diff(wl, rl)}.")
     if terms:
         text += " Per pipeline rank the winner spends " + "; ".join(terms) + "."
     if wp.peak_memory_bytes != rp.peak_memory_bytes:

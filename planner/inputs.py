@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import argparse
 import glob
+import math
 import os
 from dataclasses import dataclass, field
 
-from planner import families, localhost
+from planner import families, limits, localhost
 from planner.clusters import resolve_cluster
 from planner.cost import compute
 from planner.cost.memory import ELEMENT_BYTES
@@ -43,6 +44,7 @@ class PlanInputs:
     # The device model analytic costs use; None: the one the cluster's device names. The
     # calibration passes the figures it is fitting, and so costs exactly what the CLI costs.
     device_model: object = None
+    other_profile_paths: tuple[str, ...] = ()
     _on_device: dict = field(default_factory=dict, compare=False, repr=False)
 
     def costs_on(self, device, microbatch_size: int) -> tuple[compute.BlockCost, ...]:
@@ -55,6 +57,12 @@ class PlanInputs:
                 self.model, microbatch_size, device, self.dtype, ELEMENT_BYTES[self.dtype],
                 implementation=self.implementation)
         return hit
+
+    @property
+    def band(self) -> tuple[float, str]:
+        """(relative uncertainty of predicted step times, where it comes from)."""
+        from planner.noise import prediction_band
+        return prediction_band(self.profile, self.cluster)
 
     def block_costs(self, microbatch_size: int) -> tuple[compute.BlockCost, ...]:
         """Per-block costs at ``microbatch_size``: the profile's (extrapolated to other sizes
@@ -72,7 +80,10 @@ class PlanInputs:
 
 
 def add_arguments(parser, batch_required: bool = True) -> None:
-    parser.add_argument("--model", help="preset name, architecture .json, hf:PATH/config.json "
+    from planner.clusters import PRESETS as CLUSTERS
+    from planner.models import PRESETS as MODELS
+    parser.add_argument("--model", help=f"preset ({', '.join(MODELS)}; `planner models` lists "
+                                        "their sizes), architecture .json, hf:PATH/config.json "
                                         "(Hugging Face), or package.module:callable")
     parser.add_argument("--seq-len", type=int,
                         help="sequence length to plan for (default: the model's; a Hugging "
@@ -81,7 +92,8 @@ def add_arguments(parser, batch_required: bool = True) -> None:
                         help="ModelProfile JSON(s) from `planner profile`; several micro-batch "
                              "sizes of one model let costs at other sizes be extrapolated")
     parser.add_argument("--cluster", default="localhost-cpu",
-                        help="preset (localhost-cpu, dgx-a100-80gb, dgx-h100-80gb) or .json/.toml")
+                        help=f"preset ({', '.join(CLUSTERS)}; `planner clusters` lists their "
+                             "figures) or a .json/.toml cluster file (default localhost-cpu)")
     parser.add_argument("--gpus", type=int, help="devices to plan for (default: the cluster's)")
     parser.add_argument("--no-measure", action="store_true",
                         help="with --cluster localhost-cpu: plan on the preset's assumed figures "
@@ -91,9 +103,11 @@ def add_arguments(parser, batch_required: bool = True) -> None:
                         help="sequences per step")
     parser.add_argument("--dtype", choices=DTYPES,
                         help="default: float32 on gloo/CPU clusters, bf16-mixed on GPUs")
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
-    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate the executor uses")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
+                        help="default adam")
+    parser.add_argument("--lr", type=float, default=1e-3,
+                        help="learning rate the executor uses (default 1e-3)")
+    parser.add_argument("--seed", type=int, default=0, help="default 0")
     parser.add_argument("--implementation", choices=IMPLEMENTATIONS, default="executor",
                         help="what runs the plan: this project's executor (default), or "
                              "Megatron-LM (its layer, vocabulary padding and pipeline "
@@ -105,27 +119,39 @@ def add_arguments(parser, batch_required: bool = True) -> None:
 
 
 def add_layout_arguments(parser, required: bool = False) -> None:
-    """The layout flags shared by `planner plan` (fix a dimension) and `planner simulate`."""
-    fix = "" if required else " (fixes it; default: searched)"
-    parser.add_argument("--dp", type=int, help="data-parallel size" + fix)
-    parser.add_argument("--tp", type=int, help="tensor-parallel size" + fix)
-    parser.add_argument("--pp", type=int, help="pipeline stages" + fix)
-    parser.add_argument("--microbatch-size", type=int, help="sequences per micro-batch" + fix)
-    parser.add_argument("--schedule", choices=SCHEDULES, help="pipeline schedule" + fix)
+    """The layout flags shared by `planner plan` (fix a dimension) and `planner simulate`
+    (``required``: a complete layout, each flag's default said in its help)."""
+    def text(what: str, default: str) -> str:
+        return f"{what} (default {default})" if required else \
+            f"{what} (fixes it; default: searched)"
+    parser.add_argument("--dp", type=int, help=text("data-parallel size",
+                                                    "the devices left after tp x pp"))
+    parser.add_argument("--tp", type=int, help=text("tensor-parallel size", "1"))
+    parser.add_argument("--pp", type=int, help=text("pipeline stages", "1"))
+    parser.add_argument("--microbatch-size", type=int,
+                        help=text("sequences per micro-batch",
+                                  "the whole per-replica batch in one micro-batch"))
+    parser.add_argument("--schedule", choices=SCHEDULES,
+                        help=text("pipeline schedule", "1f1b"))
     parser.add_argument("--virtual-stages", type=int,
-                        help="model chunks per pipeline rank (interleaved-1f1b; zbv: 2)" + fix)
-    parser.add_argument("--zero", type=int, choices=(0, 1, 2, 3), help="ZeRO stage" + fix)
-    parser.add_argument("--recompute", choices=RECOMPUTE, help="activation recomputation" + fix)
+                        help=text("model chunks per pipeline rank (interleaved-1f1b; zbv: 2)",
+                                  "1, 2 for zbv"))
+    parser.add_argument("--zero", type=int, choices=(0, 1, 2, 3),
+                        help=text("ZeRO stage", "0"))
+    parser.add_argument("--recompute", choices=RECOMPUTE,
+                        help=text("activation recomputation", "none"))
     parser.add_argument("--sequence-parallel", action=argparse.BooleanOptionalAction,
-                        default=None, help="Megatron sequence parallelism (needs tp > 1)" + fix)
+                        default=None,
+                        help=text("Megatron sequence parallelism (needs tp > 1)", "off"))
     parser.add_argument("--dp-comm", choices=DP_COMM, default="all_reduce",
                         help="gradient exchange between replicas (default all_reduce)")
     parser.add_argument("--ps-shards", type=int, default=1,
-                        help="parameter-server shards with --dp-comm parameter_server")
+                        help="parameter-server shards with --dp-comm parameter_server "
+                             "(default 1)")
     parser.add_argument("--compression", choices=COMPRESSION, default="none",
-                        help="gradient compression (a DDP hook; ZeRO 0/1)")
+                        help="gradient compression (a DDP hook; ZeRO 0/1; default none)")
     parser.add_argument("--powersgd-rank", type=int, default=2,
-                        help="PowerSGD rank with --compression powersgd")
+                        help="PowerSGD rank with --compression powersgd (default 2)")
 
 
 def space_from_args(args):
@@ -167,17 +193,36 @@ def find_profiles(model: ModelSpec, device: str, dtype: str, directory: str = PR
     return out
 
 
+def check_flags(args) -> None:
+    """Numbers that make no sense whatever the model: one-line errors before any work."""
+    if args.gpus is not None and args.gpus < 1:
+        raise PlannerError(f"--gpus must be >= 1, got {args.gpus}")
+    if args.global_batch is None:
+        raise PlannerError("give --global-batch (sequences per step)")
+    if args.global_batch < 1:
+        raise PlannerError(f"--global-batch must be >= 1, got {args.global_batch}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise PlannerError(f"--lr must be a finite number > 0 (the executor's learning rate), "
+                           f"got {args.lr}")
+    for flag in ("dp", "tp", "pp", "microbatch_size", "virtual_stages", "ps_shards",
+                 "powersgd_rank", "max_virtual_stages"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise PlannerError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+
+
 def resolve(args) -> PlanInputs:
     if not args.model and not args.profile:
         raise PlannerError("give --model (preset, .json or module:callable) or --profile")
+    check_flags(args)
     cluster = resolve_cluster(args.cluster)
-    n = args.gpus or cluster.num_devices
+    n = args.gpus if args.gpus is not None else cluster.num_devices
     cluster = cluster.with_size(n)
     cpu = cluster.backend == "gloo"
     dtype = args.dtype or ("float32" if cpu else "bf16-mixed")
     implementation = getattr(args, "implementation", "executor")
     partition = getattr(args, "partition", "balanced")
-    profile, path, others = None, "", ()
+    profile, path, others, other_paths = None, "", (), ()
     if cluster.mixed and args.profile:
         raise PlannerError(f"--profile: a profile measures one kind of device, and cluster "
                            f"{cluster.name} mixes {', '.join(d.name for d in cluster.kinds)}: "
@@ -195,6 +240,7 @@ def resolve(args) -> PlanInputs:
         paths = [args.profile] if isinstance(args.profile, str) else list(args.profile)
         loaded = [(p, ModelProfile.load(p)) for p in paths]
         (path, profile), others = loaded[0], tuple(p for _, p in loaded[1:])
+        other_paths = tuple(p for p, _ in loaded[1:])
         for other_path, other in loaded[1:]:
             if not same_model(other.model, profile.model) or other.device != profile.device:
                 raise PlannerError(f"{other_path}: profiles {other.model.name} on "
@@ -212,16 +258,15 @@ def resolve(args) -> PlanInputs:
         found = [] if cluster.mixed else find_profiles(model, "cpu" if cpu else "cuda", dtype)
         if found:
             (path, profile), others = found[0], tuple(p for _, p in found[1:])
+            other_paths = tuple(p for p, _ in found[1:])
             model = profile.model  # a custom model's sizes are known once it was built
         if profile is None and (cpu or not families.of(model).builtin):
             raise PlannerError(
                 f"no profile of {model.name} ({dtype}) in {PROFILES_DIR}/: run `planner profile "
                 f"--model {args.model} --dtype {dtype}` first, or pass --profile")
-    if args.global_batch is None:
-        raise PlannerError("give --global-batch (sequences per step)")
-    if args.global_batch < 1:
-        raise PlannerError(f"--global-batch must be >= 1, got {args.global_batch}")
+    limits.check_problem_size(n, args.global_batch, model.num_blocks, model.name)
     if args.cluster == localhost.PRESET:    # last: bad input fails before a measurement
         cluster = localhost.resolve(n, getattr(args, "no_measure", False)).with_size(n)
     return PlanInputs(model, cluster, n, args.global_batch, dtype, args.optimizer, args.lr,
-                      args.seed, profile, path or "", others, implementation, partition)
+                      args.seed, profile, path or "", others, implementation=implementation,
+                      partition=partition, other_profile_paths=other_paths)

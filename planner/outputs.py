@@ -53,3 +53,39 @@ def write_text(flag: str, path: str, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+def _exchange(a: str, b: str) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where
+    the system cannot."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return rc == 0
+
+
+def replace_dir(new: str, final: str) -> None:
+    """Put the complete directory ``new`` at ``final`` (same file system), replacing what was
+    there: atomically where the system swaps paths, else by renaming the old one aside first,
+    so that ``final`` is at every moment either the whole old directory or the whole new one
+    (or, in the fallback's instant between two renames, absent, with the old one beside it).
+    Raises OSError."""
+    import shutil
+    if not os.path.exists(final):
+        os.rename(new, final)
+        return
+    if _exchange(new, final):
+        shutil.rmtree(new, ignore_errors=True)   # ``new`` now holds the old directory
+        return
+    aside = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(final)), prefix=".old-")
+    os.rmdir(aside)
+    os.rename(final, aside)
+    try:
+        os.rename(new, final)
+    except OSError:
+        os.rename(aside, final)             # put the old one back
+        raise
+    shutil.rmtree(aside, ignore_errors=True)

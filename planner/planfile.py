@@ -36,7 +36,9 @@ def default_out(inp, devices: str = "", suffix: str = "") -> str:
                                  f"b{inp.global_batch_size}{suffix}.json")
 
 
-def make_plan(inp, layout, prediction, candidates=(), explanation: str = "") -> Plan:
+def make_plan(inp, layout, prediction, candidates=(), explanation: str = "",
+              search_counts: dict | None = None) -> Plan:
+    band, band_source = inp.band
     return Plan(model=inp.model, model_fingerprint=inp.model.fingerprint(), cluster=inp.cluster,
                 world_size=inp.num_devices, global_batch_size=inp.global_batch_size,
                 dtype=inp.dtype, optimizer=inp.optimizer, learning_rate=inp.learning_rate,
@@ -44,7 +46,10 @@ def make_plan(inp, layout, prediction, candidates=(), explanation: str = "") -> 
                 seed=inp.seed, candidates=tuple(candidates), explanation=explanation,
                 created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(
                     timespec="seconds"), implementation=inp.implementation,
-                partition=inp.partition)
+                partition=inp.partition,
+                search_counts=dict(search_counts or {}), uncertainty=band,
+                uncertainty_source=band_source,
+                other_profile_paths=tuple(inp.other_profile_paths))
 
 
 def param_counts(plan: Plan) -> tuple[int, int] | None:
@@ -88,7 +93,41 @@ def summary(plan: Plan, path: str) -> dict:
             "collectives": [c.to_dict() for c in p.collectives]}
 
 
-def print_text(plan: Plan, path: str, out=sys.stdout) -> None:
+def throughput(plan: Plan) -> tuple[float, str]:
+    """(items per second, unit) of the predicted step: tokens for models with a sequence,
+    samples otherwise (``Family.has_sequence``)."""
+    from planner import families
+    step = plan.prediction.step_time_s
+    if families.of(plan.model).has_sequence:
+        items, unit = plan.global_batch_size * plan.model.seq_len, "tokens/s"
+    else:
+        items, unit = plan.global_batch_size, "samples/s"
+    return (items / step if step > 0 else 0.0), unit
+
+
+def memory_table(plan: Plan, max_rows: int = 16) -> list[str]:
+    """Per-rank memory by kind (GiB), one row per rank of the simulated pipeline, like
+    ``accelerate estimate-memory``'s table: what each rank holds at its peak."""
+    p, gib = plan.prediction, 2**30
+    if not p.memory:
+        return []
+    peak_rank = max(p.memory, key=lambda r: r.total_bytes).rank
+    lines = [f"{'rank':>6} {'stage':>5} {'parameters':>10} {'gradients':>9} {'optimizer':>9} "
+             f"{'activations':>11} {'buffers':>8} {'total':>8}  (GiB)"]
+    rows = sorted(p.memory, key=lambda r: r.rank)
+    for r in rows[:max_rows]:
+        mark = "  <- peak" if r.rank == peak_rank else ""
+        lines.append(f"{r.rank:>6} {r.stage:>5} {r.parameters_bytes / gib:>10.2f} "
+                     f"{r.gradients_bytes / gib:>9.2f} {r.optimizer_bytes / gib:>9.2f} "
+                     f"{r.activations_bytes / gib:>11.2f} {r.buffers_bytes / gib:>8.2f} "
+                     f"{r.total_bytes / gib:>8.2f}{mark}")
+    if len(rows) > max_rows:
+        lines.append(f"{'':>6} ... {len(rows) - max_rows} more ranks (--format json lists all)")
+    return lines
+
+
+def print_text(plan: Plan, path: str, out=None) -> None:
+    out = out or sys.stdout   # looked up per call: stdout may be replaced
     p = plan.prediction
     gib = 2**30
     costed = "" if plan.implementation == "executor" else f", costed for {plan.implementation}"
@@ -98,22 +137,18 @@ def print_text(plan: Plan, path: str, out=sys.stdout) -> None:
     print(f"parameters  {format_params(param_counts(plan))}; {plan.model.family}, "
           f"{plan.model.num_layers} layers, seq_len {plan.model.seq_len}", file=out)
     print(f"layout      {plan.layout.describe()}", file=out)
-    print(f"step time   {format_duration(p.step_time_s)}   ("
-          + ", ".join(f"{k} {format_duration(v)}" for k, v in p.breakdown_s.items() if v >= 5e-5) + ")",
-          file=out)
+    band = (f" (+-{plan.uncertainty:.1%}: {plan.uncertainty_source})"
+            if plan.uncertainty else "")
+    print(f"step time   {format_duration(p.step_time_s)}{band}", file=out)
+    print("            " + ", ".join(f"{k} {format_duration(v)}"
+                                     for k, v in p.breakdown_s.items() if v >= 5e-5), file=out)
     print(f"memory      {p.peak_memory_bytes / gib:.2f} GiB peak per rank of "
-          f"{p.device_memory_bytes / gib:.1f} GiB: {'fits' if p.fits else 'DOES NOT FIT'}",
+          f"{p.device_memory_bytes / gib:.1f} GiB usable: {'fits' if p.fits else 'DOES NOT FIT'}",
           file=out)
-    if p.memory:
-        top = max(p.memory, key=lambda r: r.total_bytes)
-        per_stage = ", ".join(f"{r.total_bytes / gib:.1f}" for r in p.memory)
-        print(f"            peak rank: parameters {top.parameters_bytes / gib:.2f}, gradients "
-              f"{top.gradients_bytes / gib:.2f}, optimizer {top.optimizer_bytes / gib:.2f}, "
-              f"activations {top.activations_bytes / gib:.2f}, buffers "
-              f"{top.buffers_bytes / gib:.2f} GiB"
-              + (f"; per pipeline stage {per_stage} GiB" if len(p.memory) > 1 else ""),
-              file=out)
-    print(f"throughput  {p.tflops_per_device:.3f} TFLOP/s per device"
-          + (f", MFU {p.mfu:.1%}" if p.mfu else " (no peak known for this device: no MFU)"),
-          file=out)
+    for line in memory_table(plan):
+        print("            " + line, file=out)
+    rate, unit = throughput(plan)
+    print(f"throughput  {rate:,.0f} {unit}, {p.tflops_per_device:.3f} TFLOP/s per device"
+          + (f", MFU {p.mfu:.1%}" if p.mfu else " (no peak FLOP/s known for this device: no "
+                                                 "MFU)"), file=out)
     print(f"plan        {path}", file=out)

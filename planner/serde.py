@@ -8,6 +8,7 @@ Only JSON is read: nothing a user hands us is unpickled or evaluated.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import tempfile
@@ -154,13 +155,22 @@ def read_json(path: str):
             text = fh.read()
     except FileNotFoundError:
         raise PlannerError(f"{path}: no such file") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as err:
-        raise PlannerError(f"{path}: cannot read: {err.__class__.__name__}") from None
+    except IsADirectoryError:
+        raise PlannerError(f"{path}: is a directory, not a JSON file") from None
+    except PermissionError:
+        raise PlannerError(f"{path}: cannot read: permission denied") from None
+    except UnicodeDecodeError:
+        raise PlannerError(f"{path}: not a text file (JSON is UTF-8 text)") from None
+    except OSError as err:
+        raise PlannerError(f"{path}: cannot read ({err.strerror or type(err).__name__})") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise PlannerError(f"{path}: malformed JSON at line {err.lineno} column {err.colno}: "
                            f"{err.msg}") from None
+    except RecursionError:
+        # json's C parser recurses per nesting level; no file of ours nests more than a few.
+        raise PlannerError(f"{path}: JSON nested too deeply to be a planner file") from None
 
 
 def load(cls, path: str):
@@ -184,13 +194,28 @@ def _dumps(data) -> str:
 
 
 def write_json(path: str, data) -> None:
-    """Write atomically (temp file + rename) so a failure never leaves half a file behind."""
+    """Write atomically (temp file + rename) so a failure never leaves half a file behind and
+    never replaces an earlier file with a partial one. A path that cannot be written (a
+    directory, no permission, a read-only or full disk) is a one-line ``PlannerError``."""
+    text = _dumps(data)             # before touching the disk: nothing to clean up if it fails
+    try:
+        write_text_atomic(path, text)
+    except OSError as err:
+        raise PlannerError(f"{path}: cannot write ({err.strerror or type(err).__name__})"
+                           ) from None
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same directory, renamed into
+    place once complete (raises OSError; the temporary file is removed on any failure)."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "is a directory", path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(_dumps(data))
+            fh.write(text)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

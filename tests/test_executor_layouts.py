@@ -75,10 +75,10 @@ WORLD4 = {
     "zero1 x pp": (dict(dp=2, pp=2, zero=1, schedule="1f1b", **MB),
                    {"reduce_scatter@dp": 1, "all_gather@dp": 1, "send@pp": 2, "recv@pp": 2}),
     "zero1 x tp": (dict(dp=2, tp=2, zero=1, **MB),
-                   {"reduce_scatter@dp": 1, "all_gather@dp": 1, "all_reduce@tp": 32}),
+                   {"reduce_scatter@dp": 1, "all_gather@dp": 1, "all_reduce@tp": 42}),
     "zero1 x tp+sp": (dict(dp=2, tp=2, zero=1, sequence_parallel=True, **MB),
                       {"reduce_scatter@dp": 1, "all_gather@dp": 1, "all_gather@tp": 36,
-                       "reduce_scatter@tp": 32, "all_reduce@tp": 1}),
+                       "reduce_scatter@tp": 34, "all_reduce@tp": 9}),
     "pp x tp+sp+full": (dict(pp=2, tp=2, sequence_parallel=True, recompute="full",
                              schedule="1f1b", **MB),
                         {"all_gather@tp": 26, "reduce_scatter@tp": 20, "all_reduce@tp": 3,
@@ -124,7 +124,7 @@ MIXED = {
     "float32 zero1 x tp+sp": (GPT, "float32", "sgd", dict(dp=2, tp=2, zero=1,
                                                           sequence_parallel=True, **MB),
                               {"reduce_scatter@dp": 1, "all_gather@dp": 1, "all_gather@tp": 36,
-                               "reduce_scatter@tp": 32, "all_reduce@tp": 1}),
+                               "reduce_scatter@tp": 34, "all_reduce@tp": 9}),
     # ZeRO-3 under pipelining: each of rank 0's 3 units gathered per forward micro-batch and
     # once for all backward ones, reduce-scattered once per step
     "zero3 x pp+full": (GPT, "float64", "adam",

@@ -168,7 +168,7 @@ def _png_size(data: bytes) -> tuple[int, int]:
 def render(tmp_path, plan=None, **kw):
     from planner.report.html import build_report
 
-    return build_report(plan or make_plan(), str(tmp_path / "report.html"), **kw)
+    return build_report(plan or make_plan(), str(tmp_path / "report"), **kw)
 
 
 def test_report_is_self_contained_with_every_section(tmp_path):
@@ -185,8 +185,10 @@ def test_report_is_self_contained_with_every_section(tmp_path):
         assert w > 100 and h > 100
     for stem in ("timeline", "memory", "candidates", "breakdown", "measured"):
         for ext in ("png", "svg"):
-            assert os.path.getsize(tmp_path / f"report-{stem}.{ext}") > 0
-    assert os.path.exists(files.trace) and 'href="report-trace.json"' in page
+            assert os.path.getsize(tmp_path / "report" / f"{stem}.{ext}") > 0
+    assert os.path.exists(files.trace) and 'href="trace.json"' in page
+    # Only the report's directory was written: no temporary directory is left beside it.
+    assert sorted(os.listdir(tmp_path)) == ["report"]
     assert plan.explanation.split(":")[0] in page
     assert "Runner-up: <b>dp=4 tp=1 pp=1 mb=1x2</b>" in page
     # The runner-up's largest loss is its all-reduce: 8 * 0.5 - 0.5 = 3.5 ms more.
@@ -232,15 +234,15 @@ def test_report_shows_validation_statistics(tmp_path):
 
 def test_report_cli_writes_files_and_refuses_foreign_metrics(tmp_path, capsys):
     plan = make_plan()
-    plan_path, out = tmp_path / "plan.json", tmp_path / "r" / "plan.html"
+    plan_path, out = tmp_path / "plan.json", tmp_path / "r" / "plan"
     plan.save(str(plan_path))
     trace_dir = tmp_path / "traces"
     trace_dir.mkdir()
     (trace_dir / "rank0.json").write_text("{}")
     assert main(["report", "--plan", str(plan_path), "--out", str(out),
                  "--trace-dir", str(trace_dir)]) == 0
-    page = out.read_text()
-    assert "../traces/rank0.json" in page
+    page = (out / "index.html").read_text()
+    assert "../../traces/rank0.json" in page
     capsys.readouterr()
     foreign = make_metrics(plan, 0.02, MIB, Layout.make(dp=2, tp=2, microbatch_size=4))
     mpath = tmp_path / "foreign.json"

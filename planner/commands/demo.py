@@ -44,8 +44,19 @@ def _call(cmd: list[str], what: str) -> None:
 
 def run(args) -> int:
     from planner.commands import compare, plan as plan_cmd
+    from planner.noise import load_note
+    from planner.outputs import check_writable
     from planner.specs import Metrics, Plan
 
+    for flag, low in (("global_batch", 1), ("steps", 1), ("warmup", 0), ("repeats", 1)):
+        if getattr(args, flag) < low:
+            raise PlannerError(f"--{flag.replace('_', '-')} must be >= {low}, got "
+                               f"{getattr(args, flag)}")
+    if args.steps <= args.warmup:
+        raise PlannerError(f"--steps {args.steps} must exceed --warmup {args.warmup}")
+    if min(args.world_sizes) < 1:
+        raise PlannerError(f"--world-sizes must all be >= 1, got {args.world_sizes}")
+    check_writable("--workdir", args.workdir, "dir")
     os.makedirs(args.workdir, exist_ok=True)
     for n in args.world_sizes:
         if args.global_batch % n:
@@ -85,10 +96,16 @@ def run(args) -> int:
         _call(_torchrun(n, ["executor", "--plan", plan_path, "--steps", str(args.steps),
                             "--warmup", str(args.warmup), "--metrics", metrics_path]),
               "the executor")
-        rows.append(compare.compare(Plan.load(plan_path), Metrics.load(metrics_path),
-                                    plan_path, metrics_path))
+        metrics = Metrics.load(metrics_path)
+        rows.append((compare.compare(Plan.load(plan_path), metrics, plan_path, metrics_path),
+                     metrics))
     print("\npredicted against measured (localhost-cpu, gloo, 1 thread per rank):")
-    for row in rows:
+    for row, metrics in rows:
         compare.print_text(row)
+        for note in compare.noise_notes(row, metrics):
+            print(f"  note: {note}")
+    note = load_note("the profile and the measured step times")
+    if note:
+        print(f"note: {note}")
     return 0
 

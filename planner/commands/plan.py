@@ -4,7 +4,9 @@ Every candidate is costed by the event simulation of one step (``planner.sim``) 
 best-first search with lower bounds (``planner.search``); any of --dp --tp --pp
 --microbatch-size --schedule --virtual-stages --zero --recompute --sequence-parallel fixes that
 dimension. The plan file holds the winner with its full prediction (timeline included), the
-layouts the search looked at closely, and a paragraph on why the winner beats the runner-up.
+layouts the search looked at closely, the search's counts, and a paragraph on why the winner
+beats the runner-up. Layouts whose predicted step times differ by less than the prediction's
+uncertainty band (``planner.noise.prediction_band``) are marked as ties.
 
 ``--elastic MIN:MAX`` plans every world size from MIN to MAX devices that the cluster can form
 (at most one node, or whole nodes) and writes them as one elastic plan set
@@ -29,7 +31,12 @@ from dataclasses import replace
 from planner import inputs as plan_inputs
 from planner.errors import PlannerError
 from planner.explain import format_duration
+from planner.outputs import check_writable
 from planner.planfile import default_out, make_plan, print_text, run_spec, summary
+
+# The search's counters, in the order the CLI prints them and the plan file records them.
+COUNTS = ("enumerated", "refused", "simulated", "memory_pruned", "not_fitting", "dominated",
+          "bounded_out")
 
 
 def add_arguments(parser) -> None:
@@ -48,16 +55,24 @@ def add_arguments(parser) -> None:
                              "one elastic plan set for torchrun --nnodes MIN:MAX")
 
 
-def _print_search(res, elapsed_s: float, out=sys.stdout) -> None:
+def search_counts(res) -> dict[str, int]:
+    return {name: getattr(res, name) for name in COUNTS}
+
+
+def _print_search(res, elapsed_s: float, band: float, out=None) -> None:
+    out = out or sys.stdout   # looked up per call: stdout may be replaced
     print(f"search      {res.enumerated} layouts enumerated ({res.refused} more left out: the "
           f"executor cannot run them), {res.simulated} simulated, "
           f"{res.memory_pruned} over memory by bound, {res.not_fitting} over memory exactly, "
           f"{res.dominated} dominated, {res.bounded_out} cut by the step-time bound "
           f"({elapsed_s:.2f} s)", file=out)
-    for i, (layout, pred) in enumerate(res.ranked, 1):
+    from planner.noise import ties
+    tied = ties([pred.step_time_s for _, pred in res.ranked], band)
+    for i, ((layout, pred), tie) in enumerate(zip(res.ranked, tied), 1):
         mfu = f"MFU {pred.mfu:6.1%}" if pred.mfu else "MFU      -"
+        mark = "  tie with #1" if tie else ""
         print(f"  #{i} {format_duration(pred.step_time_s):>10}  {mfu}  "
-              f"{pred.peak_memory_bytes / 2**20:9.0f} MiB  {layout.describe()}", file=out)
+              f"{pred.peak_memory_bytes / 2**20:9.0f} MiB  {layout.describe()}{mark}", file=out)
 
 
 def best_plan(inp, space, top_k: int, where: str = ""):
@@ -75,11 +90,13 @@ def best_plan(inp, space, top_k: int, where: str = ""):
                         top_k=top_k)
     elapsed = time.perf_counter() - t0
     if not res.ranked:
-        raise PlannerError(where + _nothing_fits(res, inp))
+        raise PlannerError(where + _nothing_fits(res, inp, space))
     best_layout, _ = res.ranked[0]
     layout, prediction = search.evaluate_one(rs, inp.block_costs, best_layout)
-    text = explain(res.ranked)
-    return make_plan(inp, layout, prediction, res.candidates, text), res, elapsed
+    band, why_band = inp.band
+    text = explain(res.ranked, band=band, band_source=why_band)
+    plan = make_plan(inp, layout, prediction, res.candidates, text, search_counts(res))
+    return plan, res, elapsed
 
 
 def run(args) -> int:
@@ -92,44 +109,51 @@ def run(args) -> int:
     if inp.cluster.mixed:
         from planner.commands.plan_mixed import run_mixed
         return run_mixed(args, inp, space)
+    path = args.out or default_out(inp)
+    check_writable("--out", path)           # before the search, not after it
     plan, res, elapsed = best_plan(inp, space, args.top_k)
     text = plan.explanation
-    path = args.out or default_out(inp)
+    band, why_band = inp.band
     plan.save(path)
     if args.format == "json":
+        from planner.noise import ties
         out = summary(plan, path)
         out["explanation"] = text
-        out["search"] = {"enumerated": res.enumerated, "refused": res.refused,
-                         "simulated": res.simulated,
-                         "memory_pruned": res.memory_pruned, "not_fitting": res.not_fitting,
-                         "dominated": res.dominated, "bounded_out": res.bounded_out,
-                         "wall_s": elapsed}
+        out["search"] = {**search_counts(res), "wall_s": elapsed}
+        out["uncertainty"] = {"band": band, "source": why_band}
+        tied = ties([pred.step_time_s for _, pred in res.ranked], band)
         out["ranked"] = [{"layout": lay.to_dict(), "step_time_s": pred.step_time_s,
                           "mfu": pred.mfu, "peak_memory_bytes": pred.peak_memory_bytes,
-                          "breakdown_s": pred.breakdown_s} for lay, pred in res.ranked]
+                          "fits": pred.fits, "tie_with_best": tie,
+                          "breakdown_s": pred.breakdown_s}
+                         for (lay, pred), tie in zip(res.ranked, tied)]
         json.dump(out, sys.stdout, indent=2)
         print()
     else:
         print_text(plan, path)
-        _print_search(res, elapsed)
+        _print_search(res, elapsed, band)
         print(f"why         {text}")
     return 0
 
 
-def _nothing_fits(res, inp) -> str:
+def _nothing_fits(res, inp, space) -> str:
     gib = 2**30
     if res.enumerated == 0:
-        return (f"no layout of {inp.num_devices} devices for global batch "
-                f"{inp.global_batch_size} with the fixed dimensions given: dp must divide the "
-                f"batch, tp the heads/hidden/FFN sizes, and combinations the executor refuses "
-                f"(zero 1 or compression with tp > 1, zero 2/3 under zbv, compression with zero "
-                f"2/3) are left out")
+        from planner.diagnose import why_nothing
+        return why_nothing(inp.model, space, inp.num_devices, inp.global_batch_size,
+                           inp.cluster.devices_per_node)
     tried = [c for c in res.candidates if not c.fits]
     smallest = min((c.peak_memory_bytes for c in tried), default=0)
-    more = f"; the smallest needs {smallest / gib:.2f} GiB" if smallest else ""
-    return (f"no layout fits in {inp.cluster.device.memory_bytes / gib:.2f} GiB per device: "
-            f"{res.enumerated} enumerated, {res.memory_pruned} over memory by their model "
-            f"states alone{more}")
+    more = f"; the smallest of those sized exactly needs {smallest / gib:.2f} GiB" \
+        if smallest else ""
+    dev = inp.cluster.device
+    reserved = (f" ({dev.usable_memory_bytes / gib:.2f} GiB usable: "
+                f"{dev.reserved_memory_bytes / gib:.2f} GiB reserved for the runtime)"
+                if dev.reserved_memory_bytes else "")
+    return (f"no layout fits in {dev.memory_bytes / gib:.2f} GiB per device{reserved}: of "
+            f"{res.enumerated} "
+            f"enumerated, {res.memory_pruned} need more by their model states alone and "
+            f"{res.not_fitting} more once activations are counted{more}")
 
 
 def parse_elastic(text: str) -> tuple[int, int]:
@@ -191,6 +215,8 @@ def run_elastic(args) -> int:
     args.gpus = sizes[-1]
     inp = plan_inputs.resolve(args)
     space = replace(plan_inputs.space_from_args(args), checkpointed=True)
+    path = args.out or default_out(inp, devices=f"{lo}-{hi}", suffix="-elastic")
+    check_writable("--out", path)           # before the searches, not after them
     plans, elapsed, simulated = [], 0.0, 0
     for n in sizes:
         inp_n = replace(inp, cluster=inp.cluster.with_size(n), num_devices=n)
@@ -199,7 +225,6 @@ def run_elastic(args) -> int:
         plans.append(plan)
         elapsed, simulated = elapsed + seconds, simulated + res.simulated
     elastic = ElasticPlan(tuple(plans), created_utc=plans[-1].created_utc)
-    path = args.out or default_out(inp, devices=f"{lo}-{hi}", suffix="-elastic")
     elastic.save(path)
     if args.format == "json":
         json.dump({"plan_path": path, "world_sizes": list(elastic.world_sizes),

@@ -8,6 +8,8 @@ import os
 import re
 import sys
 
+from planner.errors import PlannerError
+from planner.outputs import check_writable
 from planner.specs import DTYPES, OPTIMIZERS
 
 PROFILES_DIR = "profiles"
@@ -43,8 +45,10 @@ def run(args) -> int:
     from planner.models import resolve_model
     from planner.profile.compute import profile_model
 
+    _check_numbers(args)
     spec = resolve_model(args.model, args.seq_len)
     out = args.out or default_path(spec.name, args.device, args.microbatch_size, args.dtype)
+    check_writable("--out", out)          # before minutes of measuring, not after
     profile = profile_model(spec, args.microbatch_size, dtype=args.dtype,
                             optimizer=args.optimizer, repeats=args.repeats, warmup=args.warmup,
                             num_threads=args.threads, device=args.device, timer=args.timer,
@@ -52,8 +56,35 @@ def run(args) -> int:
                             trusted_callable=args.model)
     profile.save(out)
     print(format_table(profile))
+    for note in noise_notes(profile):
+        print(f"note: {note}", file=sys.stderr)
     print(f"wrote {out}")
     return 0
+
+
+def _check_numbers(args) -> None:
+    for flag, low in (("microbatch_size", 1), ("repeats", 1), ("warmup", 0), ("threads", 1)):
+        value = getattr(args, flag)
+        if value is not None and value < low:
+            raise PlannerError(f"--{flag.replace('_', '-')} must be >= {low}, got {value}")
+
+
+def noise_notes(profile) -> list[str]:
+    """What makes these measurements less sharp than they look: a loaded machine, and blocks
+    or a whole step whose repeats spread widely (``planner.noise``)."""
+    from planner import noise
+    notes = [noise.load_note("the measured times")]
+    notes.append(noise.spread_note("the whole step's timings", profile.step_time_spread_s,
+                                   profile.step_time_s))
+    wide = [b.name for b in profile.blocks
+            if noise.relative_spread(b.forward_time_spread_s + b.backward_time_spread_s,
+                                     b.forward_time_s + b.backward_time_s) > noise.NOISY_SPREAD]
+    if wide:
+        notes.append(f"{len(wide)} of {len(profile.blocks)} blocks' timings spread by more than "
+                     f"{noise.NOISY_SPREAD:.0%} of their median ({', '.join(wide[:4])}"
+                     + (", ..." if len(wide) > 4 else "") + "): see the spread column; "
+                     "--timer cpu or an idle machine gives steadier figures")
+    return [n for n in notes if n]
 
 
 def format_table(profile) -> str:

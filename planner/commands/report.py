@@ -1,7 +1,10 @@
-"""`planner report`: one self-contained HTML file explaining a plan, with its figures beside it.
+"""`planner report`: a report directory explaining a plan: ``index.html`` (self-contained),
+its figures as PNG and SVG, and ``trace.json`` (the simulated step as Chrome trace events, for
+Perfetto).
 
-Writes ``--out`` (default ``reports/<plan name>.html``), ``<stem>-*.png``/``.svg`` figures and
-``<stem>-trace.json`` (the simulated step as Chrome trace events, for Perfetto). pandas and
+``--out`` is the directory (default ``reports/<plan name>/``). Every input is checked first;
+the report is built in a temporary directory and renamed into place, so a refused or failed
+run writes nothing and an existing report is replaced whole or not at all. pandas and
 matplotlib are imported inside ``run`` only.
 """
 from __future__ import annotations
@@ -21,31 +24,41 @@ def add_arguments(parser) -> None:
     parser.add_argument("--trace-dir", help="the executor's --trace-dir (torch.profiler traces "
                                             "to link)")
     parser.add_argument("--top-k", type=int, default=5, help="candidates in the breakdown plot")
-    parser.add_argument("--out", help="HTML file to write (default reports/<plan name>.html)")
+    parser.add_argument("--out", help="report directory to write (index.html, figures, "
+                                      "trace.json; default reports/<plan name>/)")
 
 
 def default_out(plan_path: str) -> str:
-    return os.path.join("reports", os.path.splitext(os.path.basename(plan_path))[0] + ".html")
+    return os.path.join("reports", os.path.splitext(os.path.basename(plan_path))[0])
 
 
 def run(args) -> int:
+    from planner.outputs import check_writable
+
     if args.top_k < 1:
         raise PlannerError(f"--top-k must be >= 1, got {args.top_k}")
     if args.trace_dir and not os.path.isdir(args.trace_dir):
         raise PlannerError(f"--trace-dir {args.trace_dir}: no such directory")
+    out = args.out or default_out(args.plan)
+    if out.endswith((".html", ".htm")):
+        raise PlannerError(f"--out {out}: the report is a directory (index.html, figures, "
+                           f"trace.json): give --out {os.path.splitext(out)[0]}")
     plan = Plan.load(args.plan)
     metrics = [(path, Metrics.load(path)) for path in args.metrics]
     validation = Validation.load(args.validation) if args.validation else None
-    out = args.out or default_out(args.plan)
-    if not out.endswith((".html", ".htm")):
-        raise PlannerError(f"--out {out}: the report is HTML; give a path ending in .html")
+    check_writable("--out", os.path.dirname(os.path.abspath(out)), "dir")
     from planner.report.html import build_report
 
-    files = build_report(plan, out, plan_path=args.plan, metrics=metrics, validation=validation,
-                         trace_dir=args.trace_dir, top_k=args.top_k)
+    try:
+        files = build_report(plan, out, plan_path=args.plan, metrics=metrics,
+                             validation=validation, trace_dir=args.trace_dir, top_k=args.top_k)
+    except OSError as err:
+        raise PlannerError(f"--out {out}: cannot write the report ({err.strerror or err}); "
+                           "nothing was written and an earlier report there is unchanged"
+                           ) from None
     print(f"report   {files.html}")
     if files.trace:
         print(f"trace    {files.trace}  (open in Perfetto: ui.perfetto.dev, or chrome://tracing)")
-    print(f"figures  {len(files.figures)} files beside it ({', '.join(sorted({os.path.splitext(f)[1] for f in files.figures}))})",
-          file=sys.stdout)
+    kinds = ", ".join(sorted({os.path.splitext(f)[1] for f in files.figures}))
+    print(f"figures  {len(files.figures)} files in {files.directory} ({kinds})", file=sys.stdout)
     return 0

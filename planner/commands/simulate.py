@@ -14,6 +14,7 @@ import sys
 from planner import inputs as plan_inputs
 from planner import planfile
 from planner.errors import PlannerError
+from planner.outputs import check_writable
 from planner.specs import Layout
 
 
@@ -114,6 +115,8 @@ def run(args) -> int:
 
     inp = plan_inputs.resolve(args)
     layout = layout_from_args(args, inp.num_devices, inp.global_batch_size)
+    path = args.out or default_out(inp, layout)
+    check_writable("--out", path)
     if inp.cluster.mixed:       # each replica on its own devices (planner.sim.mixed)
         from planner.sim import mixed
         mx = mixed.MixedRun(planfile.run_spec(inp), inp.costs_on)
@@ -122,7 +125,6 @@ def run(args) -> int:
         layout, prediction = search.evaluate_one(planfile.run_spec(inp), inp.block_costs,
                                                  layout)
     plan = planfile.make_plan(inp, layout, prediction)
-    path = args.out or default_out(inp, layout)
     plan.save(path)
     if args.format == "json":
         json.dump(planfile.summary(plan, path), sys.stdout, indent=2)

@@ -17,12 +17,14 @@ runs nothing; ``--trials FILE`` runs trials written earlier instead of planning.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from dataclasses import replace
 
 from planner import families, inputs as plan_inputs
 from planner.errors import PlannerError
+from planner.outputs import check_writable
 
 
 # The sample is drawn from the search's best `max(POOL_MIN, K + POOL_PER_SAMPLE * S)` layouts.
@@ -87,7 +89,8 @@ def feasible_plans(inp, space, pool: int) -> list:
     return [planfile.make_plan(inp, layout, pred) for layout, pred in res.ranked]
 
 
-def print_text(v, out=sys.stdout) -> None:
+def print_text(v, out=None) -> None:
+    out = out or sys.stdout   # looked up per call: stdout may be replaced
     mib = 2**20
     print(f"validate {v.model} on {v.cluster} x{v.world_size}, global batch "
           f"{v.global_batch_size}, {v.steps} steps ({v.warmup_steps} warm-up) per layout", file=out)
@@ -165,12 +168,39 @@ def _progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run(args) -> int:
-    from planner import trials
-
+def _check_numbers(args) -> None:
     if args.steps <= args.warmup:
         raise PlannerError(f"--steps {args.steps} must exceed --warmup {args.warmup} (no timed "
                            "step would be left)")
+    for flag, low in (("warmup", 0), ("top_k", 1), ("sample", 0)):
+        if getattr(args, flag) < low:
+            raise PlannerError(f"--{flag.replace('_', '-')} must be >= {low}, got "
+                               f"{getattr(args, flag)}")
+    if not (math.isfinite(args.timeout_s) and args.timeout_s > 0):
+        raise PlannerError(f"--timeout-s must be a positive number of seconds, got "
+                           f"{args.timeout_s}")
+
+
+def noise_notes(v) -> list[str]:
+    """A loaded machine, and layouts whose measured steps spread widely (``planner.noise``)."""
+    from planner import noise
+    notes = [noise.load_note("the measured step times")]
+    wide = [r for r in v.rows if r.status == "ok" and noise.relative_spread(
+        r.measured_step_time_iqr_s, r.measured_step_time_s) > noise.NOISY_SPREAD]
+    if wide:
+        worst = max(wide, key=lambda r: r.measured_step_time_iqr_s / r.measured_step_time_s)
+        notes.append(f"{len(wide)} of the measured layouts spread by more than "
+                     f"{noise.NOISY_SPREAD:.0%} of their median (IQR column; worst "
+                     f"{worst.layout.describe()}: "
+                     f"{worst.measured_step_time_iqr_s / worst.measured_step_time_s:.0%}): "
+                     "errors and rank correlations below that are noise")
+    return [n for n in notes if n]
+
+
+def run(args) -> int:
+    from planner import trials
+
+    _check_numbers(args)
     if args.implementation != "executor":
         raise PlannerError(f"--implementation {args.implementation}: validate runs this "
                            "project's executor; plan for it with --implementation executor")
@@ -178,7 +208,6 @@ def run(args) -> int:
         raise PlannerError("--slurm writes the trials and the script that runs them: drop "
                            "--trials and --node-rank")
     if args.slurm:
-        from planner.outputs import check_writable
         _slurm_port(args)
         check_writable("--slurm", args.slurm)
     if args.trials:
@@ -205,6 +234,9 @@ def plan_and_run(args) -> int:
     workdir = args.workdir or os.path.join(
         "out", "validate", f"{inp.model.name}-{inp.cluster.name}-g{inp.num_devices}-"
                            f"b{inp.global_batch_size}")
+    check_writable("--workdir", workdir, "dir")      # before the runs, not after them
+    if args.out:
+        check_writable("--out", args.out)
     settings = replace(_settings(args, workdir, _model_flag(args, inp.model)),
                        nnodes=args.nnodes or (inp.cluster.num_nodes if args.slurm else 1))
     # --slurm: the script gives the rendezvous
@@ -307,12 +339,10 @@ def _measure_and_report(args, entries, settings, describe, cluster, profile) -> 
         def after(k, entry, row):
             trials.write_marker(settings, k, entry, row)
     v = trials.measure_all(entries, settings, describe, _progress, after)
-    load, cores = os.getloadavg()[0], os.cpu_count() or 1
-    if load > cores:
+    for note in noise_notes(v):
         # Wall-clock step times of ranks that share cores with other work are not the costs
         # the profile measured: say so next to the numbers.
-        print(f"note: load average {load:.1f} on {cores} cores during the runs: measured times "
-              "include contention from other processes", file=sys.stderr)
+        print(f"note: {note}", file=sys.stderr)
     if args.out:
         v.save(args.out)
     cal = calibrate(cluster, profile, v, settings.workdir) if args.calibrate else None

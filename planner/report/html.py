@@ -1,26 +1,32 @@
 """One self-contained HTML report of a plan: tables (pandas), figures (matplotlib), links.
 
-Self-contained: images are embedded as base64 PNG data URIs and the style sheet is inline, so
-the file opens with no network; the same figures are also written beside it as PNG and SVG,
-with the simulated step as a Chrome trace (``trace.py``). Every figure is drawn from the plan
-file, its candidates, executor metrics or a ``planner validate`` result: nothing is invented.
+The report is a directory: ``index.html`` (self-contained: images embedded as base64 PNG data
+URIs, the style sheet inline, so it opens with no network), the same figures as PNG and SVG,
+and the simulated step as a Chrome trace (``trace.py``). Everything is validated first
+(metrics of another plan, an empty --trace-dir), then built in a temporary directory beside
+the destination and renamed into place once complete (``planner.outputs.replace_dir``): a
+refused or failed report writes nothing, and an existing report is replaced whole or not at
+all. Every figure is drawn from the plan file, its candidates, executor metrics or a
+``planner validate`` result: nothing is invented.
 """
 from __future__ import annotations
 
 import base64
-import html
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 
 import pandas as pd
 
-from planner.compare import compare
+from planner import outputs
 from planner.errors import PlannerError
-from planner.report import plots, trace
+from planner.report import measured, plots, trace
+from planner.report.format import GIB, MIB, esc, mem_unit, number, table, time_unit
 from planner.specs import Candidate, Metrics, Plan, Validation
 
-MIB = 2**20
-GIB = 2**30
+INDEX = "index.html"
+GENERATOR = "planner report"     # <meta name="generator">: marks a directory as a report of ours
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em auto;max-width:1100px;
 color:#222;line-height:1.45}
@@ -32,23 +38,21 @@ img{max-width:100%;height:auto;display:block;margin:.6em 0}
 .note{color:#555;font-size:.9em}.bad{color:#b00020;font-weight:600}.good{color:#1b7f3b}
 code{background:#f5f5f5;padding:0 .2em}
 """
+# Search counters as `planner plan` prints them (``Plan.search_counts``).
+COUNT_WORDS = (("enumerated", "layouts enumerated"),
+               ("refused", "more left out (the executor cannot run them)"),
+               ("simulated", "simulated"), ("memory_pruned", "over memory by bound"),
+               ("not_fitting", "over memory exactly"), ("dominated", "dominated"),
+               ("bounded_out", "cut by the step-time bound"))
 
 
 @dataclass
 class ReportFiles:
-    """What ``build_report`` wrote: the HTML, the figures (PNG + SVG) and the trace."""
+    """What ``build_report`` wrote: the report's directory, its HTML, figures and trace."""
     html: str
     figures: list[str] = field(default_factory=list)
     trace: str = ""
-
-
-def _esc(text) -> str:
-    return html.escape(str(text))
-
-
-def _table(df: pd.DataFrame, index: bool = False) -> str:
-    return df.to_html(index=index, border=0, escape=True, na_rep="-",
-                      float_format=lambda v: f"{v:,.4g}")
+    directory: str = ""
 
 
 def _rel(path: str, start: str) -> str:
@@ -56,12 +60,13 @@ def _rel(path: str, start: str) -> str:
 
 
 class _Doc:
-    """Accumulates sections and figures; figures go beside the HTML and inline as PNG."""
+    """Accumulates sections and figures. Figures are written into ``staging`` (the report's
+    directory being built) and inlined as PNG; links are relative to ``final_dir``, where the
+    directory is renamed once complete."""
 
-    def __init__(self, out_path: str):
-        self.out_path = out_path
-        self.out_dir = os.path.dirname(os.path.abspath(out_path))
-        self.stem = os.path.splitext(out_path)[0]
+    def __init__(self, staging: str, final_dir: str):
+        self.staging = staging
+        self.out_dir = os.path.abspath(final_dir)
         self.parts: list[str] = []
         self.figures: list[str] = []
 
@@ -69,56 +74,74 @@ class _Doc:
         self.parts.append(markup)
 
     def figure(self, fig, name: str, alt: str) -> None:
-        png_path, png = plots.save(fig, f"{self.stem}-{name}")
-        self.figures += [png_path, png_path[:-4] + ".svg"]
+        _, png = plots.save(fig, os.path.join(self.staging, name))
+        self.figures += [os.path.join(self.out_dir, f"{name}.png"),
+                         os.path.join(self.out_dir, f"{name}.svg")]
         data = base64.b64encode(png).decode("ascii")
-        self.add(f'<img src="data:image/png;base64,{data}" alt="{_esc(alt)}">'
-                 f'<p class="note">Also as <a href="{_esc(_rel(png_path, self.out_dir))}">PNG</a>'
-                 f' and <a href="{_esc(_rel(png_path[:-4] + ".svg", self.out_dir))}">SVG</a>.</p>')
+        self.add(f'<img src="data:image/png;base64,{data}" alt="{esc(alt)}">'
+                 f'<p class="note">Also as <a href="{esc(name)}.png">PNG</a>'
+                 f' and <a href="{esc(name)}.svg">SVG</a>.</p>')
+
+
+def _facts_table(facts: dict) -> str:
+    return table(pd.DataFrame({"": list(facts), "value": [str(v) for v in facts.values()]}))
 
 
 # --------------------------------------------------------------------------------------------
 # Sections
 # --------------------------------------------------------------------------------------------
 def _header(doc: _Doc, plan: Plan, plan_path: str) -> None:
+    from planner.planfile import format_params, param_counts
     p = plan.prediction
-    doc.add(f"<h1>Plan: {_esc(plan.model.name)} on {_esc(plan.cluster.name)} "
+    doc.add(f"<h1>Plan: {esc(plan.model.name)} on {esc(plan.cluster.name)} "
             f"x{plan.world_size}</h1>")
+    profiles = [x for x in (plan.profile_path, *plan.other_profile_paths) if x]
     facts = {"plan file": plan_path or "-", "plan fingerprint": plan.fingerprint(),
              "model": f"{plan.model.name} ({plan.model.family}, {plan.model.num_layers} layers, "
                       f"hidden {plan.model.hidden_size}, seq {plan.model.seq_len})",
+             "parameters": format_params(param_counts(plan)),
              "cluster": f"{plan.cluster.name}: {plan.cluster.num_nodes} node(s) x "
                         f"{plan.cluster.devices_per_node} {plan.cluster.device.name}, "
                         f"{plan.cluster.backend}",
              "global batch": plan.global_batch_size, "precision": plan.dtype,
              "optimizer": f"{plan.optimizer}, lr {plan.learning_rate:g}",
-             "compute costs from": p.compute_source + (f" ({plan.profile_path})"
-                                                      if plan.profile_path else ""),
+             "compute costs from": p.compute_source + (f" ({', '.join(profiles)})"
+                                                      if profiles else ""),
              "created": plan.created_utc or "-"}
-    doc.add(_table(pd.DataFrame({"": list(facts), "value": [str(v) for v in facts.values()]})))
+    doc.add(_facts_table(facts))
 
 
 def _layout_and_prediction(doc: _Doc, plan: Plan) -> None:
+    from planner.planfile import throughput
     p = plan.prediction
     doc.add("<h2>Layout and prediction</h2>")
-    doc.add(f"<p><b>{_esc(plan.layout.describe())}</b></p>")
-    layout = plan.layout.to_dict()
-    layout.pop("schema_version")
-    layout["stage_boundaries"] = ", ".join(map(str, plan.layout.pipeline.stage_boundaries)) or "(one stage)"
-    doc.add(_table(pd.DataFrame({"field": list(layout), "value": [str(v) for v in layout.values()]})))
+    doc.add(f"<p><b>{esc(plan.layout.describe())}</b></p>")
+    layout = plan.layout.flat()
+    layout["stage_boundaries"] = (", ".join(map(str, plan.layout.pipeline.stage_boundaries))
+                                  or "(the partitioner's)")
+    doc.add(table(pd.DataFrame({"field": list(layout),
+                                "value": [str(v) for v in layout.values()]})))
     fits = '<span class="good">fits</span>' if p.fits else '<span class="bad">DOES NOT FIT</span>'
-    summary = pd.DataFrame({
-        "predicted": ["step time (ms)", "peak memory per rank (GiB)", "device memory (GiB)",
-                      "TFLOP/s per device", "MFU", "bubble fraction"],
-        "value": [p.step_time_s * 1e3, p.peak_memory_bytes / GIB, p.device_memory_bytes / GIB,
-                  p.tflops_per_device, p.mfu, p.bubble_fraction]})
-    doc.add(_table(summary) + f"<p>Memory: {fits}.</p>")
+    rate, unit = throughput(plan)
+    band = (f" (+-{plan.uncertainty:.1%}: {plan.uncertainty_source})"
+            if plan.uncertainty else "")
+    mem_name, mem_scale = mem_unit(p.device_memory_bytes)
+    from planner.explain import format_duration
+    facts = {"step time": format_duration(p.step_time_s) + band,
+             "throughput": f"{number(rate)} {unit}",
+             f"peak memory per rank ({mem_name})": number(p.peak_memory_bytes / mem_scale),
+             f"usable device memory ({mem_name})": number(p.device_memory_bytes / mem_scale),
+             "TFLOP/s per device": number(p.tflops_per_device),
+             "MFU": f"{p.mfu:.1%}" if p.mfu else "n/a (no peak FLOP/s known for this device)",
+             "bubble fraction": f"{p.bubble_fraction:.1%}"}
+    doc.add(_facts_table(facts) + f"<p>Memory: {fits}.</p>")
+    unit_t, scale = time_unit(p.step_time_s)
     bd = pd.DataFrame({"term": list(p.breakdown_s),
-                       "ms": [v * 1e3 for v in p.breakdown_s.values()],
-                       "share of step": [v / p.step_time_s if p.step_time_s else 0.0
+                       unit_t: [v * scale for v in p.breakdown_s.values()],
+                       "share of step": [f"{v / p.step_time_s:.1%}" if p.step_time_s else "-"
                                          for v in p.breakdown_s.values()]})
     doc.add("<p>Time breakdown of the step (hidden communication overlaps compute and is not "
-            "on the critical path):</p>" + _table(bd))
+            "on the critical path):</p>" + table(bd))
 
 
 def runner_up_comparison(plan: Plan) -> tuple[Candidate | None, pd.DataFrame | None]:
@@ -127,51 +150,50 @@ def runner_up_comparison(plan: Plan) -> tuple[Candidate | None, pd.DataFrame | N
     second = next((c for c in ranked if c.rank == 2), None)
     if second is None:
         return None, None
+    unit, scale = time_unit(max(plan.prediction.step_time_s, second.step_time_s))
     mine = plan.prediction.breakdown_s
     keys = list(dict.fromkeys([*mine, *second.breakdown_s]))
-    diff = pd.DataFrame({"term": keys,
-                         "chosen (ms)": [mine.get(k, 0.0) * 1e3 for k in keys],
-                         "runner-up (ms)": [second.breakdown_s.get(k, 0.0) * 1e3 for k in keys]})
-    diff["runner-up loses (ms)"] = diff["runner-up (ms)"] - diff["chosen (ms)"]
-    diff = diff[(diff["chosen (ms)"] != 0) | (diff["runner-up (ms)"] != 0)]  # terms neither has
-    diff = diff.reindex(diff["runner-up loses (ms)"].abs().sort_values(ascending=False).index)
+    a, b, d = f"chosen ({unit})", f"runner-up ({unit})", f"runner-up loses ({unit})"
+    diff = pd.DataFrame({"term": keys, a: [mine.get(k, 0.0) * scale for k in keys],
+                         b: [second.breakdown_s.get(k, 0.0) * scale for k in keys]})
+    diff[d] = diff[b] - diff[a]
+    diff = diff[(diff[a] != 0) | (diff[b] != 0)]  # terms neither has
+    diff = diff.reindex(diff[d].abs().sort_values(ascending=False).index)
     return second, diff
 
 
 def _why(doc: _Doc, plan: Plan) -> None:
+    from planner.explain import format_duration
     doc.add("<h2>Why this layout</h2>")
     if plan.explanation:
-        doc.add(f"<p>{_esc(plan.explanation)}</p>")
+        doc.add(f"<p>{esc(plan.explanation)}</p>")
     second, diff = runner_up_comparison(plan)
     if second is None:
         doc.add('<p class="note">The plan file lists no runner-up (no candidates were recorded, '
                 'e.g. a layout given whole to <code>planner simulate</code>).</p>')
         return
     gap = second.step_time_s - plan.prediction.step_time_s
-    doc.add(f"<p>Runner-up: <b>{_esc(second.layout.describe())}</b>, "
-            f"{second.step_time_s * 1e3:.2f} ms per step, {gap * 1e3:+.2f} ms "
-            f"({gap / plan.prediction.step_time_s:+.1%}) against the chosen layout. Terms sorted "
-            f"by how much they differ:</p>" + _table(diff))
+    rel = gap / plan.prediction.step_time_s if plan.prediction.step_time_s else 0.0
+    tie = (f" That is within the predictions' uncertainty of +-{plan.uncertainty:.1%}: a tie."
+           if plan.uncertainty and rel <= plan.uncertainty else "")
+    doc.add(f"<p>Runner-up: <b>{esc(second.layout.describe())}</b>, "
+            f"{format_duration(second.step_time_s)} per step, {format_duration(gap)} "
+            f"({rel:+.1%}) against the chosen layout.{tie} Terms sorted by how much they "
+            f"differ:</p>" + table(diff))
 
 
-def _timeline(doc: _Doc, plan: Plan, trace_path: str, trace_dir: str | None) -> None:
+def _timeline(doc: _Doc, plan: Plan, traces: list[str], trace_dir: str | None) -> None:
     doc.add("<h2>Simulated timeline of one step</h2>")
     if plan.prediction.timeline:
         doc.figure(plots.timeline_figure(plan.prediction), "timeline",
                    "per-rank timeline of the simulated step")
-        doc.add(f'<p>As a Chrome trace (open in Perfetto or chrome://tracing): '
-                f'<a href="{_esc(_rel(trace_path, doc.out_dir))}">'
-                f'{_esc(os.path.basename(trace_path))}</a>.</p>')
+        doc.add('<p>As a Chrome trace (open in Perfetto or chrome://tracing): '
+                '<a href="trace.json">trace.json</a>.</p>')
     else:
         doc.add('<p class="note">This prediction carries no timeline.</p>')
-    if trace_dir:
-        found = sorted(os.path.join(root, f) for root, _, files in os.walk(trace_dir)
-                       for f in files if f.endswith((".json", ".json.gz")))
-        if not found:
-            raise PlannerError(f"--trace-dir {trace_dir}: no trace files (*.json, *.json.gz) "
-                               "found; pass the executor's --trace-dir")
-        links = "".join(f'<li><a href="{_esc(_rel(p, doc.out_dir))}">{_esc(_rel(p, trace_dir))}'
-                        f"</a></li>" for p in found)
+    if traces:
+        links = "".join(f'<li><a href="{esc(_rel(p, doc.out_dir))}">{esc(_rel(p, trace_dir))}'
+                        f"</a></li>" for p in traces)
         doc.add(f"<p>The executor's torch.profiler traces of this plan (one per rank):</p>"
                 f"<ul>{links}</ul>")
 
@@ -184,10 +206,20 @@ def _memory(doc: _Doc, plan: Plan) -> None:
         return
     doc.figure(plots.memory_figure(p), "memory", "predicted peak memory per rank by kind")
     rows = sorted(p.memory, key=lambda m: m.rank)[:plots.MAX_MEMORY_RANKS]
+    unit, scale = mem_unit(max(m.total_bytes for m in rows))
     df = pd.DataFrame([{"rank": m.rank, "stage": m.stage,
-                        **{label: getattr(m, attr) / MIB for label, attr, _ in plots.MEMORY_KINDS},
-                        "total (MiB)": m.total_bytes / MIB} for m in rows])
-    doc.add("<p>MiB per rank:</p>" + _table(df))
+                        **{label: getattr(m, attr) / scale
+                           for label, attr, _ in plots.MEMORY_KINDS},
+                        "total": m.total_bytes / scale} for m in rows])
+    doc.add(f"<p>{unit} per rank, by kind (what each rank holds at its peak):</p>" + table(df))
+
+
+def _search_counts(plan: Plan) -> str:
+    counts = plan.search_counts
+    if not counts:
+        return ""
+    parts = [f"{counts[k]:,} {words}" for k, words in COUNT_WORDS if k in counts]
+    return f"<p>The search: {', '.join(parts)}.</p>"
 
 
 def _candidates(doc: _Doc, plan: Plan, top_k: int) -> None:
@@ -195,15 +227,19 @@ def _candidates(doc: _Doc, plan: Plan, top_k: int) -> None:
     cands = plan.candidates
     if cands:
         doc.figure(plots.candidates_figure(cands, plan.prediction.device_memory_bytes),
-                   "candidates", "every candidate layout: step time against memory")
+                   "candidates", "candidate layouts looked at closely: step time against memory")
         ranked = sorted((c for c in cands if c.rank >= 1), key=lambda c: c.rank)[:top_k]
+        unit, scale = time_unit(max([c.step_time_s for c in ranked] + [0.0]))
+        munit, mscale = mem_unit(max([c.peak_memory_bytes for c in ranked] + [0]))
         df = pd.DataFrame([{"rank": c.rank, "layout": c.layout.describe(),
-                            "step time (ms)": c.step_time_s * 1e3,
-                            "peak memory (GiB)": c.peak_memory_bytes / GIB,
+                            f"step time ({unit})": c.step_time_s * scale,
+                            f"peak memory ({munit})": c.peak_memory_bytes / mscale,
                             "fits": "yes" if c.fits else "no"} for c in ranked])
-        doc.add(f"<p>{len(cands)} layouts considered, "
-                f"{sum(c.fits and c.step_time_s > 0 for c in cands)} simulated and fitting. "
-                f"Top {len(ranked)}:</p>" + _table(df))
+        fitting = sum(c.fits and c.step_time_s > 0 for c in cands)
+        doc.add(_search_counts(plan)
+                + f"<p>The plan file records the {len(cands):,} layouts it looked at closely "
+                  f"(sized exactly), {fitting:,} of them simulated and fitting. "
+                  f"Top {len(ranked)}:</p>" + table(df))
         rows = [(f"#{c.rank} {c.layout.describe()}", c.breakdown_s) for c in ranked]
     else:
         doc.add('<p class="note">The plan file records no other candidates; the breakdown below '
@@ -221,131 +257,87 @@ def _collectives(doc: _Doc, plan: Plan) -> None:
                         "group size": c.group_size, "count": c.count,
                         "MiB each": c.bytes_each / MIB,
                         "MiB total": c.count * c.bytes_each / MIB} for c in cs])
-    doc.add(_table(df))
-
-
-def metrics_rows(plan: Plan, metrics: list[tuple[str, Metrics]]) -> list[dict]:
-    """Predicted against measured for each metrics file: the plan's own run, or a candidate's
-    (matched by layout) whose summary prediction is then the reference."""
-    rows = []
-    by_layout = {c.layout: c for c in plan.candidates}
-    for path, m in metrics:
-        if m.plan_fingerprint == plan.fingerprint():
-            row = compare(plan, m, "", path)
-        elif m.layout in by_layout and m.model_fingerprint == plan.model_fingerprint:
-            c = by_layout[m.layout]
-            meas_mem = max(m.peak_memory_bytes) if m.peak_memory_bytes else 0
-            row = {"layout": m.layout.describe(), "predicted_step_time_s": c.step_time_s,
-                   "measured_step_time_s": m.step_time_s,
-                   "step_time_error_pct": 100 * (c.step_time_s - m.step_time_s) / m.step_time_s,
-                   "predicted_peak_memory_bytes": c.peak_memory_bytes,
-                   "measured_peak_memory_bytes": meas_mem, "memory_measure": m.memory_measure,
-                   "memory_error_pct": 100 * (c.peak_memory_bytes - meas_mem) / meas_mem
-                   if meas_mem else float("nan")}
-        else:
-            raise PlannerError(f"{path}: metrics of plan {m.plan_fingerprint} (layout "
-                               f"{m.layout.describe()}) match neither this plan "
-                               f"({plan.fingerprint()}) nor any of its candidates")
-        row["label"] = os.path.basename(path)
-        rows.append(row)
-    return rows
-
-
-def _measured(doc: _Doc, plan: Plan, metrics, validation: Validation | None) -> None:
-    if not metrics and validation is None:
-        return
-    doc.add("<h2>Predicted against measured</h2>")
-    if metrics:
-        rows = metrics_rows(plan, metrics)
-        doc.figure(plots.predicted_measured_figure(rows), "measured",
-                   "predicted against measured step time and memory")
-        doc.add(_table(_measured_frame(rows)) + _measures_note(rows))
-    if validation is not None:
-        _validation(doc, validation)
-
-
-def _measured_frame(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame([{
-        "run": r["label"], "layout": r["layout"],
-        "predicted (ms)": r["predicted_step_time_s"] * 1e3,
-        "measured (ms)": r["measured_step_time_s"] * 1e3,
-        "time error %": r["step_time_error_pct"],
-        "predicted mem (MiB)": r["predicted_peak_memory_bytes"] / MIB,
-        "measured mem (MiB)": r["measured_peak_memory_bytes"] / MIB,
-        "memory error %": r["memory_error_pct"]} for r in rows])
-
-
-def _measures_note(rows: list[dict]) -> str:
-    """How the executor measured memory (one sentence instead of a repeated column)."""
-    measures = sorted({r["memory_measure"] for r in rows if r.get("memory_measure")})
-    return (f'<p class="note">Measured memory: {_esc("; ".join(measures))}.</p>'
-            if measures else "")
-
-
-def _fmt(value, pct=True) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.1f}%" if pct else f"{value:.3f}"
-
-
-def _validation(doc: _Doc, v: Validation) -> None:
-    doc.add(f"<h3>planner validate: {_esc(v.model)} on {_esc(v.cluster)} x{v.world_size}, "
-            f"{v.steps} steps ({v.warmup_steps} warm-up)</h3>")
-    stats = pd.DataFrame({"statistic": [
-        "median |error| step time", "max |error| step time", "Spearman rank correlation",
-        "regret of the pick", "median |error| memory", "max |error| memory"],
-        "value": [_fmt(v.median_abs_pct_error), _fmt(v.max_abs_pct_error),
-                  _fmt(v.rank_correlation, pct=False),
-                  "n/a" if v.regret is None else f"{v.regret:.1%}",
-                  _fmt(v.memory_median_abs_pct_error), _fmt(v.memory_max_abs_pct_error)]})
-    doc.add(_table(stats))
-    ok = [r for r in v.rows if r.status == "ok"]
-    rows = [{"label": f"#{r.predicted_rank} {r.role}", "layout": r.layout.describe(),
-             "predicted_step_time_s": r.predicted_step_time_s,
-             "measured_step_time_s": r.measured_step_time_s,
-             "step_time_error_pct": r.step_time_error_pct,
-             "predicted_peak_memory_bytes": r.predicted_peak_memory_bytes,
-             "measured_peak_memory_bytes": r.measured_peak_memory_bytes,
-             "memory_error_pct": r.memory_error_pct, "memory_measure": r.memory_measure}
-            for r in ok]
-    if rows:
-        doc.figure(plots.predicted_measured_figure(rows), "validation",
-                   "validation: predicted against measured")
-        frame = _measured_frame(rows)
-        frame.insert(4, "IQR (ms)", [r.measured_step_time_iqr_s * 1e3 for r in ok])
-        doc.add(_table(frame) + _measures_note(rows))
-    failed = [r for r in v.rows if r.status != "ok"]
-    if failed:
-        doc.add("<p>Not measured:</p>" + _table(pd.DataFrame(
-            [{"layout": r.layout.describe(), "why": r.status} for r in failed])))
+    doc.add(table(df))
 
 
 # --------------------------------------------------------------------------------------------
-def build_report(plan: Plan, out_path: str, plan_path: str = "",
+def trace_files(trace_dir: str | None) -> list[str]:
+    """The executor's trace files under ``trace_dir`` (one-line error when there are none)."""
+    if not trace_dir:
+        return []
+    found = sorted(os.path.join(root, f) for root, _, files in os.walk(trace_dir)
+                   for f in files if f.endswith((".json", ".json.gz")))
+    if not found:
+        raise PlannerError(f"--trace-dir {trace_dir}: no trace files (*.json, *.json.gz) "
+                           "found; pass the executor's --trace-dir")
+    return found
+
+
+def check_destination(out_dir: str) -> None:
+    """``out_dir`` may be replaced: absent, empty, or a report this command wrote (its
+    index.html carries our generator tag). Anything else is the user's and is kept."""
+    if not os.path.exists(out_dir):
+        return
+    if not os.path.isdir(out_dir):
+        raise PlannerError(f"--out {out_dir}: exists and is not a directory (a report is a "
+                           "directory holding index.html, figures and trace.json)")
+    names = os.listdir(out_dir)
+    if not names:
+        return
+    index = os.path.join(out_dir, INDEX)
+    try:
+        with open(index, encoding="utf-8", errors="replace") as fh:
+            ours = f'<meta name="generator" content="{GENERATOR}">' in fh.read(4096)
+    except OSError:
+        ours = False
+    if not ours:
+        raise PlannerError(f"--out {out_dir}: a directory that is not a planner report "
+                           f"({len(names)} {'entry' if len(names) == 1 else 'entries'}); give "
+                           "a new or empty directory")
+
+
+def build_report(plan: Plan, out_dir: str, plan_path: str = "",
                  metrics: list[tuple[str, Metrics]] = (), validation: Validation | None = None,
                  trace_dir: str | None = None, top_k: int = 5) -> ReportFiles:
-    """Write ``out_path`` (HTML), its figures and the simulated trace beside it."""
-    doc = _Doc(out_path)
-    os.makedirs(doc.out_dir, exist_ok=True)
-    trace_path = f"{doc.stem}-trace.json"
-    if plan.prediction.timeline:
-        trace.write_trace(trace_path, plan.prediction,
-                          title=f"{plan.model.name} {plan.layout.describe()}")
-    _header(doc, plan, plan_path)
-    _layout_and_prediction(doc, plan)
-    _why(doc, plan)
-    _timeline(doc, plan, trace_path, trace_dir)
-    _memory(doc, plan)
-    _candidates(doc, plan, top_k)
-    _collectives(doc, plan)
-    _measured(doc, plan, list(metrics), validation)
+    """Validate everything, build the report in a temporary directory, rename it to
+    ``out_dir``. Raises PlannerError (bad input) or OSError (cannot write), writing nothing."""
+    rows = measured.metrics_rows(plan, list(metrics))     # foreign metrics: refused here
+    traces = trace_files(trace_dir)
+    check_destination(out_dir)
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.tmp-")
+    try:
+        doc = _Doc(staging, out_dir)
+        if plan.prediction.timeline:
+            trace.write_trace(os.path.join(staging, "trace.json"), plan.prediction,
+                              title=f"{plan.model.name} {plan.layout.describe()}")
+        _header(doc, plan, plan_path)
+        _layout_and_prediction(doc, plan)
+        _why(doc, plan)
+        _timeline(doc, plan, traces, trace_dir)
+        _memory(doc, plan)
+        _candidates(doc, plan, top_k)
+        _collectives(doc, plan)
+        measured.section(doc, plan, rows, validation)
+        _write_page(doc, plan, os.path.join(staging, INDEX))
+        outputs.replace_dir(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    out = os.path.abspath(out_dir)
+    return ReportFiles(html=os.path.join(out, INDEX), figures=doc.figures,
+                       trace=os.path.join(out, "trace.json") if plan.prediction.timeline
+                       else "", directory=out)
+
+
+def _write_page(doc: _Doc, plan: Plan, path: str) -> None:
     title = f"planner report: {plan.model.name} {plan.layout.describe()}"
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{_esc(title)}</title>"
+            f'<meta name="generator" content="{GENERATOR}">'
+            f"<title>{esc(title)}</title>"
             # An empty icon: otherwise a browser asks for /favicon.ico, a request we never need.
             f'<link rel="icon" href="data:,"><style>{STYLE}</style></head><body>'
             + "\n".join(doc.parts) + "</body></html>\n")
-    with open(out_path, "w", encoding="utf-8") as fh:
+    with open(path, "w", encoding="utf-8") as fh:
         fh.write(page)
-    return ReportFiles(html=out_path, figures=doc.figures,
-                       trace=trace_path if plan.prediction.timeline else "")

@@ -33,8 +33,14 @@ class DeviceSpec(Serde):
 
     def __post_init__(self):
         positive("memory_bytes", self.memory_bytes)
-        if not 0 < self.compute_efficiency <= 1:
+        if not 0 < self.compute_efficiency <= 1:   # NaN fails this comparison too
             raise PlannerError(f"compute_efficiency must be in (0, 1], got {self.compute_efficiency}")
+        finite("memory_bandwidth_bytes_per_s", self.memory_bandwidth_bytes_per_s, 0, True)
+        for dtype, peak in self.peak_flops_per_s.items():
+            finite(f"peak_flops_per_s.{dtype}", peak, 0, True)
+        if not 0 <= self.reserved_memory_bytes < self.memory_bytes:
+            raise PlannerError(f"reserved_memory_bytes must be in [0, memory_bytes("
+                               f"{self.memory_bytes})), got {self.reserved_memory_bytes}")
 
 
 @dataclass(frozen=True)
@@ -51,10 +57,10 @@ class LinkLevel(Serde):
     call_latency_s: float = 0.0
 
     def __post_init__(self):
-        if self.latency_s < 0 or self.bandwidth_bytes_per_s <= 0 or self.call_latency_s < 0:
-            raise PlannerError(f"link {self.name}: latency_s and call_latency_s must be >= 0 and "
-                               f"bandwidth_bytes_per_s > 0, got {self.latency_s}, "
-                               f"{self.call_latency_s}, {self.bandwidth_bytes_per_s}")
+        # finite() refuses NaN and infinities, which a plain ``< 0`` lets through.
+        finite(f"link {self.name}: latency_s", self.latency_s, 0)
+        finite(f"link {self.name}: call_latency_s", self.call_latency_s, 0)
+        finite(f"link {self.name}: bandwidth_bytes_per_s", self.bandwidth_bytes_per_s, 0, True)
 
 
 @dataclass(frozen=True)
@@ -73,10 +79,9 @@ class NodeLink(Serde):
         if self.node_a == self.node_b or min(self.node_a, self.node_b) < 0:
             raise PlannerError(f"node link {self.node_a}-{self.node_b}: node_a and node_b must "
                                "be two different node indices >= 0")
-        if self.latency_s < 0 or self.bandwidth_bytes_per_s <= 0:
-            raise PlannerError(f"node link {self.node_a}-{self.node_b}: latency_s must be >= 0 "
-                               f"and bandwidth_bytes_per_s > 0, got {self.latency_s}, "
-                               f"{self.bandwidth_bytes_per_s}")
+        where = f"node link {self.node_a}-{self.node_b}"
+        finite(f"{where}: latency_s", self.latency_s, 0)
+        finite(f"{where}: bandwidth_bytes_per_s", self.bandwidth_bytes_per_s, 0, True)
 
 
 @dataclass(frozen=True)
@@ -116,11 +121,12 @@ class CollectiveFit(Serde):
         if not self.message_bytes or len(self.message_bytes) != len(self.time_s):
             raise PlannerError(f"{where}: message_bytes ({len(self.message_bytes)}) and time_s "
                                f"({len(self.time_s)}) must be equally long and not empty")
-        if min(self.message_bytes) <= 0 or min(self.time_s) <= 0:
-            raise PlannerError(f"{where}: message_bytes and time_s must all be > 0")
-        if self.bandwidth_bytes_per_s <= 0:
-            raise PlannerError(f"{where}: bandwidth_bytes_per_s must be > 0, "
-                               f"got {self.bandwidth_bytes_per_s}")
+        if min(self.message_bytes) <= 0:
+            raise PlannerError(f"{where}: message_bytes must all be > 0")
+        for i, t in enumerate(self.time_s):
+            finite(f"{where}: time_s[{i}]", t, 0, True)
+        finite(f"{where}: latency_s", self.latency_s)
+        finite(f"{where}: bandwidth_bytes_per_s", self.bandwidth_bytes_per_s, 0, True)
 
 
 @dataclass(frozen=True)
@@ -179,14 +185,10 @@ class Cluster(Serde):
 
     def __post_init__(self):
         positive("num_nodes", self.num_nodes)
-        if self.compute_slowdown < 1.0:
-            raise PlannerError(f"compute_slowdown must be >= 1 (a factor on profiled compute), "
-                               f"got {self.compute_slowdown}")
-        if not 0.0 <= self.comm_overlap <= 1.0:
+        finite("compute_slowdown (a factor on profiled compute)", self.compute_slowdown, 1.0)
+        if not 0.0 <= self.comm_overlap <= 1.0:   # NaN fails this comparison too
             raise PlannerError(f"comm_overlap must be in [0, 1], got {self.comm_overlap}")
-        if self.fsdp_call_overhead_s < 0:
-            raise PlannerError(f"fsdp_call_overhead_s must be >= 0, got "
-                               f"{self.fsdp_call_overhead_s}")
+        finite("fsdp_call_overhead_s", self.fsdp_call_overhead_s, 0)
         positive("devices_per_node", self.devices_per_node)
         choice("backend", self.backend, ("nccl", "gloo"))
         if not 0 <= self.nics_per_node <= self.devices_per_node:

@@ -113,6 +113,16 @@ class BlockProfile(Serde):
     saved_activation_bytes: int    # kept for backward, de-duplicated by storage
     output_bytes: int              # what would cross a pipeline boundary after this block
 
+    def __post_init__(self):
+        # A NaN or infinite time would turn every prediction made from it into NaN.
+        where = f"blocks[{self.index}] ({self.name})"
+        for name in ("forward_time_s", "backward_time_s", "forward_time_spread_s",
+                     "backward_time_spread_s", "forward_flops"):
+            finite(f"{where}: {name}", getattr(self, name), 0)
+        for name in ("param_count", "param_bytes", "saved_activation_bytes", "output_bytes"):
+            if getattr(self, name) < 0:
+                raise PlannerError(f"{where}: {name} must be >= 0, got {getattr(self, name)}")
+
 
 @dataclass(frozen=True)
 class ModelProfile(Serde):
@@ -143,6 +153,9 @@ class ModelProfile(Serde):
                                f"model described ({self.model.fingerprint()})")
         if not self.blocks:
             raise PlannerError("blocks is empty: a profile needs at least one block")
+        positive("microbatch_size", self.microbatch_size)
+        for name in ("step_time_s", "step_time_spread_s", "optimizer_step_time_s"):
+            finite(name, getattr(self, name), 0)
 
     @property
     def param_count(self) -> int:

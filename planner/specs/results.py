@@ -121,6 +121,15 @@ class Plan(Serde):
     # like dtype and optimizer, not part of the layout: the same layout runs under either.
     implementation: str = "executor"
     partition: str = "balanced"
+    # Added later (defaults: not recorded). The search's counters (``planner plan``: enumerated,
+    # refused, simulated, memory_pruned, not_fitting, dominated, bounded_out), so a report counts
+    # what the CLI printed; the relative uncertainty of predicted step times and where it comes
+    # from (``planner.noise.prediction_band``); profiles beyond ``profile_path`` that costs were
+    # extrapolated from.
+    search_counts: dict[str, int] = field(default_factory=dict)
+    uncertainty: float = 0.0
+    uncertainty_source: str = ""
+    other_profile_paths: tuple[str, ...] = ()
 
     def __post_init__(self):
         choice("implementation", self.implementation, IMPLEMENTATIONS)
@@ -130,6 +139,8 @@ class Plan(Serde):
                                f"model described ({self.model.fingerprint()})")
         choice("dtype", self.dtype, DTYPES)
         choice("optimizer", self.optimizer, OPTIMIZERS)
+        finite("learning_rate", self.learning_rate, 0, low_open=True)
+        finite("uncertainty", self.uncertainty, 0)
         self.layout.check_world(self.world_size)
         self.layout.check_batch(self.global_batch_size)
 
@@ -171,6 +182,10 @@ class Metrics(Serde):
     # (signed) checkpoint recorded them; an elastic run's whole history is earlier + losses.
     earlier_losses: tuple[float, ...] = ()
     earlier_world_sizes: tuple[int, ...] = ()
+    # The 1-minute load average and the cores of rank 0's machine at the end of the run
+    # (0: not recorded): above one runnable process per core, times include waiting for one.
+    load_average: float = 0.0
+    cpu_count: int = 0
 
 
 @dataclass(frozen=True)
