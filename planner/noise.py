@@ -23,9 +23,9 @@ import statistics
 # Above this relative IQR a set of repeated timings is called noisy (5%: well above the 1-2%
 # run-to-run spread of an idle CPU core or a GPU kernel; ../shared/notes/torch-on-cpu.md).
 NOISY_SPREAD = 0.05
-# The A100 device model's held-out median |error| (profiles/a100-sxm4-80gb.json calibration),
-# the band used for an uncalibrated device model.
-A100_HELDOUT_ERROR = 0.03153
+# The device model whose held-out median |error| is the band of an uncalibrated device model
+# (read from its calibration record, so a refit moves both).
+A100_PROFILE = "profiles/a100-sxm4-80gb.json"
 
 
 def machine_load() -> tuple[float, int]:
@@ -76,15 +76,17 @@ def prediction_band(profile, cluster) -> tuple[float, str]:
     if profile is not None:
         rel = relative_spread(profile.step_time_spread_s, profile.step_time_s)
         return rel, "relative IQR of the profiled step"
+    from planner import devices
     path = cluster.device.model_profile
     if path:
-        from planner import devices
         model = devices.load(path)
         if model.calibration is not None:
             rel = model.calibration.heldout_median_abs_pct_error / 100
             return rel, f"held-out median error of the {model.name} device model"
-    return A100_HELDOUT_ERROR, ("assumed: held-out median error of the A100 device model "
-                                "(this device's model is not calibrated)")
+    a100 = devices.load(A100_PROFILE).calibration
+    return a100.heldout_median_abs_pct_error / 100, (
+        "assumed: held-out median error of the A100 device model (this device's model is not "
+        "calibrated)")
 
 
 def ties(step_times_s, band: float) -> list[bool]:
