@@ -53,6 +53,16 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if isinstance(t, DTensor) else t
 
 
+def _local_grad(p) -> torch.Tensor:
+    """This rank's slice of ``p``'s gradient, laid out as its local parameter. The gradient of
+    the vocabulary-parallel embedding (a Shard(0) weight) comes back Replicate: every tp rank
+    holds all of it, and takes its own rows (a local slice, no communication)."""
+    g = p.grad
+    if isinstance(g, DTensor) and g.placements != p.placements and not _is_partial(g):
+        g = g.redistribute(p.device_mesh, p.placements)
+    return _local(g)
+
+
 def _is_partial(grad) -> bool:
     return isinstance(grad, DTensor) and any(x.is_partial() for x in grad.placements)
 
@@ -108,7 +118,7 @@ class Bucket:
         """Flatten the gradients, divide, reduce-scatter asynchronously."""
         flat = torch.zeros(self.shard * dist.get_world_size(group), dtype=self.dtype,
                            device=self.flat_views[0].device)
-        grads = [torch.zeros_like(v) if p.grad is None else _local(p.grad).reshape(-1)
+        grads = [torch.zeros_like(v) if p.grad is None else _local_grad(p).reshape(-1)
                  for p, v in zip(self.params, self.flat_views)]
         torch.cat(grads, out=flat[:self.total])
         flat.div_(divisor)
