@@ -54,6 +54,12 @@ class Checkpoints:
 
 
 def check_supported(layout, flag: str) -> None:
+    d = layout.data
+    if layout.dp > 1 and (d.exchange or d.staleness or d.local_sgd):
+        raise PlannerError(f"{flag}: {' '.join(d.describe_comm())} keeps state a checkpoint "
+                           "does not hold (error-feedback residuals, parameter versions in "
+                           "flight, replicas between synchronisations): checkpoint a "
+                           "synchronous, uncompressed or hook-compressed layout")
     if layout.data.zero == 1 and layout.dp > 1:
         raise PlannerError(f"{flag}: zero 1 (ZeroRedundancyOptimizer) keeps optimizer shards that "
                            "DCP's get_state_dict cannot read; checkpoint zero 0, 2 or 3 layouts")

@@ -2,8 +2,11 @@
 
 Step time is the wall time of ``step.train_step`` (forward, backward, gradient combination,
 optimizer update; CUDA synchronised), not of producing the batch or checkpointing; each step's
-time is the maximum over ranks, since the slowest rank sets the pace. Losses and times are
-gathered once at the end so that measuring adds no collective to the steps themselves.
+time is the maximum over ranks, since the slowest rank sets the pace. Besides, each rank notes
+when it finished each step, counted from a barrier before the first: ``step_end_s`` is the
+latest rank's, the wall-clock time at which the step was done everywhere (what loss against
+time is drawn on; with asynchronous updates ranks finish a step at different times). Losses and
+times are gathered once at the end so that measuring adds no collective to the steps themselves.
 """
 from __future__ import annotations
 
@@ -78,7 +81,7 @@ class Job:
         self.model = build_model(plan.model, seed=plan.seed, dtype=dtype,
                                  trusted_callable=args.model, where=path).to(self.device)
         self.data = make_data(self.model, plan, args.data)
-        self.par = parallelize(self.model, self.layout, mesh, self.device, path)
+        self.par = parallelize(self.model, self.layout, mesh, self.device, path, plan.seed)
         self.optimizer = self.par.dp.build_optimizer(plan.optimizer, plan.learning_rate)
         dp_i = grid.RankGrid(self.layout.dims).coord(self.rt.rank, "dp")
         self.rows = dp_rows(dp_i, self.layout.dp, plan.global_batch_size)
@@ -96,7 +99,7 @@ class Job:
         start = time.perf_counter()
         with trace.step_range(step), counter or contextlib.nullcontext():
             loss = train_step(self.par, self.optimizer, inputs, targets, self.layout,
-                              self.model.loss, self.device, self.amp)
+                              self.model.loss, self.device, self.amp, step)
         trace.cuda_sync(self.device)
         return loss, time.perf_counter() - start
 
@@ -110,7 +113,9 @@ def run(plan, path: str, args) -> Metrics | None:
         first = checkpoint.load(ckpt, job.par.named_parts, job.optimizer, job.device)
     counter = (CollectiveCounter(group_names(job.mesh, job.layout))
                if args.count_collectives else None)
-    loss_sums, times = [], []
+    loss_sums, times, ends = [], [], []
+    dist.barrier()                       # a common start for step_end_s
+    t0 = time.perf_counter()
     with trace.tracer(args.trace_dir, job.rt.rank, args.warmup, args.steps - first,
                       job.device) as prof:
         for step in range(first, args.steps):
@@ -118,6 +123,7 @@ def run(plan, path: str, args) -> Metrics | None:
             loss, seconds = job.step(step, counter if step == args.steps - 1 else None)
             loss_sums.append(loss)
             times.append(seconds)
+            ends.append(time.perf_counter() - t0)
             prof.step()
             if job.rt.rank == 0 and args.verbose:
                 print(f"step {step + 1}/{args.steps} time {seconds:.4f} s", flush=True)
@@ -126,19 +132,22 @@ def run(plan, path: str, args) -> Metrics | None:
                     args.checkpoint_every and done % args.checkpoint_every == 0)):
                 checkpoint.save(ckpt, done, job.par.named_parts, job.optimizer, plan)
     failures.at_step(None)
+    job.par.dp.finish(args.steps)
     if args.save_params:
         from executor.params import save_params
         save_params(job.par.named_parts, args.save_params, job.rt.rank)
-    return _metrics(job, loss_sums, times, first, counter)
+    return _metrics(job, loss_sums, times, ends, first, counter)
 
 
-def _metrics(job, loss_sums, times, first, counter) -> Metrics | None:
+def _metrics(job, loss_sums, times, ends, first, counter) -> Metrics | None:
     plan, args, rt, layout, device = job.plan, job.args, job.rt, job.layout, job.device
     losses = torch.stack(loss_sums)
     dist.all_reduce(losses)                       # each micro-batch counted on one rank
     losses = (losses / (layout.dp * layout.num_microbatches)).tolist()
     step_times = torch.tensor(times, dtype=torch.float64, device=device)
     dist.all_reduce(step_times, op=dist.ReduceOp.MAX)
+    step_ends = torch.tensor(ends, dtype=torch.float64, device=device)
+    dist.all_reduce(step_ends, op=dist.ReduceOp.MAX)
     peaks = [torch.zeros((), dtype=torch.int64, device=device) for _ in range(rt.world_size)]
     dist.all_gather(peaks, torch.tensor(job.memory.peak_bytes(), dtype=torch.int64,
                                         device=device))
@@ -158,4 +167,6 @@ def _metrics(job, loss_sums, times, first, counter) -> Metrics | None:
         peak_memory_bytes=tuple(int(p) for p in peaks), memory_measure=job.memory.measure,
         tokens_per_s=tokens / step_time, torch_version=torch.__version__,
         created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        first_step=first, collectives=dict(counter.counts) if counter else {})
+        first_step=first, collectives=dict(counter.counts) if counter else {},
+        collective_bytes=dict(counter.bytes) if counter else {},
+        step_end_s=tuple(step_ends.tolist()))

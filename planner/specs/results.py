@@ -147,6 +147,12 @@ class Metrics(Serde):
     first_step: int = 0                    # index of losses[0]: > 0 after --resume
     # Collectives issued in one measured step (--count-collectives), "kind@group" -> count.
     collectives: dict[str, int] = field(default_factory=dict)
+    # ... and their message bytes summed, "kind@group" -> bytes (planner.cost.comm's n: an
+    # all-gather's whole output, a send's buffer).
+    collective_bytes: dict[str, int] = field(default_factory=dict)
+    # Per step (warm-up included), when the last rank finished it, in seconds from a barrier
+    # before the first step.
+    step_end_s: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,154 @@
+"""Compressed gradient exchanges after the backward pass: their wire format, one copy.
+
+The executor (``executor.parallel.gradcomp``) encodes exactly what this module says is sent,
+and the simulator (``planner.sim.compress``) counts and prices the same messages. Each scheme
+works on one model chunk's gradients flattened into one vector of n values (``e`` bytes each)
+and runs over the dp group of p ranks:
+
+- ``topk`` (Aji & Heafield 2017; Stich et al., "Sparsified SGD with memory", NeurIPS 2018; Lin
+  et al., DGC, ICLR 2018): error feedback ``a = g + r``; keep the k = ceil(ratio * n) entries of
+  largest |a|; the residual ``r = a - kept`` is added next step. Each rank's k (int32 index,
+  value) pairs go out by one all-gather (they differ per rank, so nothing can be summed on the
+  way): every rank receives p * k pairs, scatter-adds them and divides by p. The all-gather grows
+  with p; a dense ring all-reduce sends 2 (p-1)/p * n * e per rank, the sparse all-gather
+  (p-1) * k * (4 + e), so top-k sends less only while k/n < 2 e / (p (4 + e)).
+- ``randk``: k entries drawn uniformly, the same on every rank (seeded by ``stream_seed`` with
+  rank None), with error feedback: only the k values travel, by an all-reduce (the shared-seed
+  random-k of Vogels et al., PowerSGD, NeurIPS 2019, sec. 5).
+- ``qsgd`` (Alistarh et al., "QSGD", NeurIPS 2017, sec. 3.1 with bucketing, sec. 3.2 / 5):
+  per bucket of ``QSGD_BUCKET`` values, the L2 norm; each value becomes
+  ``norm * sgn(v) * xi / s`` with ``xi`` = floor(|v| s / norm) + 1 with probability
+  |v| s / norm - floor(...), else the floor: unbiased. s = 2^(b-1) - 1 levels, the signed level
+  stored as the b-bit code ``level + s``. Per rank: ceil(n b / 8) bytes of codes plus one norm
+  (e bytes) per bucket, all-gathered. ``bits`` 32 sends the values unquantized (e bytes each):
+  the exchange's own exactness check. Uniforms come from ``stream_seed`` with the rank: each
+  rank's rounding noise is its own, so it averages down over ranks.
+- ``sign`` (EF-SignSGD: Karimireddy et al., "Error feedback fixes SignSGD", ICML 2019, Alg. 1;
+  Seide et al. 2014, 1-bit SGD with error feedback): ``a = g + r``; per bucket the scale
+  ||a||_1 / (values in the bucket) times sign(a) (bit 1 for a >= 0), ``r = a - that``. Per rank:
+  ceil(n / 8) bytes of bits plus one scale (e bytes) per bucket, all-gathered. Karimireddy et
+  al. scale per tensor; a bucket of ``QSGD_BUCKET`` values is the finer, column-like grain of
+  Seide et al. (one reconstruction value per column).
+
+Message sizes follow ``planner.cost.comm``: an all-gather's n is its whole output (p payloads),
+an all-reduce's its one buffer. Encode, select and decode compute: ``encode_s`` / ``decode_s``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+QSGD_BUCKET = 512           # values per norm (QSGD) or per scale (sign); Alistarh et al. use 512
+INDEX_BYTES = 4             # int32 indices: chunks hold fewer than 2^31 values
+_SEED_STRIDE = 1_000_003    # keeps (seed, step, chunk, rank) streams apart
+
+
+def sparse_k(n: int, ratio: float) -> int:
+    """Values kept by topk/randk of an n-value chunk: ceil(ratio * n), at least 1, at most n."""
+    return max(1, min(n, math.ceil(ratio * n - 1e-9)))
+
+
+def qsgd_levels(bits: int) -> int:
+    """s, the magnitude levels of a b-bit signed code: levels -s..s fit in b bits."""
+    return 2 ** (bits - 1) - 1
+
+
+def buckets(n: int) -> int:
+    return -(-n // QSGD_BUCKET)
+
+
+def stream_seed(seed: int, step: int, chunk: int, rank: int | None) -> int:
+    """The generator seed of one draw: random-k indices (``rank`` None: equal on every rank)
+    and QSGD's uniforms (``rank`` = the dp rank: independent noise per rank)."""
+    r = 0 if rank is None else rank + 1
+    return ((seed * _SEED_STRIDE + step) * _SEED_STRIDE + chunk) * 4099 + r
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One chunk's compressed exchange: the collective and its message bytes (the planner's
+    convention), the per-rank payload, and the values selection and decoding touch."""
+    collective: str          # "all_gather" | "all_reduce"
+    message_bytes: int       # all-gather: whole output (p payloads); all-reduce: the buffer
+    payload_bytes: int       # what one rank puts in
+    kept: int                # values each rank sends (k, or n)
+    error_feedback: bool
+
+
+def payload_bytes(data, n: int, e: int) -> int:
+    """Bytes one rank contributes for an n-value chunk of e-byte gradients."""
+    kind = data.compression
+    if kind == "topk":
+        return sparse_k(n, data.compression_ratio) * (INDEX_BYTES + e)
+    if kind == "randk":
+        return sparse_k(n, data.compression_ratio) * e
+    if kind == "qsgd":
+        if data.bits >= 32:
+            return n * e
+        return -(-n * data.bits // 8) + buckets(n) * e
+    if kind == "sign":
+        return -(-n // 8) + buckets(n) * e
+    raise ValueError(f"no exchange for compression {kind!r}")
+
+
+def exchange(data, n: int, e: int, p: int) -> Exchange:
+    """The exchange of an n-value chunk over p ranks (``data``: the layout's DataParallel)."""
+    kind = data.compression
+    payload = payload_bytes(data, n, e)
+    kept = sparse_k(n, data.compression_ratio) if kind in ("topk", "randk") else n
+    if kind == "randk":
+        return Exchange("all_reduce", payload, payload, kept, True)
+    return Exchange("all_gather", p * payload, payload, kept, kind in ("topk", "sign"))
+
+
+def wire_bytes_per_rank(collective: str, message_bytes: float, p: int) -> float:
+    """Bytes one rank sends for one collective under the ring algorithms of
+    ``planner.cost.comm`` (all-reduce 2 (p-1)/p n, all-gather and reduce-scatter (p-1)/p n),
+    n bytes for broadcast/reduce/send (the root's or sender's view)."""
+    if p <= 1:
+        return 0.0
+    f = (p - 1) / p
+    return {"all_reduce": 2 * f, "all_gather": f, "reduce_scatter": f}.get(collective, 1.0) \
+        * message_bytes
+
+
+# --------------------------------------------------------------------------------------------
+# Compute: selection, encoding, decoding
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CodecSpeed:
+    """Seconds per value of each codec stage on one kind of device."""
+    partial_sort_s: float     # torch.topk with k * 64 <= n: std::partial_sort, per n log2 k
+    nth_element_s: float      # torch.topk otherwise: std::nth_element, per n
+    ef_s: float               # error feedback add, gather, residual update, per n
+    randk_s: float            # randperm(n) of the shared indices, per n
+    qsgd_encode_s: float      # norms, uniforms, rounding, packing, per n
+    sign_encode_s: float      # scales, bits, residual, packing, per n
+    unpack_s: float           # dequantize one received payload, per n (qsgd, sign)
+    scatter_s: float          # scatter-add one received (index, value) pair
+    source: str
+
+
+# Measured by ``python benchmarks/gradcomp_cpu.py`` (one thread, float32, n = 2^16..2^20: the
+# executor's own codec functions, medians of 7; torch 2.13 CPU build) on this project's 2-core
+# development machine; fitted by least squares of relative error. torch's CPU top-k copies the
+# n (value, index) pairs and runs std::partial_sort when k * 64 <= n (O(n log k)), else
+# std::nth_element (O(n)) (aten/src/ATen/native/TopKImpl.h).
+CPU_SPEED = CodecSpeed(partial_sort_s=0.0, nth_element_s=0.0, ef_s=0.0, randk_s=0.0,
+                       qsgd_encode_s=0.0, sign_encode_s=0.0, unpack_s=0.0, scatter_s=0.0,
+                       source="benchmarks/gradcomp_cpu.py")
+
+
+def topk_select_s(n: int, k: int, speed: CodecSpeed) -> float:
+    """torch.topk of k among n on the CPU: the regime its implementation picks."""
+    if k * 64 <= n:
+        return n * math.log2(max(k, 2)) * speed.partial_sort_s
+    return n * speed.nth_element_s
+
+
+def gpu_select_bytes(n: int, e: int) -> float:
+    """Bytes a GPU radix select touches: torch's CUDA top-k (aten/src/ATen/native/cuda/
+    TensorTopK.cu) finds the k-th largest key by radix select, one pass over the n keys per
+    8-bit digit (``RADIX_BITS`` 8 in its multi-block version): e passes of n * e bytes, then one
+    more pass to gather the k selected. O(n), independent of k."""
+    return (e + 1) * n * e
