@@ -18,6 +18,8 @@ from planner.errors import PlannerError
 from planner.models import resolve_model
 from planner.specs import (COMPRESSION, DP_COMM, DTYPES, OPTIMIZERS, RECOMPUTE, SCHEDULES,
                            Cluster, ModelProfile, ModelSpec)
+from planner.specs.common import finite
+from planner.specs.layout import OUTER_OPTIMIZERS
 
 PROFILES_DIR = "profiles"
 
@@ -34,6 +36,7 @@ class PlanInputs:
     seed: int
     profile: ModelProfile | None    # None: analytic costs from the device model
     profile_path: str
+    straggler_cv: float = 0.0       # planner.sim.stragglers
     # Profiles of the same model at other micro-batch sizes: with two or more sizes, costs at a
     # size not measured come from the fitted overhead + work/throughput line
     # (planner.profile.extrapolate) instead of proportional scaling.
@@ -68,6 +71,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate the executor uses")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--straggler-cv", type=float, default=0.0,
+                        help="ranks run at different speeds: coefficient of variation of a "
+                             "rank's step time, independent per rank and step (default 0)")
 
 
 def add_layout_arguments(parser, required: bool = False) -> None:
@@ -89,9 +95,38 @@ def add_layout_arguments(parser, required: bool = False) -> None:
     parser.add_argument("--ps-shards", type=int, default=1,
                         help="parameter-server shards with --dp-comm parameter_server")
     parser.add_argument("--compression", choices=COMPRESSION, default="none",
-                        help="gradient compression (a DDP hook; ZeRO 0/1)")
+                        help="gradient compression: fp16, bf16, powersgd (DDP hooks; ZeRO 0/1); "
+                             "topk, randk (sparse, --compression-ratio), qsgd (--bits 2/4/8), "
+                             "sign (1 bit, error feedback) exchanged after backward (ZeRO 0)")
     parser.add_argument("--powersgd-rank", type=int, default=2,
                         help="PowerSGD rank with --compression powersgd")
+    parser.add_argument("--compression-ratio", type=float, default=0.01,
+                        help="share k/n of gradient values topk/randk send (default 0.01)")
+    parser.add_argument("--bits", type=int,
+                        help="bits per value with --compression qsgd (2, 4, 8; 32: "
+                             "unquantized; default 8); sign is 1")
+    parser.add_argument("--staleness", type=int, default=0,
+                        help="with --dp-comm parameter_server: a worker may run this many steps "
+                             "ahead of the slowest (0: synchronous)")
+    parser.add_argument("--local-sgd-period", type=int, default=0,
+                        help="local SGD: replicas average their parameters every H steps "
+                             "instead of their gradients every step (0: off)")
+    parser.add_argument("--outer-optimizer", choices=OUTER_OPTIMIZERS, default="none",
+                        help="with --local-sgd-period: nesterov is DiLoCo's outer step")
+
+
+def dp_comm_fields(args) -> dict:
+    """The data-parallel communication a user asked for, in ``Layout.make``'s (and
+    ``Space``'s) names (never searched: they change the numerics), each option's value only
+    where it applies."""
+    kind = args.compression
+    bits = args.bits if args.bits is not None else (8 if kind == "qsgd" else 1)
+    return {"dp_comm": args.dp_comm, "ps_shards": args.ps_shards, "compression": kind,
+            "powersgd_rank": args.powersgd_rank if kind == "powersgd" else 0,
+            "compression_ratio": args.compression_ratio if kind in ("topk", "randk") else 0.0,
+            "bits": bits if kind in ("qsgd", "sign") else 0,
+            "staleness": args.staleness, "local_sgd_period": args.local_sgd_period,
+            "outer_optimizer": args.outer_optimizer}
 
 
 def space_from_args(args):
@@ -99,8 +134,7 @@ def space_from_args(args):
     return Space(dp=args.dp, tp=args.tp, pp=args.pp, microbatch_size=args.microbatch_size,
                  schedule=args.schedule, virtual_stages=args.virtual_stages, zero=args.zero,
                  recompute=args.recompute, sequence_parallel=args.sequence_parallel,
-                 dp_comm=args.dp_comm, ps_shards=args.ps_shards, compression=args.compression,
-                 powersgd_rank=args.powersgd_rank if args.compression == "powersgd" else 0,
+                 **dp_comm_fields(args),
                  tp_across_nodes=getattr(args, "tp_across_nodes", False),
                  max_virtual_stages=getattr(args, "max_virtual_stages", 8))
 
@@ -170,5 +204,7 @@ def resolve(args) -> PlanInputs:
                 f"--model {args.model} --dtype {dtype}` first, or pass --profile")
     if args.global_batch < 1:
         raise PlannerError(f"--global-batch must be >= 1, got {args.global_batch}")
+    cv = getattr(args, "straggler_cv", 0.0)
+    finite("--straggler-cv", cv, 0.0)
     return PlanInputs(model, cluster, n, args.global_batch, dtype, args.optimizer, args.lr,
-                      args.seed, profile, path or "", others)
+                      args.seed, profile, path or "", cv, others)

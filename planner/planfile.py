@@ -26,7 +26,7 @@ def run_spec(inp):
         opt = inp.profile.optimizer_step_time_s
     return RunSpec(inp.model, inp.cluster, inp.dtype, inp.optimizer,
                    compute_source="profile" if inp.profile else "analytic",
-                   optimizer_step_s=opt, flop_rate=rate)
+                   optimizer_step_s=opt, flop_rate=rate, straggler_cv=inp.straggler_cv)
 
 
 def default_out(inp) -> str:

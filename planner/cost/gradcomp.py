@@ -31,7 +31,7 @@ and runs over the dp group of p ranks:
   Seide et al. (one reconstruction value per column).
 
 Message sizes follow ``planner.cost.comm``: an all-gather's n is its whole output (p payloads),
-an all-reduce's its one buffer. Encode, select and decode compute: ``encode_s`` / ``decode_s``.
+an all-reduce's its one buffer. Encode, select and decode compute: ``codec_s``.
 """
 from __future__ import annotations
 
@@ -118,37 +118,83 @@ def wire_bytes_per_rank(collective: str, message_bytes: float, p: int) -> float:
 @dataclass(frozen=True)
 class CodecSpeed:
     """Seconds per value of each codec stage on one kind of device."""
+    copy_s: float             # flatten the chunk's gradients and write the result back, per n
+    ef_s: float               # error feedback: add the residual, |a|, residual update, per n
     partial_sort_s: float     # torch.topk with k * 64 <= n: std::partial_sort, per n log2 k
     nth_element_s: float      # torch.topk otherwise: std::nth_element, per n
-    ef_s: float               # error feedback add, gather, residual update, per n
     randk_s: float            # randperm(n) of the shared indices, per n
     qsgd_encode_s: float      # norms, uniforms, rounding, packing, per n
     sign_encode_s: float      # scales, bits, residual, packing, per n
-    unpack_s: float           # dequantize one received payload, per n (qsgd, sign)
+    unpack_s: float           # decode one received payload and add it, per n (qsgd, sign)
     scatter_s: float          # scatter-add one received (index, value) pair
     source: str
 
 
-# Measured by ``python benchmarks/gradcomp_cpu.py`` (one thread, float32, n = 2^16..2^20: the
-# executor's own codec functions, medians of 7; torch 2.13 CPU build) on this project's 2-core
-# development machine; fitted by least squares of relative error. torch's CPU top-k copies the
-# n (value, index) pairs and runs std::partial_sort when k * 64 <= n (O(n log k)), else
-# std::nth_element (O(n)) (aten/src/ATen/native/TopKImpl.h).
-CPU_SPEED = CodecSpeed(partial_sort_s=0.0, nth_element_s=0.0, ef_s=0.0, randk_s=0.0,
-                       qsgd_encode_s=0.0, sign_encode_s=0.0, unpack_s=0.0, scatter_s=0.0,
-                       source="benchmarks/gradcomp_cpu.py")
+# Measured by ``python benchmarks/gradcomp_cpu.py`` (the executor's own codec functions, one
+# thread, float32, n = 2^16..2^20, process CPU time, medians of 7, torch 2.13 CPU build) on this
+# project's 2-core development machine under load ~10; two runs agreed within ~25%. torch's CPU
+# top-k copies the n (value, index) pairs and runs std::partial_sort when k * 64 <= n
+# (O(n log k)), else std::nth_element (O(n)) (aten/src/ATen/native/TopKImpl.h).
+CPU_SPEED = CodecSpeed(copy_s=2.4e-10, ef_s=4.5e-10, partial_sort_s=2.1e-10,
+                       nth_element_s=8.9e-9, randk_s=5.0e-9, qsgd_encode_s=1.43e-8,
+                       sign_encode_s=7.9e-9, unpack_s=2.45e-9, scatter_s=2.0e-9,
+                       source="benchmarks/gradcomp_cpu.py on the 2-core development machine")
 
 
 def topk_select_s(n: int, k: int, speed: CodecSpeed) -> float:
-    """torch.topk of k among n on the CPU: the regime its implementation picks."""
+    """torch.topk of k among n on the CPU, in the regime its implementation picks."""
     if k * 64 <= n:
         return n * math.log2(max(k, 2)) * speed.partial_sort_s
     return n * speed.nth_element_s
 
 
 def gpu_select_bytes(n: int, e: int) -> float:
-    """Bytes a GPU radix select touches: torch's CUDA top-k (aten/src/ATen/native/cuda/
-    TensorTopK.cu) finds the k-th largest key by radix select, one pass over the n keys per
-    8-bit digit (``RADIX_BITS`` 8 in its multi-block version): e passes of n * e bytes, then one
-    more pass to gather the k selected. O(n), independent of k."""
+    """Bytes a GPU top-k touches: torch's CUDA top-k finds the k-th largest key by radix
+    select (aten/src/ATen/native/cuda/TensorTopK.cu; its multi-block version for large slices
+    takes 8-bit digits), one pass over the n keys per digit -- e passes of n * e bytes -- then
+    one more to gather the k selected: O(n), independent of k (against O(n log k) for the
+    CPU's partial sort)."""
     return (e + 1) * n * e
+
+
+def codec_s(data, n: int, e: int, p: int, memory_bandwidth: float | None
+            ) -> tuple[float, float]:
+    """(encode and select, decode) seconds of one rank for an n-value chunk over p ranks.
+
+    ``memory_bandwidth`` None: this CPU's measured ``CPU_SPEED``. Otherwise (a GPU) a roofline of
+    memory-bound kernels, bytes touched / bandwidth (Williams et al., CACM 2009): flatten and
+    write back 4 n e; error feedback 5 n e; top-k ``gpu_select_bytes``; QSGD's norms, uniforms,
+    rounding and codes ~6 n e; sign's scales and bits ~4 n e; decoding reads each of the p
+    payloads and adds into the n-value sum (payload + 2 n e each; top-k: 2 (4 + e) per pair).
+    The GPU figures are this model's, not measured here.
+    """
+    kind = data.compression
+    ex = exchange(data, n, e, p)
+    k = ex.kept
+    if memory_bandwidth is None:
+        sp = CPU_SPEED
+        enc = n * sp.copy_s + (n * sp.ef_s if ex.error_feedback else 0.0)
+        if kind == "topk":
+            enc += topk_select_s(n, k, sp)
+            dec = p * k * sp.scatter_s
+        elif kind == "randk":
+            enc += n * sp.randk_s
+            dec = n * sp.copy_s
+        elif kind == "qsgd":
+            enc += 0.0 if data.bits >= 32 else n * sp.qsgd_encode_s
+            dec = p * n * (sp.copy_s if data.bits >= 32 else sp.unpack_s)
+        else:
+            enc += n * sp.sign_encode_s
+            dec = p * n * sp.unpack_s
+        return enc, dec
+    touched = 4.0 * n * e + (5.0 * n * e if ex.error_feedback else 0.0)
+    if kind == "topk":
+        touched += gpu_select_bytes(n, e)
+        back = p * k * 2.0 * (INDEX_BYTES + e)
+    elif kind == "randk":
+        back = 2.0 * n * e
+    else:
+        touched += 6.0 * n * e if kind == "qsgd" and data.bits < 32 else (
+            4.0 * n * e if kind == "sign" else 0.0)
+        back = p * (ex.payload_bytes + 2.0 * n * e)
+    return touched / memory_bandwidth, back / memory_bandwidth

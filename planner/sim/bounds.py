@@ -53,7 +53,9 @@ def step_floor(run, dims, data, schedule, m: int, total_s: float, slowest_s: flo
     shard = dp if zero >= 1 else 1
     tail = optimizer_time(run, per_rank / shard, params)
     busy = 0.0
-    if dp > 1:
+    # Exchanges after backward, stale servers and local SGD may send less than a full
+    # reduction, or overlap it: their tail stays 0 (the bound stays a bound).
+    if dp > 1 and not _unsynchronised(data):
         if data.parameter_server:
             tail += comm("parameter_server", per_rank * g_e, "dp")
         elif zero <= 1 and not rules.ddp_possible(dims, schedule):
@@ -118,10 +120,10 @@ def _after_backward(run, layout, smallest: float, last: float, params: float, co
     least the rank's smallest chunk's ``smallest`` gradient bytes; collective times grow with
     bytes), or that chunk's last DDP bucket (at least ``last`` bytes); then ZeRO-1's parameter
     broadcast."""
-    if layout.dp == 1:
+    d = layout.data
+    if layout.dp == 1 or _unsynchronised(d):
         return 0.0
     p_e, g_e, _ = run.bytes_per_param
-    d = layout.data
     if d.parameter_server:
         return comm("parameter_server", params * g_e, "dp")
     extra = comm("all_gather", params * p_e, "dp") if d.zero == 1 else 0.0
@@ -132,3 +134,8 @@ def _after_backward(run, layout, smallest: float, last: float, params: float, co
     if not rules.ddp_runs(layout):
         return extra + comm("all_reduce", params * g_e, "dp")
     return extra + comm("all_reduce", last, "dp")
+
+
+def _unsynchronised(data) -> bool:
+    """Compressed exchanges, stale servers and local SGD: no full reduction on the tail."""
+    return data.exchange or data.local_sgd or bool(data.staleness)

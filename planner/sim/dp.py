@@ -13,7 +13,13 @@ Built once per layout (``build``), as the executor's ``executor/parallel/dp.py``
   end of the step under torch pipelining (which accumulates FSDP gradients unsharded).
 - parameter server (``planner.cost.comm.parameter_server``) after the backward pass: push, the
   servers' optimizer step on their 1/k, pull.
-- compression (``planner.sim.compress``): fewer bytes per bucket, plus its compute.
+- compression (``planner.sim.compress``): fewer bytes per bucket, plus its compute; the
+  exchanges after backward (topk, randk, qsgd, sign) run per chunk once the backward is done.
+- a parameter server with staleness s >= 1 and local SGD with period H: no barrier every step
+  (``planner.sim.stragglers`` states the model): the stale server's push/pull overlaps the
+  next s steps, local SGD's parameter all-reduce (and DiLoCo's outer step) costs 1/H per step.
+- ranks of different speeds (``RunSpec.straggler_cv`` > 0): the wait for the slowest, at every
+  step's barrier, every H steps, or as the staleness bound allows.
 
 The optimizer step starts once a rank's reductions are done. The hooks are the only place the
 event loop (``planner.sim.engine``) meets data parallelism.
@@ -24,7 +30,7 @@ from dataclasses import dataclass
 
 from planner import rules
 from planner.cost import dp as dp_cost
-from planner.sim import compress
+from planner.sim import compress, stragglers
 from planner.sim.run import compute_slowdown, optimizer_time
 
 
@@ -39,8 +45,9 @@ class DpPlan:
 
 
 def count(counts: dict, phase: str, name: str, group: str, size: int, nbytes: float,
-          k: int) -> None:
-    key = (phase, name, group, size, int(nbytes))
+          k: int, every: int = 1) -> None:
+    """k collectives of ``nbytes`` per step (``every`` > 1: per that many steps)."""
+    key = (phase, name, group, size, int(nbytes), every)
     counts[key] = counts.get(key, 0) + k
 
 
@@ -69,9 +76,22 @@ def chunk_plan(run, layout, chunk, comm, counts: dict) -> DpPlan:
         total = sum(grads)
         t = comm("parameter_server", total, "dp")
         k = d.ps_shards
-        count(counts, "backward", "reduce", "dp", n, total / k, k)
-        count(counts, "optimizer", "broadcast", "dp", n, total / k, k)
+        if d.staleness:     # point to point: k(p-1) pushes and k(p-1) pulls of 1/k each
+            count(counts, "backward", "send_recv", "dp", n, total / k, k * (n - 1))
+            count(counts, "optimizer", "send_recv", "dp", n, total / k, k * (n - 1))
+        else:
+            count(counts, "backward", "reduce", "dp", n, total / k, k)
+            count(counts, "optimizer", "broadcast", "dp", n, total / k, k)
         return DpPlan([(len(grads) - 1, t, total)], False, (), (), True)
+    if d.local_sgd:         # parameters averaged in ``finish``, every H steps
+        count(counts, "optimizer", "all_reduce", "dp", n, chunk.params * run.bytes_per_param[0],
+              1, d.local_sgd_period)
+        return DpPlan([], False, (), (), True)
+    if d.exchange:
+        t = compress.exchange_time(run, layout, chunk, comm)
+        for name, nbytes in compress.exchange_messages(run, layout, chunk):
+            count(counts, "backward", name, "dp", n, nbytes, 1)
+        return DpPlan([(len(grads) - 1, t, sum(grads))], False, (), (), True)
     # Buckets that become ready together (a block larger than the cap) run back to back on
     # the stream: one event each group, same finish time as bucket by bucket.
     buckets: list = []
@@ -222,7 +242,13 @@ class DataParallelHooks:
         params = sum(chunks[c].params for c in mine)
         total = sum(ch.params for ch in chunks)
         slow = compute_slowdown(run.cluster, layout.world_size)
-        if layout.data.parameter_server and layout.dp > 1:
+        d = layout.data
+        if layout.dp > 1 and d.staleness:
+            self._stale_server(st, mine, params, total, slow)
+            return
+        self._straggle(st, 1 if not d.local_sgd or layout.world_size > layout.dp
+                       else d.local_sgd_period)
+        if d.parameter_server and layout.dp > 1:
             self._parameter_server(st, mine, params, total, slow)
             return
         for c in mine:   # reductions that start only after the backward pass
@@ -242,6 +268,8 @@ class DataParallelHooks:
             st.events.append(("compute", "optimizer", st.comp, st.comp + opt))
         st.comp += opt
         st.acc["optimizer"] += opt
+        if d.local_sgd and layout.dp > 1:
+            self._local_sgd(st, mine, params, total, slow)
         if layout.data.zero == 1 and layout.dp > 1:
             # ZeroRedundancyOptimizer: each owner broadcasts its updated shard (all-gather volume)
             pbytes = params * run.bytes_per_param[0]
@@ -254,6 +282,62 @@ class DataParallelHooks:
             st.comm_free = st.comp
             st.comm_busy += t
             st.acc["dp_comm_exposed"] += t
+
+    def _straggle(self, st, period: int) -> None:
+        """The wait for the slowest rank (``planner.sim.stragglers``) at a barrier every
+        ``period`` steps, before this rank's exchange (the layout's ranks all synchronise;
+        local SGD's period helps only when the replicas are single ranks)."""
+        wait = stragglers.barrier_wait_s(self.layout.world_size, st.comp,
+                                         self.run.straggler_cv, period)
+        if wait > 0:
+            if self.timeline:
+                st.events.append(("compute", "wait for the slowest rank", st.comp,
+                                  st.comp + wait))
+            st.comp += wait
+            st.comm_free = max(st.comm_free + wait, st.comp)   # collectives wait for it too
+            st.acc["bubble"] += wait
+
+    def _local_sgd(self, st, mine, params, total, slow) -> None:
+        """1/H of the parameter all-reduce of each chunk, and of DiLoCo's outer Nesterov step
+        (an SGD-momentum step over the rank's parameters, priced as ``optimizer_time`` scaled
+        by the bytes it touches against the inner optimizer's)."""
+        run, layout = self.run, self.layout
+        h = layout.data.local_sgd_period
+        sync = sum(self.comm("all_reduce", self.chunks[c].params * run.bytes_per_param[0], "dp")
+                   for c in mine) / h
+        outer = 0.0
+        if layout.data.outer_optimizer == "nesterov":
+            from planner.cost.precision import optimizer_bytes_touched
+            share = (optimizer_bytes_touched(run.dtype, "sgd-momentum")
+                     / optimizer_bytes_touched(run.dtype, run.optimizer))
+            outer = optimizer_time(run, params, total) * slow * share / h
+        if self.timeline:
+            st.events.append(("comm", f"parameter all-reduce / {h}", st.comp, st.comp + sync))
+        st.comp += sync + outer
+        st.comm_free = st.comp
+        st.comm_busy += sync
+        st.acc["dp_comm_exposed"] += sync
+        st.acc["optimizer"] += outer
+
+    def _stale_server(self, st, mine, params, total, slow) -> None:
+        """Staleness s >= 1: the clock period of ``planner.sim.stragglers.stale_period_s`` with
+        a rank's work D = its compute + the server optimizer on its 1/k (servers are workers
+        too), L = push + optimizer + pull; the link, busy push + pull per clock, bounds it
+        too. Whatever the period adds beyond D is dp communication not hidden."""
+        layout = self.layout
+        push_pull = sum(dur for c in mine for _, dur, _ in self.plans[c].buckets)
+        opt = optimizer_time(self.run, params / layout.data.ps_shards, total) * slow
+        work = st.comp + opt
+        period = max(push_pull, stragglers.stale_period_s(
+            layout.dp, work, push_pull + opt, layout.data.staleness, self.run.straggler_cv))
+        if self.timeline:
+            st.events += [("compute", "optimizer (server shard)", st.comp, work),
+                          ("comm", f"ps push/pull of clock t-{layout.data.staleness}",
+                           st.comp - push_pull if st.comp > push_pull else 0.0, st.comp)]
+        st.acc["optimizer"] += opt
+        st.acc["dp_comm_exposed"] += period - work
+        st.comm_busy += push_pull
+        st.comp = st.comm_free = period
 
     def _parameter_server(self, st, mine, params, total, slow) -> None:
         """Push gradients to the k servers, the servers' optimizer step on their 1/k, pull the

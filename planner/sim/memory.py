@@ -8,7 +8,10 @@ Per block, the bytes it adds to the rank holding it (``MemRows``):
 additive: parameters, gradients, optimizer state (``planner.cost.memory.model_state_bytes``:
 ZeRO over dp; gradients whole when torch pipelining accumulates FSDP gradients), and
 gradient-sized buffers (DDP's bucket copy -- torch's default gradient_as_bucket_view=False;
-PowerSGD's error feedback; the parameter server's flat messages, 2/k of the gradients). Per
+PowerSGD's error feedback; the parameter server's flat messages, 2/k of the gradients; the
+exchanges after backward: the flat gradient, its sum, the error-feedback residual and the p
+gathered payloads (``dp_buffer_bytes``); a stale server's master copy and the s + 1 gradients
+it keeps or sends ahead; DiLoCo's anchor and outer momentum). Per
 micro-batch in flight: activations. Largest over the rank's blocks: a recomputed block's
 transient activations; FSDP's unsharded copies (ZeRO-3: the gathered and the prefetched block;
 without pipelining the unsharded gradient of one block before its reduce-scatter). Per chunk
@@ -46,6 +49,23 @@ def state_bytes_per_param(run, dims, data, pipelined: bool) -> tuple[float, floa
     return ps, gs, os_
 
 
+def dp_buffer_bytes(d, p: int, e_param: float, e_grad: float) -> float:
+    """Bytes per parameter the schemes of ``planner.cost.gradcomp``, the stale server and
+    local SGD hold beyond the DDP/server buffers above (module docstring)."""
+    if d.exchange:
+        from planner.cost import gradcomp
+        e = int(e_grad)
+        per = gradcomp.payload_bytes(d, 1 << 20, e) / (1 << 20)   # payload per value
+        gathered = per if d.compression == "randk" else p * per
+        ef = e_grad if d.compression in ("topk", "randk", "sign") else 0.0
+        return 2.0 * e_grad + ef + gathered - e_grad      # flat + sum (+ residual), no DDP copy
+    if d.staleness:
+        return e_param / d.ps_shards + (d.staleness + 1) * e_grad
+    if d.local_sgd:
+        return e_param + (2.0 * e_param if d.outer_optimizer == "nesterov" else 0.0)
+    return 0.0
+
+
 class MemRows:
     """Per block, the bytes it adds to the rank holding it (module docstring)."""
 
@@ -61,6 +81,8 @@ class MemRows:
         elif dp and d.zero <= 1:
             lin = (e_grad if layout.tp == 1 else 0.0) + (
                 e_grad if d.compression == "powersgd" else 0.0)
+        if dp:
+            lin += dp_buffer_bytes(d, dims.dp, e_param, e_grad)
         gathered = 2.0 * e_param if dp and d.zero == 3 else 0.0
         one_grad = e_grad if dp and d.zero >= 2 and layout.pp == 1 and not server else 0.0
         self.capped = dp and not server and d.zero <= 1 and layout.tp > 1

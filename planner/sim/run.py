@@ -26,6 +26,7 @@ class RunSpec:
     compute_source: str = "analytic"      # "profile" | "analytic"
     optimizer_step_s: float = 0.0         # measured whole-model optimizer step; 0: estimate
     flop_rate: float = 0.0                # achieved FLOP/s for estimated compute; 0: peak * eff
+    straggler_cv: float = 0.0             # ranks' step-time spread (planner.sim.stragglers)
 
     @property
     def bytes_per_param(self) -> tuple[float, float, float]:

@@ -41,6 +41,7 @@ class CollectiveCount(Serde):
     group_size: int
     count: int
     bytes_each: int
+    every_steps: int = 1           # > 1: ``count`` per that many steps (local SGD's average)
 
 
 @dataclass(frozen=True)
