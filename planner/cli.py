@@ -23,6 +23,8 @@ COMMANDS = {
     "report": ("planner.commands.report", "HTML report with timelines, memory and candidates"),
     "validate": ("planner.commands.validate",
                  "run the executor on top layouts and measure prediction error"),
+    "converge": ("planner.commands.converge",
+                 "train under each data-parallel scheme: loss against steps and time, bytes"),
 }
 NETWORK_MODULE = "planner.commands.profile_network"
 

@@ -103,13 +103,14 @@ def exchange(data, n: int, e: int, p: int) -> Exchange:
 
 def wire_bytes_per_rank(collective: str, message_bytes: float, p: int) -> float:
     """Bytes one rank sends for one collective under the ring algorithms of
-    ``planner.cost.comm`` (all-reduce 2 (p-1)/p n, all-gather and reduce-scatter (p-1)/p n),
-    n bytes for broadcast/reduce/send (the root's or sender's view)."""
+    ``planner.cost.comm`` (all-reduce 2 (p-1)/p n, all-gather and reduce-scatter (p-1)/p n);
+    a point-to-point transfer of the group sends n once, 1/p of it per rank on average;
+    broadcast and reduce n (the root's view)."""
     if p <= 1:
         return 0.0
     f = (p - 1) / p
-    return {"all_reduce": 2 * f, "all_gather": f, "reduce_scatter": f}.get(collective, 1.0) \
-        * message_bytes
+    return {"all_reduce": 2 * f, "all_gather": f, "reduce_scatter": f,
+            "send_recv": 1.0 / p}.get(collective, 1.0) * message_bytes
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,7 +121,8 @@ class CodecSpeed:
     """Seconds per value of each codec stage on one kind of device."""
     copy_s: float             # flatten the chunk's gradients and write the result back, per n
     ef_s: float               # error feedback: add the residual, |a|, residual update, per n
-    partial_sort_s: float     # torch.topk with k * 64 <= n: std::partial_sort, per n log2 k
+    partial_sort_scan_s: float  # torch.topk, k * 64 <= n: compare each value with the heap top
+    partial_sort_heap_s: float  # ... per k log2(k) (1 + ln(n/k)): values entering the heap
     nth_element_s: float      # torch.topk otherwise: std::nth_element, per n
     randk_s: float            # randperm(n) of the shared indices, per n
     qsgd_encode_s: float      # norms, uniforms, rounding, packing, per n
@@ -132,19 +134,26 @@ class CodecSpeed:
 
 # Measured by ``python benchmarks/gradcomp_cpu.py`` (the executor's own codec functions, one
 # thread, float32, n = 2^16..2^20, process CPU time, medians of 7, torch 2.13 CPU build) on this
-# project's 2-core development machine under load ~10; two runs agreed within ~25%. torch's CPU
-# top-k copies the n (value, index) pairs and runs std::partial_sort when k * 64 <= n
-# (O(n log k)), else std::nth_element (O(n)) (aten/src/ATen/native/TopKImpl.h).
-CPU_SPEED = CodecSpeed(copy_s=2.4e-10, ef_s=4.5e-10, partial_sort_s=2.1e-10,
-                       nth_element_s=8.9e-9, randk_s=5.0e-9, qsgd_encode_s=1.43e-8,
-                       sign_encode_s=7.9e-9, unpack_s=2.45e-9, scatter_s=2.0e-9,
+# project's 2-core development machine under load average 8-12 from other work, 2026-12-01:
+# the means of its runs, which spread by +-40% (scatter-add, a random access, by 2x). torch's
+# CPU top-k copies the n (value, index) pairs and runs std::partial_sort when k * 64 <= n, else
+# std::nth_element, O(n) (aten/src/ATen/native/TopKImpl.h). The partial sort scans all n
+# against the heap's top; in random order value i > k enters the heap with probability k/i,
+# k ln(n/k) of them in expectation, each at log2 k: a n + b k log2(k) (1 + ln(n/k)) fits the
+# measured grid (k/n from 1/2000 to 1/64) within 30-40%, where a n log2 k fit is off by 67%.
+CPU_SPEED = CodecSpeed(copy_s=3.4e-10, ef_s=6.0e-10, partial_sort_scan_s=1.6e-9,
+                       partial_sort_heap_s=1.0e-8, nth_element_s=9.9e-9, randk_s=6.4e-9,
+                       qsgd_encode_s=1.75e-8, sign_encode_s=9.4e-9, unpack_s=3.0e-9,
+                       scatter_s=5.0e-9,
                        source="benchmarks/gradcomp_cpu.py on the 2-core development machine")
 
 
 def topk_select_s(n: int, k: int, speed: CodecSpeed) -> float:
     """torch.topk of k among n on the CPU, in the regime its implementation picks."""
     if k * 64 <= n:
-        return n * math.log2(max(k, 2)) * speed.partial_sort_s
+        k = max(k, 2)
+        return (n * speed.partial_sort_scan_s
+                + k * math.log2(k) * (1 + math.log(n / k)) * speed.partial_sort_heap_s)
     return n * speed.nth_element_s
 
 

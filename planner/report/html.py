@@ -321,25 +321,34 @@ def _validation(doc: _Doc, v: Validation) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-def build_report(plan: Plan, out_path: str, plan_path: str = "",
+def build_report(plan: Plan | None, out_path: str, plan_path: str = "",
                  metrics: list[tuple[str, Metrics]] = (), validation: Validation | None = None,
-                 trace_dir: str | None = None, top_k: int = 5) -> ReportFiles:
-    """Write ``out_path`` (HTML), its figures and the simulated trace beside it."""
+                 trace_dir: str | None = None, top_k: int = 5, convergence=None) -> ReportFiles:
+    """Write ``out_path`` (HTML), its figures and the simulated trace beside it: the plan's
+    sections, then ``convergence``'s (``planner converge``); either may be left out."""
     doc = _Doc(out_path)
     os.makedirs(doc.out_dir, exist_ok=True)
     trace_path = f"{doc.stem}-trace.json"
-    if plan.prediction.timeline:
-        trace.write_trace(trace_path, plan.prediction,
-                          title=f"{plan.model.name} {plan.layout.describe()}")
-    _header(doc, plan, plan_path)
-    _layout_and_prediction(doc, plan)
-    _why(doc, plan)
-    _timeline(doc, plan, trace_path, trace_dir)
-    _memory(doc, plan)
-    _candidates(doc, plan, top_k)
-    _collectives(doc, plan)
-    _measured(doc, plan, list(metrics), validation)
-    title = f"planner report: {plan.model.name} {plan.layout.describe()}"
+    has_trace = plan is not None and bool(plan.prediction.timeline)
+    if plan is not None:
+        if has_trace:
+            trace.write_trace(trace_path, plan.prediction,
+                              title=f"{plan.model.name} {plan.layout.describe()}")
+        _header(doc, plan, plan_path)
+        _layout_and_prediction(doc, plan)
+        _why(doc, plan)
+        _timeline(doc, plan, trace_path, trace_dir)
+        _memory(doc, plan)
+        _candidates(doc, plan, top_k)
+        _collectives(doc, plan)
+        _measured(doc, plan, list(metrics), validation)
+        title = f"planner report: {plan.model.name} {plan.layout.describe()}"
+    else:
+        doc.add(f"<h1>Convergence: {_esc(convergence.model)}</h1>")
+        title = f"planner report: convergence of {convergence.model}"
+    if convergence is not None:
+        from planner.report.converge import add_section
+        add_section(doc, convergence, _esc, _table)
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{_esc(title)}</title>"
             # An empty icon: otherwise a browser asks for /favicon.ico, a request we never need.
@@ -347,5 +356,4 @@ def build_report(plan: Plan, out_path: str, plan_path: str = "",
             + "\n".join(doc.parts) + "</body></html>\n")
     with open(out_path, "w", encoding="utf-8") as fh:
         fh.write(page)
-    return ReportFiles(html=out_path, figures=doc.figures,
-                       trace=trace_path if plan.prediction.timeline else "")
+    return ReportFiles(html=out_path, figures=doc.figures, trace=trace_path if has_trace else "")
