@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from the newest checkpoint in --checkpoint-dir; --steps is "
                    "the total, so the run does steps saved..steps-1")
     p.add_argument("--count-collectives", action="store_true",
-                   help="count the collectives of the last step by kind and group into the "
-                   "metrics (that step is not timed)")
+                   help="count the collectives of the last step by kind and group, and their "
+                   "bytes, into the metrics (that step is not timed)")
     p.add_argument("--save-params", default="", metavar="DIR",
                    help="write each rank's full parameters to DIR/params-rank{r}.npz after "
                    "training (exactness tests)")

@@ -187,6 +187,9 @@ BY_DEFINITION = {
                                  compressed_reference, {"all_gather@dp": 1}),
     "stale server s=2": (dict(dp=2, dp_comm="parameter_server", ps_shards=1, staleness=2, **MB),
                          stale_reference, {"send@dp": 1, "recv@dp": 1}),
+    # both ranks serve half: each pushes to the other server and pulls from it
+    "stale servers k=2 s=1": (dict(dp=2, dp_comm="parameter_server", ps_shards=2, staleness=1,
+                                   **MB), stale_reference, {"send@dp": 2, "recv@dp": 2}),
     # 5 steps, H = 3: synchronised after step 3 and after the last
     "diloco H=3": (dict(dp=2, local_sgd_period=3, outer_optimizer="nesterov", **MB),
                    diloco_reference, {}),
@@ -204,5 +207,7 @@ def test_trains_as_defined(name, tmp_path, gpt_blocks):
     assert_matches(metrics.losses, load_params(params_dir), ref_losses, ref_state,
                    RTOL["float64"], ATOL["float64"])
     assert metrics.collectives == collectives
-    if collectives:          # the last step of H = 3 does not synchronise: nothing to count
+    # the last step of H = 3 does not synchronise: nothing to count. At p = 2 rank 0 takes
+    # part in every transfer of the group (as server of its shard, as worker of the other's)
+    if collectives:
         check_bytes(plan, metrics, gpt_blocks)

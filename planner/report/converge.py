@@ -28,24 +28,28 @@ def _smoothed(values, window: int) -> list[float]:
     return out
 
 
-def _colours(schemes) -> dict:
-    cmap = plt.get_cmap("tab20")
-    return {s: cmap(i % 20) for i, s in enumerate(schemes)}
+def _styles(schemes) -> dict:
+    """Ten distinct colours, then the same colours dashed."""
+    cmap = plt.get_cmap("tab10")
+    out = {}
+    for i, s in enumerate(dict.fromkeys(schemes)):
+        out[s] = {"color": cmap(i % 10), "ls": "-" if i < 10 else "--"}
+    return out
 
 
 def loss_figure(conv, world: str):
     """Loss against step and against wall-clock seconds, one line per scheme."""
     runs = [r for r in conv.runs if str(r.world_size) == world and r.status == "ok"]
-    colours = _colours([r.scheme for r in conv.runs])
+    styles = _styles([r.scheme for r in conv.runs])
     fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(12, 4.6), dpi=100, sharey=True)
     for r in runs:
         smooth = _smoothed(list(r.losses), conv.smooth_steps)
         steps = list(range(1, len(r.losses) + 1))
-        c = colours[r.scheme]
-        by_step.plot(steps, r.losses, color=c, alpha=0.15, lw=0.8)
-        by_step.plot(steps, smooth, color=c, lw=1.6, label=r.scheme)
-        by_time.plot(r.step_end_s, r.losses, color=c, alpha=0.15, lw=0.8)
-        by_time.plot(r.step_end_s, smooth, color=c, lw=1.6, label=r.scheme)
+        st = styles[r.scheme]
+        by_step.plot(steps, r.losses, color=st["color"], alpha=0.12, lw=0.7)
+        by_step.plot(steps, smooth, lw=1.6, label=r.scheme, **st)
+        by_time.plot(r.step_end_s, r.losses, color=st["color"], alpha=0.12, lw=0.7)
+        by_time.plot(r.step_end_s, smooth, lw=1.6, label=r.scheme, **st)
     budget = conv.budget_s.get(world)
     if budget:
         by_time.axvline(budget, color="#444", ls="--", lw=1)
