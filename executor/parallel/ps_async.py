@@ -47,7 +47,7 @@ class StaleParameterServer(NoDataParallel):
         self.step = 0
         self.version = 0                  # version the model's parameters hold
         self.own_grads: dict = {}         # clock -> this rank's share for its own server
-        self.sends: list = []             # (work, tensor) of outstanding isends
+        self.sends: list = []             # (clock, work, tensor) of isends not yet waited on
         self.master, self.server_opt = None, None
         self.optimizer, self.lr = "", 0.0
 
@@ -68,6 +68,7 @@ class StaleParameterServer(NoDataParallel):
         if self.server and step - self.s - 1 >= 0:
             self._serve(step - self.s - 1)
         self._load(max(0, step - self.s))
+        self._reap(step - self.s - 2)
 
     def after_backward(self) -> None:
         for j, params in enumerate(self.owned):
@@ -84,9 +85,7 @@ class StaleParameterServer(NoDataParallel):
             if self.server:
                 self._serve(clock)
         self._load(steps_done)
-        for work, _ in self.sends:
-            work.wait()
-        self.sends = []
+        self._reap(steps_done)
 
     # -- server and worker halves -------------------------------------------------------------
     def _serve(self, clock: int) -> None:
@@ -129,6 +128,18 @@ class StaleParameterServer(NoDataParallel):
                         t.copy_(v)
 
     def _isend(self, tensor: torch.Tensor, i: int, tag: int) -> None:
-        self.sends = [(w, t) for w, t in self.sends if not w.is_completed()]
         work = dist.isend(tensor, dst=self.members[i], group=self.group, tag=tag)
-        self.sends.append((work, tensor))
+        self.sends.append((self.step, work, tensor))
+
+    def _reap(self, clock: int) -> None:
+        """Wait for the sends of clocks <= ``clock`` and drop their buffers (gloo's send work
+        reports completion only through ``wait``). At clock t every push of clock t-s-2 has
+        been received (version t-s, just loaded, needed clock t-s-1's gradients of every
+        worker) and so has every version sent then, so this does not block in steady state."""
+        keep = []
+        for item in self.sends:
+            if item[0] <= clock:
+                item[1].wait()
+            else:
+                keep.append(item)
+        self.sends = keep
