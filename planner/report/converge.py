@@ -4,7 +4,7 @@ Per world size: loss against step and loss against wall-clock time, every scheme
 axes (a moving mean over the run's ``smooth_steps``, the raw losses faint), the budget marked;
 then bytes per step and predicted against measured step time, side by side, and a table. The
 sentence under it names the fastest step and the lowest loss at the budget: where faster steps
-stop paying for worse ones. Everything is read from the Convergence file.
+stop paying for what they give up per step. Everything is read from the Convergence file.
 """
 from __future__ import annotations
 
@@ -129,8 +129,8 @@ def verdict(conv, world: str) -> str:
             f"{fast.loss_at_budget:.3f} at the budget). Lowest loss at the budget: {best.scheme} "
             f"({best.loss_at_budget:.3f}, {best.measured_step_time_s * 1e3:.0f} ms per step).")
     if fast is not best:
-        text += (f" Here {fast.scheme}'s faster steps did not pay for its worse steps within "
-                 f"{conv.budget_s[world]:.0f} s.")
+        text += (f" The fastest steps did not reach the lowest loss within "
+                 f"{conv.budget_s[world]:.0f} s: {best.scheme} learned more per second.")
     return text
 
 
