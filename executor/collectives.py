@@ -9,11 +9,15 @@ dimension whose process group it ran on ("dp", "pp", "tp"; "world" for the defau
 dimension owns it). Counts are those of global rank 0 in the last step of the run; that step is
 left out of ``step_times_s`` because dispatch interception slows every operation.
 A point-to-point transfer counts once as send on one rank and once as recv on the other.
+Each call's message bytes are summed under the same key (``bytes``), in the planner's
+convention (``planner.cost.comm``): an all-gather's whole output, a reduce-scatter's whole
+input, the buffer of the rest.
 """
 from __future__ import annotations
 
 from collections import Counter
 
+import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -46,11 +50,32 @@ def group_names(mesh, layout) -> dict[str, str]:
     return names
 
 
+def _tensor_bytes(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(x) for x in obj)
+    return 0
+
+
+def message_bytes(kind: str, namespace: str, args) -> int:
+    """One call's bytes as the planner counts them (module docstring)."""
+    functional = namespace == "_c10d_functional"
+    if kind == "all_gather":
+        if functional:                    # (input, group_size, group_name)
+            return _tensor_bytes(args[0]) * int(args[1])
+        return _tensor_bytes(args[0])     # c10d: the output (tensor or lists of tensors)
+    if kind == "reduce_scatter" and not functional:
+        return _tensor_bytes(args[1])     # c10d: (outputs, inputs, ...)
+    return _tensor_bytes(args[0])
+
+
 class CollectiveCounter(TorchDispatchMode):
     def __init__(self, names: dict[str, str]):
         super().__init__()
         self.names = names
         self.counts: Counter = Counter()
+        self.bytes: Counter = Counter()
 
     def _group(self, args) -> str:
         for a in args:
@@ -73,5 +98,7 @@ class CollectiveCounter(TorchDispatchMode):
         if namespace in ("c10d", "_c10d_functional"):
             kind = _KINDS.get(func._opname)
             if kind:
-                self.counts[f"{kind}@{self._group(args)}"] += 1
+                key = f"{kind}@{self._group(args)}"
+                self.counts[key] += 1
+                self.bytes[key] += message_bytes(kind, namespace, args)
         return func(*args, **(kwargs or {}))

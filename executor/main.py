@@ -71,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "one, else start at step 0: every restart of a torchrun elastic job (--nnodes "
                    "MIN:MAX, --max-restarts) runs the same command")
     p.add_argument("--count-collectives", action="store_true",
-                   help="count the collectives of the last step by kind and group into the "
-                   "metrics (that step is not timed)")
+                   help="count the collectives of the last step by kind and group, and their "
+                   "bytes, into the metrics (that step is not timed)")
     p.add_argument("--save-params", default="", metavar="DIR",
                    help="write each rank's full parameters to DIR/params-rank{r}.npz after "
                    "training (exactness tests)")

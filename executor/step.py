@@ -65,9 +65,10 @@ def forward_backward(par, inputs, targets, layout, loss_fn, device, amp_dtype) -
 
 
 def train_step(par, optimizer, inputs, targets, layout, loss_fn, device,
-               amp_dtype=None) -> torch.Tensor:
-    """A whole step; returns this rank's share of the global loss sum (0 if it does not count,
+               amp_dtype=None, step: int = 0) -> torch.Tensor:
+    """Step ``step``; returns this rank's share of the global loss sum (0 if it does not count,
     so that a sum over all ranks counts each micro-batch once)."""
+    par.dp.before_step(step)
     total = forward_backward(par, inputs, targets, layout, loss_fn, device, amp_dtype)
     if layout.tp > 1 and rules.partial_grads_by(layout) == "step":
         reduce_partial_grads(par.parts)

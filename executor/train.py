@@ -2,8 +2,11 @@
 
 Step time is the wall time of ``step.train_step`` (forward, backward, gradient combination,
 optimizer update; CUDA synchronised), not of producing the batch or checkpointing; each step's
-time is the maximum over ranks, since the slowest rank sets the pace. Losses and times are
-gathered once at the end so that measuring adds no collective to the steps themselves.
+time is the maximum over ranks, since the slowest rank sets the pace. Besides, each rank notes
+when it finished each step, counted from a barrier before the first: ``step_end_s`` is the
+latest rank's, the wall-clock time at which the step was done everywhere (what loss against
+time is drawn on; with asynchronous updates ranks finish a step at different times). Losses and
+times are gathered once at the end so that measuring adds no collective to the steps themselves.
 """
 from __future__ import annotations
 
@@ -105,7 +108,7 @@ class Job:
         self.model = build_model(plan.model, seed=plan.seed, dtype=dtype,
                                  trusted_callable=args.model, where=path).to(self.device)
         self.data = make_data(self.model, plan, args.data)
-        self.par = parallelize(self.model, self.layout, mesh, self.device, path)
+        self.par = parallelize(self.model, self.layout, mesh, self.device, path, plan.seed)
         self.optimizer = self.par.dp.build_optimizer(plan.optimizer, plan.learning_rate)
         dp_i = grid.RankGrid(self.layout.dims).coord(self.rt.rank, "dp")
         self.rows = dp_rows(dp_i, self.layout)
@@ -140,7 +143,7 @@ class Job:
         start = time.perf_counter()
         with trace.step_range(step), counter or contextlib.nullcontext():
             loss = train_step(self.par, self.optimizer, inputs, targets, self.layout,
-                              self.model.loss, self.device, self.amp)
+                              self.model.loss, self.device, self.amp, step)
         trace.cuda_sync(self.device)
         return loss, time.perf_counter() - start
 
@@ -160,7 +163,9 @@ def run(plan, path: str, args, elastic=None) -> Metrics | None:
         first = checkpoint.load(ckpt, job.par.named_parts, job.optimizer, job.device)
     counter = (CollectiveCounter(group_names(job.mesh, job.layout))
                if args.count_collectives else None)
-    loss_sums, times = [], []
+    loss_sums, times, ends = [], [], []
+    dist.barrier()                       # a common start for step_end_s
+    t0 = time.perf_counter()
     with trace.tracer(args.trace_dir, job.rt.rank, warmup, args.steps - first,
                       job.device) as prof:
         for step in range(first, args.steps):
@@ -168,6 +173,7 @@ def run(plan, path: str, args, elastic=None) -> Metrics | None:
             loss, seconds = job.step(step, counter if step == args.steps - 1 else None)
             loss_sums.append(loss)
             times.append(seconds)
+            ends.append(time.perf_counter() - t0)
             prof.step()
             if job.rt.rank == 0 and args.verbose:
                 print(f"step {step + 1}/{args.steps} time {seconds:.4f} s", flush=True)
@@ -177,17 +183,20 @@ def run(plan, path: str, args, elastic=None) -> Metrics | None:
                 checkpoint.save(ckpt, done, job.par.named_parts, job.optimizer, plan,
                                 job.history(loss_sums))
     failures.at_step(None)
+    job.par.dp.finish(args.steps)
     if args.save_params:
         from executor.params import save_params
         save_params(job.par.named_parts, args.save_params, job.rt.rank)
-    return _metrics(job, loss_sums, times, first, counter, warmup)
+    return _metrics(job, loss_sums, times, ends, first, counter, warmup)
 
 
-def _metrics(job, loss_sums, times, first, counter, warmup) -> Metrics | None:
+def _metrics(job, loss_sums, times, ends, first, counter, warmup) -> Metrics | None:
     plan, rt, device, layout = job.plan, job.rt, job.device, job.layout
     losses = job.reduce_losses(loss_sums)
     step_times = torch.tensor(times, dtype=torch.float64, device=device)
     dist.all_reduce(step_times, op=dist.ReduceOp.MAX)
+    step_ends = torch.tensor(ends, dtype=torch.float64, device=device)
+    dist.all_reduce(step_ends, op=dist.ReduceOp.MAX)
     peaks = [torch.zeros((), dtype=torch.int64, device=device) for _ in range(rt.world_size)]
     dist.all_gather(peaks, torch.tensor(job.memory.peak_bytes(), dtype=torch.int64,
                                         device=device))
@@ -211,4 +220,6 @@ def _metrics(job, loss_sums, times, first, counter, warmup) -> Metrics | None:
         first_step=first, collectives=dict(counter.counts) if counter else {},
         earlier_losses=tuple(job.ckpt.losses) if job.ckpt else (),
         earlier_world_sizes=tuple(job.ckpt.world_sizes) if job.ckpt else (),
-        load_average=load, cpu_count=cores)
+        load_average=load, cpu_count=cores,
+        collective_bytes=dict(counter.bytes) if counter else {},
+        step_end_s=tuple(step_ends.tolist()))

@@ -28,6 +28,8 @@ COMMANDS = {
                "write a plan as a torchtitan, Megatron-LM or DeepSpeed configuration"),
     "models": ("planner.commands.models", "list the model presets with their parameter counts"),
     "clusters": ("planner.commands.clusters", "list the cluster presets and their key figures"),
+    "converge": ("planner.commands.converge",
+                 "train under each data-parallel scheme: loss against steps and time, bytes"),
 }
 NETWORK_MODULE = "planner.commands.profile_network"
 GEMM_MODULE = "planner.commands.profile_gemm"

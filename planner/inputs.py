@@ -19,6 +19,8 @@ from planner.errors import PlannerError
 from planner.models import resolve_model
 from planner.specs import (COMPRESSION, DP_COMM, DTYPES, IMPLEMENTATIONS, OPTIMIZERS, PARTITIONS,
                            RECOMPUTE, SCHEDULES, Cluster, ModelProfile, ModelSpec)
+from planner.specs.common import finite
+from planner.specs.layout import OUTER_OPTIMIZERS
 
 PROFILES_DIR = "profiles"
 
@@ -45,6 +47,7 @@ class PlanInputs:
     # calibration passes the figures it is fitting, and so costs exactly what the CLI costs.
     device_model: object = None
     other_profile_paths: tuple[str, ...] = ()
+    straggler_cv: float = 0.0       # planner.sim.stragglers
     _on_device: dict = field(default_factory=dict, compare=False, repr=False)
 
     def costs_on(self, device, microbatch_size: int) -> tuple[compute.BlockCost, ...]:
@@ -116,6 +119,9 @@ def add_arguments(parser, batch_required: bool = True) -> None:
                         help="pipeline chunk boundaries: the fastest balanced cut (default) or "
                              "Megatron's even split of the layers (embedding with the first "
                              "chunk, head with the last)")
+    parser.add_argument("--straggler-cv", type=float, default=0.0,
+                        help="ranks run at different speeds: coefficient of variation of a "
+                             "rank's step time, independent per rank and step (default 0)")
 
 
 def add_layout_arguments(parser, required: bool = False) -> None:
@@ -149,9 +155,38 @@ def add_layout_arguments(parser, required: bool = False) -> None:
                         help="parameter-server shards with --dp-comm parameter_server "
                              "(default 1)")
     parser.add_argument("--compression", choices=COMPRESSION, default="none",
-                        help="gradient compression (a DDP hook; ZeRO 0/1; default none)")
+                        help="gradient compression: fp16, bf16, powersgd (DDP hooks; ZeRO 0/1); "
+                             "topk, randk (sparse, --compression-ratio), qsgd (--bits 2/4/8), "
+                             "sign (1 bit, error feedback) exchanged after backward (ZeRO 0)")
     parser.add_argument("--powersgd-rank", type=int, default=2,
-                        help="PowerSGD rank with --compression powersgd (default 2)")
+                        help="PowerSGD rank with --compression powersgd")
+    parser.add_argument("--compression-ratio", type=float, default=0.01,
+                        help="share k/n of gradient values topk/randk send (default 0.01)")
+    parser.add_argument("--bits", type=int,
+                        help="bits per value with --compression qsgd (2, 4, 8; 32: "
+                             "unquantized; default 8); sign is 1")
+    parser.add_argument("--staleness", type=int, default=0,
+                        help="with --dp-comm parameter_server: a worker may run this many steps "
+                             "ahead of the slowest (0: synchronous)")
+    parser.add_argument("--local-sgd-period", type=int, default=0,
+                        help="local SGD: replicas average their parameters every H steps "
+                             "instead of their gradients every step (0: off)")
+    parser.add_argument("--outer-optimizer", choices=OUTER_OPTIMIZERS, default="none",
+                        help="with --local-sgd-period: nesterov is DiLoCo's outer step")
+
+
+def dp_comm_fields(args) -> dict:
+    """The data-parallel communication a user asked for, in ``Layout.make``'s (and
+    ``Space``'s) names (never searched: they change the numerics), each option's value only
+    where it applies."""
+    kind = args.compression
+    bits = args.bits if args.bits is not None else (8 if kind == "qsgd" else 1)
+    return {"dp_comm": args.dp_comm, "ps_shards": args.ps_shards, "compression": kind,
+            "powersgd_rank": args.powersgd_rank if kind == "powersgd" else 0,
+            "compression_ratio": args.compression_ratio if kind in ("topk", "randk") else 0.0,
+            "bits": bits if kind in ("qsgd", "sign") else 0,
+            "staleness": args.staleness, "local_sgd_period": args.local_sgd_period,
+            "outer_optimizer": args.outer_optimizer}
 
 
 def space_from_args(args):
@@ -159,8 +194,7 @@ def space_from_args(args):
     return Space(dp=args.dp, tp=args.tp, pp=args.pp, microbatch_size=args.microbatch_size,
                  schedule=args.schedule, virtual_stages=args.virtual_stages, zero=args.zero,
                  recompute=args.recompute, sequence_parallel=args.sequence_parallel,
-                 dp_comm=args.dp_comm, ps_shards=args.ps_shards, compression=args.compression,
-                 powersgd_rank=args.powersgd_rank if args.compression == "powersgd" else 0,
+                 **dp_comm_fields(args),
                  tp_across_nodes=getattr(args, "tp_across_nodes", False),
                  max_virtual_stages=getattr(args, "max_virtual_stages", 8))
 
@@ -265,8 +299,10 @@ def resolve(args) -> PlanInputs:
                 f"no profile of {model.name} ({dtype}) in {PROFILES_DIR}/: run `planner profile "
                 f"--model {args.model} --dtype {dtype}` first, or pass --profile")
     limits.check_problem_size(n, args.global_batch, model.num_blocks, model.name)
+    cv = getattr(args, "straggler_cv", 0.0)
+    finite("--straggler-cv", cv, 0.0)
     if args.cluster == localhost.PRESET:    # last: bad input fails before a measurement
         cluster = localhost.resolve(n, getattr(args, "no_measure", False)).with_size(n)
     return PlanInputs(model, cluster, n, args.global_batch, dtype, args.optimizer, args.lr,
                       args.seed, profile, path or "", others, implementation=implementation,
-                      partition=partition, other_profile_paths=other_paths)
+                      partition=partition, other_profile_paths=other_paths, straggler_cv=cv)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from planner import families
 from planner.errors import PlannerError
+from planner.specs.layout import HOOK_COMPRESSION
 
 # DDP's bucket caps (Li et al., VLDB 2020, sec. 3.2): the first bucket 1 MiB
 # (``dist._DEFAULT_FIRST_BUCKET_BYTES``), the rest ``bucket_cap_mb`` = 25 MiB.
@@ -97,16 +98,19 @@ def executor_refuses(layout) -> str:
     if d.parameter_server and (d.zero or d.compression != "none"):
         return (f"parameter_server keeps whole gradients and the optimizer on its servers: needs "
                 f"zero 0 and compression none, got zero {d.zero}, compression {d.compression}")
-    if d.compression != "none" and d.zero >= 2:
+    if d.compression in HOOK_COMPRESSION and d.zero >= 2:
         return (f"compression {d.compression} is a DDP hook; FSDP (zero {d.zero}) has none: "
                 f"needs zero 0 or 1")
     if d.compression == "powersgd" and d.zero == 1:
         return ("compression powersgd is a DDP all-reduce hook; zero 1 (the distributed "
                 "optimizer) reduce-scatters: use fp16/bf16 with zero 1, or powersgd with zero 0")
-    if d.compression != "none" and d.zero == 0 and dp and not ddp_runs(layout):
+    if d.compression in HOOK_COMPRESSION and d.zero == 0 and dp and not ddp_runs(layout):
         return (f"compression {d.compression} is a DDP hook, and DDP cannot run with tp > 1 "
                 f"(DTensor parameters) or under {pl.schedule}'s split weight-gradient pass "
                 f"(tp {layout.tp}, schedule {pl.schedule})")
+    problem = _refuses_new_dp(layout) if dp else ""
+    if problem:
+        return problem
     if d.zero >= 2 and dp and layout.pp > 1 and pl.kind.split_backward:
         return (f"zero {d.zero} (FSDP2) under schedule {pl.schedule} trains wrong parameters in "
                 f"torch 2.13 (FSDP reduce-scatters before the weight-gradient pass has run): use "
@@ -122,6 +126,12 @@ def executor_refuses(layout) -> str:
 
 def checkpoint_refuses(layout) -> str:
     """Why the executor's ``--checkpoint-dir`` cannot save this layout ("" if it can)."""
+    d = layout.data
+    if layout.dp > 1 and (d.exchange or d.staleness or d.local_sgd):
+        return (f"{' '.join(d.describe_comm())} keeps state a checkpoint does not hold "
+                "(error-feedback residuals, parameter versions in flight, replicas between "
+                "synchronisations): checkpoint a synchronous, uncompressed or hook-compressed "
+                "layout")
     if layout.data.zero == 1 and layout.dp > 1:
         return ("zero 1 (the distributed optimizer) keeps optimizer state for views of "
                 "parameter shards, which DCP's get_state_dict cannot name; checkpoint zero 0, 2 "
@@ -142,6 +152,32 @@ def model_refuses(spec, layout) -> str:
     """Why the executor would refuse this layout for this model ("" if it runs it): the layout
     alone (``executor_refuses``), then the family (e.g. a tied head across pipeline stages)."""
     return executor_refuses(layout) or families.of(spec).layout_problem(spec, layout)
+
+
+def _refuses_new_dp(layout) -> str:
+    """The exchanges after backward (topk, randk, qsgd, sign), the stale parameter server and
+    local SGD, with dp > 1."""
+    d = layout.data
+    if d.exchange and d.zero:
+        return (f"compression {d.compression} exchanges whole gradients after the backward pass "
+                f"and the optimizer then updates whole parameters: needs zero 0, got zero "
+                f"{d.zero}")
+    if d.exchange and layout.tp > 1:
+        return (f"compression {d.compression} with tp {layout.tp}: tp peers compress different "
+                f"flattened gradients, so the parameters they replicate (layer norms) would get "
+                f"different updates: needs tp 1")
+    if d.staleness and (layout.tp > 1 or layout.pp > 1):
+        return (f"staleness {d.staleness} (an asynchronous parameter server) runs whole "
+                f"replicas: needs tp 1 and pp 1, got tp {layout.tp}, pp {layout.pp}")
+    if d.local_sgd and (d.zero or d.compression != "none" or d.parameter_server):
+        return (f"local_sgd_period {d.local_sgd_period} trains each replica with its own whole "
+                f"optimizer and averages parameters by all-reduce: needs zero 0, compression "
+                f"none and dp_comm all_reduce, got zero {d.zero}, compression {d.compression}, "
+                f"dp_comm {d.comm}")
+    if d.local_sgd and layout.tp > 1:
+        return (f"local_sgd_period {d.local_sgd_period} with tp {layout.tp}: not run (tested "
+                f"with dp and pp only): needs tp 1")
+    return ""
 
 
 def layout_problem(spec, layout, num_blocks: int | None = None) -> str:

@@ -52,7 +52,8 @@ def check_layout(spec, layout, where: str = "plan", num_blocks: int | None = Non
             raise PlannerError(f"{where}: field 'layout': {few}")
 
 
-def parallelize(model, layout, mesh, device, where: str = "plan") -> Parallelized:
+def parallelize(model, layout, mesh, device, where: str = "plan", seed: int = 0
+                ) -> Parallelized:
     coords = grid.RankGrid(layout.dims).coords_of(dist.get_rank())
     pp_i, tp_i, dp_i = coords["pp"], coords["tp"], coords["dp"]
     check_layout(model.spec, layout, where, len(model.blocks))
@@ -72,7 +73,7 @@ def parallelize(model, layout, mesh, device, where: str = "plan") -> Parallelize
     for part in parts:
         apply_recompute(dp_mod.blocks_of(part), layout.recompute)
     # 4. data parallel
-    strategy = dp_mod.apply_dp(parts, layout, mesh, device)
+    strategy = dp_mod.apply_dp(parts, layout, mesh, device, seed)
     # 5. schedule
     schedule = None
     if layout.pp > 1:

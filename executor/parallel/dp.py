@@ -17,7 +17,11 @@ and whether tensor parallelism made the parameters DTensors:
 - zero 2/3: FSDP2 ``fully_shard`` per block then per part; ``reshard_after_forward`` False for
   ZeRO-2 (parameters stay gathered between forward and backward) and True for ZeRO-3.
   FSDP reduce-scatters every micro-batch, so gradients stay sharded during accumulation.
-- parameter_server: ``executor.parallel.ps``.
+- parameter_server: ``executor.parallel.ps``; with a staleness bound s >= 1,
+  ``executor.parallel.ps_async``.
+- compression topk/randk/qsgd/sign: ``executor.parallel.gradcomp`` (an exchange after the
+  backward pass); fp16/bf16/powersgd are DDP hooks (``executor.parallel.compress``).
+- local SGD (``local_sgd_period`` >= 1): ``executor.parallel.localsgd``.
 With dp == 1 there is nothing to combine and every strategy is the identity. Which
 combinations run at all is ``planner.rules.executor_refuses``, shared with the planner.
 """
@@ -55,6 +59,12 @@ class NoDataParallel:
 
     def no_sync(self, last: bool):
         return contextlib.nullcontext()
+
+    def before_step(self, step: int) -> None:
+        """Called first in step ``step`` (strategies whose randomness or timing follows it)."""
+
+    def finish(self, steps_done: int) -> None:
+        """Called once after the last step: leave every replica holding the final model."""
 
     def build_optimizer(self, optimizer: str, lr: float):
         return make_optimizer(optimizer, params_of(self.parts), lr)
@@ -138,14 +148,25 @@ def buckets(tensors, first_cap_bytes, cap_bytes):
         yield bucket
 
 
-def apply_dp(parts, layout, mesh, device):
-    """Wrap this rank's model parts for data parallelism; returns the strategy object."""
+def apply_dp(parts, layout, mesh, device, seed: int = 0):
+    """Wrap this rank's model parts for data parallelism; returns the strategy object.
+    ``seed`` (the plan's) seeds the compressions that draw random numbers."""
     if layout.dp == 1:
         return NoDataParallel(parts)
     group = mesh["dp"].get_group()
-    if layout.data.comm == "parameter_server":
+    d = layout.data
+    if d.comm == "parameter_server":
+        if d.staleness:
+            from executor.parallel.ps_async import StaleParameterServer
+            return StaleParameterServer(parts, group, d.ps_shards, d.staleness)
         from executor.parallel.ps import ParameterServer
-        return ParameterServer(parts, group, layout.data.ps_shards)
+        return ParameterServer(parts, group, d.ps_shards)
+    if d.local_sgd:
+        from executor.parallel.localsgd import LocalSGD
+        return LocalSGD(parts, group, layout)
+    if d.exchange:
+        from executor.parallel.gradcomp import CompressedExchange
+        return CompressedExchange(parts, group, layout, seed)
     if layout.data.zero >= 2:
         return FSDPDataParallel(parts, mesh["dp"], layout.data.zero)
     if layout.data.zero == 1:

@@ -63,15 +63,15 @@ def layout_from_args(args, num_devices: int, global_batch: int) -> Layout:
                            f"{global_batch} / dp({dp}) = {per_replica}")
     schedule = args.schedule or "1f1b"
     v = args.virtual_stages or (2 if schedule == "zbv" else 1)
-    ps = args.dp_comm == "parameter_server"
-    layout = Layout.make(dp=dp, tp=tp, pp=pp, microbatch_size=mb, num_microbatches=per_replica // mb,
-                    schedule=schedule, virtual_stages=v, zero=args.zero or 0,
-                    recompute=args.recompute or "none",
-                    sequence_parallel=bool(args.sequence_parallel), dp_comm=args.dp_comm,
-                    ps_shards=args.ps_shards if ps else 0, compression=args.compression,
-                    powersgd_rank=args.powersgd_rank if args.compression == "powersgd" else 0,
-                    stage_boundaries=_integers("--stage-boundaries", args.stage_boundaries,
-                                               "0,13,26"))
+    comm = plan_inputs.dp_comm_fields(args)
+    if comm["dp_comm"] != "parameter_server":
+        comm["ps_shards"] = 0
+    layout = Layout.make(
+        dp=dp, tp=tp, pp=pp, microbatch_size=mb, num_microbatches=per_replica // mb,
+        schedule=schedule, virtual_stages=v, zero=args.zero or 0,
+        recompute=args.recompute or "none", sequence_parallel=bool(args.sequence_parallel),
+        stage_boundaries=_integers("--stage-boundaries", args.stage_boundaries, "0,13,26"),
+        **comm)
     layout.check_world(num_devices, "--gpus")
     return layout
 
@@ -89,16 +89,17 @@ def _uneven(args, tp, pp, dp, shares, num_devices, global_batch) -> Layout:
         raise PlannerError(f"--microbatch-size {args.microbatch_size}: --global-batch "
                            f"{global_batch} / sum(--replica-microbatches) {total} = {mb}")
     schedule = args.schedule or "1f1b"
+    comm = plan_inputs.dp_comm_fields(args)
+    if comm["dp_comm"] != "parameter_server":
+        comm["ps_shards"] = 0
     layout = Layout.make(
         dp=dp, tp=tp, pp=pp, microbatch_size=mb, num_microbatches=max(shares),
         replica_microbatches=shares if len(set(shares)) > 1 else (),
         schedule=schedule, virtual_stages=args.virtual_stages or (2 if schedule == "zbv" else 1),
         zero=args.zero or 0, recompute=args.recompute or "none",
-        sequence_parallel=bool(args.sequence_parallel), dp_comm=args.dp_comm,
-        ps_shards=args.ps_shards if args.dp_comm == "parameter_server" else 0,
-        compression=args.compression,
-        powersgd_rank=args.powersgd_rank if args.compression == "powersgd" else 0,
-        stage_boundaries=_integers("--stage-boundaries", args.stage_boundaries, "0,13,26"))
+        sequence_parallel=bool(args.sequence_parallel),
+        stage_boundaries=_integers("--stage-boundaries", args.stage_boundaries, "0,13,26"),
+        **comm)
     layout.check_world(num_devices, "--gpus")
     return layout
 

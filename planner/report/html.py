@@ -296,43 +296,56 @@ def check_destination(out_dir: str) -> None:
                            "a new or empty directory")
 
 
-def build_report(plan: Plan, out_dir: str, plan_path: str = "",
+def build_report(plan: Plan | None, out_dir: str, plan_path: str = "",
                  metrics: list[tuple[str, Metrics]] = (), validation: Validation | None = None,
-                 trace_dir: str | None = None, top_k: int = 5) -> ReportFiles:
+                 trace_dir: str | None = None, top_k: int = 5, convergence=None) -> ReportFiles:
     """Validate everything, build the report in a temporary directory, rename it to
-    ``out_dir``. Raises PlannerError (bad input) or OSError (cannot write), writing nothing."""
-    rows = measured.metrics_rows(plan, list(metrics))     # foreign metrics: refused here
+    ``out_dir``: the plan's sections, then ``convergence``'s (``planner converge``); either may
+    be left out. Raises PlannerError (bad input) or OSError (cannot write), writing nothing."""
+    rows = measured.metrics_rows(plan, list(metrics)) if plan is not None else []
     traces = trace_files(trace_dir)
     check_destination(out_dir)
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.tmp-")
+    has_trace = plan is not None and bool(plan.prediction.timeline)
     try:
         doc = _Doc(staging, out_dir)
-        if plan.prediction.timeline:
-            trace.write_trace(os.path.join(staging, "trace.json"), plan.prediction,
-                              title=f"{plan.model.name} {plan.layout.describe()}")
-        _header(doc, plan, plan_path)
-        _layout_and_prediction(doc, plan)
-        _why(doc, plan)
-        _timeline(doc, plan, traces, trace_dir)
-        _memory(doc, plan)
-        _candidates(doc, plan, top_k)
-        _collectives(doc, plan)
-        measured.section(doc, plan, rows, validation)
-        _write_page(doc, plan, os.path.join(staging, INDEX))
+        if plan is not None:
+            if has_trace:
+                trace.write_trace(os.path.join(staging, "trace.json"), plan.prediction,
+                                  title=f"{plan.model.name} {plan.layout.describe()}")
+            _plan_sections(doc, plan, plan_path, traces, trace_dir, top_k, rows, validation)
+            title = f"planner report: {plan.model.name} {plan.layout.describe()}"
+        else:
+            doc.add(f"<h1>Convergence: {esc(convergence.model)}</h1>")
+            title = f"planner report: convergence of {convergence.model}"
+        if convergence is not None:
+            from planner.report.converge import add_section
+            add_section(doc, convergence, esc, table)
+        _write_page(doc, title, os.path.join(staging, INDEX))
         outputs.replace_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     out = os.path.abspath(out_dir)
     return ReportFiles(html=os.path.join(out, INDEX), figures=doc.figures,
-                       trace=os.path.join(out, "trace.json") if plan.prediction.timeline
-                       else "", directory=out)
+                       trace=os.path.join(out, "trace.json") if has_trace else "",
+                       directory=out)
 
 
-def _write_page(doc: _Doc, plan: Plan, path: str) -> None:
-    title = f"planner report: {plan.model.name} {plan.layout.describe()}"
+def _plan_sections(doc, plan, plan_path, traces, trace_dir, top_k, rows, validation) -> None:
+    _header(doc, plan, plan_path)
+    _layout_and_prediction(doc, plan)
+    _why(doc, plan)
+    _timeline(doc, plan, traces, trace_dir)
+    _memory(doc, plan)
+    _candidates(doc, plan, top_k)
+    _collectives(doc, plan)
+    measured.section(doc, plan, rows, validation)
+
+
+def _write_page(doc: _Doc, title: str, path: str) -> None:
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f'<meta name="generator" content="{GENERATOR}">'
             f"<title>{esc(title)}</title>"

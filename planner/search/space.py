@@ -6,7 +6,7 @@ that do not divide); micro-batch sizes dividing the per-replica batch; each regi
 with its virtual-stage rule (``planner.schedules``); ZeRO 0-3; recompute none/selective/full;
 sequence parallelism (only layouts the executor can checkpoint when ``Space.checkpointed``,
 for elastic plan sets). The data-parallel communication (all-reduce, compression, parameter
-server) changes numerics, so it is an option the caller fixes, never searched. Layouts the
+server, staleness, local SGD) changes numerics, so it is an option the caller fixes, never searched. Layouts the
 executor refuses (``planner.rules``) are never proposed.
 """
 from __future__ import annotations
@@ -38,6 +38,11 @@ class Space:
     ps_shards: int = 0
     compression: str = "none"
     powersgd_rank: int = 0
+    compression_ratio: float = 0.0
+    bits: int = 0
+    staleness: int = 0
+    local_sgd_period: int = 0
+    outer_optimizer: str = "none"
     tp_across_nodes: bool = False
     max_virtual_stages: int = 8
     # Only layouts the executor can checkpoint (``rules.checkpoint_refuses``): an elastic run
@@ -58,7 +63,9 @@ def _data(space: Space, dp: int, zero: int) -> DataParallel:
                         ps_shards=min(max(space.ps_shards, 1), dp) if ps else 0,
                         compression=space.compression,
                         powersgd_rank=space.powersgd_rank if space.compression == "powersgd"
-                        else 0)
+                        else 0, compression_ratio=space.compression_ratio, bits=space.bits,
+                        staleness=space.staleness, local_sgd_period=space.local_sgd_period,
+                        outer_optimizer=space.outer_optimizer)
 
 
 @lru_cache(maxsize=4096)

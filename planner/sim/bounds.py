@@ -57,7 +57,9 @@ def step_floor(run, dims, data, schedule, m: int, total_s: float, slowest_s: flo
     shard = dp if zero >= 1 else 1
     tail = optimizer_time(run, per_rank / shard, params)
     busy = 0.0
-    if dp > 1:
+    # Exchanges after backward, stale servers and local SGD may send less than a full
+    # reduction, or overlap it: their tail stays 0 (the bound stays a bound).
+    if dp > 1 and not _unsynchronised(data):
         if data.parameter_server:
             tail += comm("parameter_server", per_rank * g_e, "dp")
         elif zero <= 1 and not rules.reduction_overlaps(dims, schedule, zero):
@@ -125,11 +127,12 @@ def _after_backward(run, layout, smallest: float, last: float, params: float, co
     the parameter server), the reduce-scatter of whichever chunk ran last (ZeRO-2/3 under
     pipelining: at least the rank's smallest chunk's ``smallest`` gradient bytes; collective
     times grow with bytes), or that chunk's last bucket (at least ``last`` bytes; all-reduced
-    by DDP, reduce-scattered by ZeRO-1); then ZeRO-1's parameter all-gathers."""
-    if layout.dp == 1:
+    by DDP, reduce-scattered by ZeRO-1); then ZeRO-1's parameter all-gathers. Compressed
+    exchanges, stale servers and local SGD leave no full reduction on the tail: 0."""
+    d = layout.data
+    if layout.dp == 1 or _unsynchronised(d):
         return 0.0
     p_e, g_e, _ = run.bytes_per_param
-    d = layout.data
     g_wire = g_e * wire_share(run, d.compression)
     if d.parameter_server:
         return comm("parameter_server", params * g_e, "dp")
@@ -144,3 +147,8 @@ def _after_backward(run, layout, smallest: float, last: float, params: float, co
     if g_wire == 0:
         return extra
     return extra + comm(reduction, last * g_wire / g_e, "dp")
+
+
+def _unsynchronised(data) -> bool:
+    """Compressed exchanges, stale servers and local SGD: no full reduction on the tail."""
+    return data.exchange or data.local_sgd or bool(data.staleness)

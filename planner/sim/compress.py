@@ -1,15 +1,44 @@
-"""Gradient compression of DDP buckets in the simulator: bytes sent and compute added.
+"""Gradient compression in the simulator: bytes sent and compute added.
 
-fp16/bf16 halve 4-byte gradients (a cast pass at memory bandwidth, torch's
-``fp16_compress_hook``); PowerSGD (Vogels et al., NeurIPS 2019; torch's ``powerSGD_hook``) sends
-P and Q of each matrix that compresses (``planner.cost.dp.powersgd_split``) and computes its
-matmuls at the achieved FLOP rate.
+DDP hooks, per bucket: fp16/bf16 halve 4-byte gradients (a cast pass at memory bandwidth,
+torch's ``fp16_compress_hook``); PowerSGD (Vogels et al., NeurIPS 2019; torch's
+``powerSGD_hook``) sends P and Q of each matrix that compresses
+(``planner.cost.dp.powersgd_split``) and computes its matmuls at the achieved FLOP rate.
+
+Exchanges after the backward pass, per chunk (topk, randk, qsgd, sign): the collective and
+message of ``planner.cost.gradcomp.exchange`` and its encode/select/decode compute
+(``planner.cost.gradcomp.codec_s``: measured on this CPU for gloo clusters, a memory roofline on
+GPUs), all on the critical path after the rank's backward pass.
 """
 from __future__ import annotations
 
 from planner import families
 from planner.cost import dp as dp_cost
-from planner.sim.run import flop_rate
+from planner.cost import gradcomp
+from planner.sim.run import compute_slowdown, flop_rate
+
+
+def chunk_values(run, chunk) -> int:
+    """n, the gradient values of one chunk on one rank (what the executor flattens)."""
+    return int(round(chunk.params))
+
+
+def exchange_messages(run, layout, chunk) -> list[tuple[str, float]]:
+    """(collective, message bytes) of one chunk's compressed exchange."""
+    ex = gradcomp.exchange(layout.data, chunk_values(run, chunk), int(run.bytes_per_param[1]),
+                           layout.dp)
+    return [(ex.collective, float(ex.message_bytes))]
+
+
+def exchange_time(run, layout, chunk, comm) -> float:
+    """Encode + collective + decode of one chunk, on one rank."""
+    n, e = chunk_values(run, chunk), int(run.bytes_per_param[1])
+    bandwidth = (None if run.cluster.backend == "gloo"
+                 else run.cluster.device.memory_bandwidth_bytes_per_s)
+    enc, dec = gradcomp.codec_s(layout.data, n, e, layout.dp, bandwidth)
+    slow = compute_slowdown(run.cluster, layout.world_size)
+    return (enc + dec) * slow + sum(comm(name, nbytes, "dp")
+                           for name, nbytes in exchange_messages(run, layout, chunk))
 
 
 def bucket_time(run, layout, chunk, nbytes: float, comm, reduction: str = "all_reduce"

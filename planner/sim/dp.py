@@ -15,7 +15,13 @@ Built once per layout (``build``), as the executor's ``executor/parallel/dp.py``
   end of the step under torch pipelining (which accumulates FSDP gradients unsharded).
 - parameter server (``planner.cost.comm.parameter_server``) after the backward pass: push, the
   servers' optimizer step on their 1/k, pull.
-- compression (``planner.sim.compress``): fewer bytes per bucket, plus its compute.
+- compression (``planner.sim.compress``): fewer bytes per bucket, plus its compute; the
+  exchanges after backward (topk, randk, qsgd, sign) run per chunk once the backward is done.
+- a parameter server with staleness s >= 1 and local SGD with period H: no barrier every step
+  (``planner.sim.stragglers`` states the model): the stale server's push/pull overlaps the
+  next s steps, local SGD's parameter all-reduce (and DiLoCo's outer step) costs 1/H per step.
+- ranks of different speeds (``RunSpec.straggler_cv`` > 0): the wait for the slowest, at every
+  step's barrier, every H steps, or as the staleness bound allows.
 
 The optimizer step starts once a rank's reductions are done. The hooks are the only place the
 event loop (``planner.sim.engine``) meets data parallelism.
@@ -33,7 +39,7 @@ from dataclasses import dataclass
 
 from planner import rules
 from planner.cost import dp as dp_cost
-from planner.sim import compress
+from planner.sim import compress, unsync
 from planner.sim.run import compute_slowdown, optimizer_time
 
 
@@ -49,8 +55,9 @@ class DpPlan:
 
 
 def count(counts: dict, phase: str, name: str, group: str, size: int, nbytes: float,
-          k: int) -> None:
-    key = (phase, name, group, size, int(nbytes))
+          k: int, every: int = 1) -> None:
+    """k collectives of ``nbytes`` per step (``every`` > 1: per that many steps)."""
+    key = (phase, name, group, size, int(nbytes), every)
     counts[key] = counts.get(key, 0) + k
 
 
@@ -79,9 +86,22 @@ def chunk_plan(run, layout, chunk, comm, counts: dict) -> DpPlan:
         total = sum(grads)
         t = comm("parameter_server", total, "dp")
         k = d.ps_shards
-        count(counts, "backward", "reduce", "dp", n, total / k, k)
-        count(counts, "optimizer", "broadcast", "dp", n, total / k, k)
+        if d.staleness:     # point to point: k(p-1) pushes and k(p-1) pulls of 1/k each
+            count(counts, "backward", "send_recv", "dp", n, total / k, k * (n - 1))
+            count(counts, "optimizer", "send_recv", "dp", n, total / k, k * (n - 1))
+        else:
+            count(counts, "backward", "reduce", "dp", n, total / k, k)
+            count(counts, "optimizer", "broadcast", "dp", n, total / k, k)
         return DpPlan([(len(grads) - 1, t, total)], False, (), (), True)
+    if d.local_sgd:         # parameters averaged in ``finish``, every H steps
+        count(counts, "optimizer", "all_reduce", "dp", n, chunk.params * run.bytes_per_param[0],
+              1, d.local_sgd_period)
+        return DpPlan([], False, (), (), True)
+    if d.exchange:
+        t = compress.exchange_time(run, layout, chunk, comm)
+        for name, nbytes in compress.exchange_messages(run, layout, chunk):
+            count(counts, "backward", name, "dp", n, nbytes, 1)
+        return DpPlan([(len(grads) - 1, t, sum(grads))], False, (), (), True)
     # Buckets that become ready together (a block larger than the cap) run back to back on
     # the stream: one event each group, same finish time as bucket by bucket.
     reduction = "reduce_scatter" if d.zero == 1 else "all_reduce"
@@ -278,7 +298,13 @@ class DataParallelHooks:
         params = sum(chunks[c].params for c in mine)
         total = sum(ch.params for ch in chunks)
         slow = compute_slowdown(run.cluster, layout.world_size)
-        if layout.data.parameter_server and layout.dp > 1:
+        d = layout.data
+        if layout.dp > 1 and d.staleness:
+            unsync.stale_server(self, st, mine, params, total, slow)
+            return
+        unsync.straggle(self, st, 1 if not d.local_sgd or layout.world_size > layout.dp
+                        else d.local_sgd_period)
+        if d.parameter_server and layout.dp > 1:
             self._parameter_server(st, mine, params, total, slow, run, r)
             return
         gate = st.comp
@@ -301,6 +327,8 @@ class DataParallelHooks:
             st.events.append(("compute", "optimizer", st.comp, st.comp + opt))
         st.comp += opt
         st.acc["optimizer"] += opt
+        if d.local_sgd and layout.dp > 1:
+            unsync.local_sgd(self, st, mine, params, total, slow)
         if layout.data.zero == 1 and layout.dp > 1:
             # the distributed optimizer: one all-gather of updated parameters per bucket,
             # which on a mixed cluster waits for the slowest replica's optimizer step

@@ -10,7 +10,10 @@ ZeRO over dp; gradients whole when torch pipelining accumulates FSDP gradients),
 gradient-sized buffers (DDP's bucket copy -- torch's default gradient_as_bucket_view=False;
 PowerSGD's error feedback; the parameter server's flat messages, 2/k of the gradients; ZeRO-1's
 flat buckets in flight during backward plus the 1/dp reduce-scattered shards the optimizer
-reads, ``executor.parallel.zero1``). Per
+reads, ``executor.parallel.zero1``; the exchanges after backward: the flat gradient, its sum,
+the error-feedback residual and the p gathered payloads (``dp_buffer_bytes``); a stale server's
+master copy and the s + 1 gradients it keeps or sends ahead; DiLoCo's anchor and outer
+momentum). Per
 micro-batch in flight: activations. Largest over the rank's blocks: a recomputed block's
 transient activations; FSDP's unsharded copies (ZeRO-3: the gathered and the prefetched block;
 without pipelining the unsharded gradient of one block before its reduce-scatter). Per chunk
@@ -51,17 +54,36 @@ def state_bytes_per_param(run, dims, data, pipelined: bool) -> tuple[float, floa
 def buffer_bytes_per_param(run, dims, data) -> float:
     """Gradient-sized buffers per parameter on one rank (module docstring): DDP's bucket copy
     (tp 1) and PowerSGD's error feedback; ZeRO-1's flat buckets and 1/dp shards; the parameter
-    server's flat messages. The search's memory floor counts them too."""
+    server's flat messages; plus the unsynchronised schemes' (``dp_buffer_bytes``). The search's
+    memory floor counts them too."""
     if dims.dp <= 1:
         return 0.0
-    e_grad = run.bytes_per_param[1]
+    e_param, e_grad, _ = run.bytes_per_param
+    extra = dp_buffer_bytes(data, dims.dp, e_param, e_grad)
     if data.parameter_server:
-        return 2.0 * e_grad / data.ps_shards
+        return 2.0 * e_grad / data.ps_shards + extra
     if data.zero == 1:
-        return e_grad * (1.0 + 1.0 / dims.dp)
+        return e_grad * (1.0 + 1.0 / dims.dp) + extra
     if data.zero == 0:
         return (e_grad if dims.tp == 1 else 0.0) + (
-            e_grad if data.compression == "powersgd" else 0.0)
+            e_grad if data.compression == "powersgd" else 0.0) + extra
+    return extra
+
+
+def dp_buffer_bytes(d, p: int, e_param: float, e_grad: float) -> float:
+    """Bytes per parameter the schemes of ``planner.cost.gradcomp``, the stale server and
+    local SGD hold beyond the DDP/server buffers above (module docstring)."""
+    if d.exchange:
+        from planner.cost import gradcomp
+        e = int(e_grad)
+        per = gradcomp.payload_bytes(d, 1 << 20, e) / (1 << 20)   # payload per value
+        gathered = per if d.compression == "randk" else p * per
+        ef = e_grad if d.compression in ("topk", "randk", "sign") else 0.0
+        return 2.0 * e_grad + ef + gathered - e_grad      # flat + sum (+ residual), no DDP copy
+    if d.staleness:
+        return e_param / d.ps_shards + (d.staleness + 1) * e_grad
+    if d.local_sgd:
+        return e_param + (2.0 * e_param if d.outer_optimizer == "nesterov" else 0.0)
     return 0.0
 
 

@@ -92,16 +92,17 @@ def collectives(run: RunSpec, layout, costs: LayoutCosts, result: StepResult) ->
                 if scatter:     # Megatron's scatter/gather: the pieces gathered over tp
                     out.append(CollectiveCount(phase, "all_gather", "tp", layout.tp, m,
                                                int(nb)))
-    for (phase, name, group, size, nbytes), k in sorted(result.dp_counts.items()):
-        out.append(CollectiveCount(phase, name, group, size, k, int(nbytes)))
+    for (phase, name, group, size, nbytes, every), k in sorted(result.dp_counts.items()):
+        out.append(CollectiveCount(phase, name, group, size, k, int(nbytes), every))
     if layout.tp > 1:
         out += _partial_grad_collectives(run, layout, costs, owner)
     merged: dict = {}
     for cc in out:
-        key = (cc.phase, cc.collective, cc.group, cc.group_size, cc.bytes_each)
+        key = (cc.phase, cc.collective, cc.group, cc.group_size, cc.bytes_each, cc.every_steps)
         merged[key] = merged.get(key, 0) + cc.count
-    return tuple(CollectiveCount(phase, coll, group, size, count=k, bytes_each=nbytes)
-                 for (phase, coll, group, size, nbytes), k in merged.items())
+    return tuple(CollectiveCount(phase, coll, group, size, count=k, bytes_each=nbytes,
+                                 every_steps=every)
+                 for (phase, coll, group, size, nbytes, every), k in merged.items())
 
 
 def _partial_grad_collectives(run: RunSpec, layout, costs: LayoutCosts, owner) -> list:

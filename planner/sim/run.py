@@ -28,6 +28,7 @@ class RunSpec:
     flop_rate: float = 0.0                # achieved FLOP/s for estimated compute; 0: peak * eff
     implementation: str = "executor"      # planner.specs.IMPLEMENTATIONS: what runs the step
     partition: str = "balanced"           # planner.specs.PARTITIONS: chunk boundaries if unset
+    straggler_cv: float = 0.0             # ranks' step-time spread (planner.sim.stragglers)
 
     @property
     def bytes_per_param(self) -> tuple[float, float, float]:

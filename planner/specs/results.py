@@ -51,6 +51,7 @@ class CollectiveCount(Serde):
     group_size: int
     count: int
     bytes_each: int
+    every_steps: int = 1           # > 1: ``count`` per that many steps (local SGD's average)
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,12 @@ class Metrics(Serde):
     # (0: not recorded): above one runnable process per core, times include waiting for one.
     load_average: float = 0.0
     cpu_count: int = 0
+    # ... and their message bytes summed, "kind@group" -> bytes (planner.cost.comm's n: an
+    # all-gather's whole output, a send's buffer).
+    collective_bytes: dict[str, int] = field(default_factory=dict)
+    # Per step (warm-up included), when the last rank finished it, in seconds from a barrier
+    # before the first step.
+    step_end_s: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
