@@ -121,6 +121,10 @@ def executor_refuses(layout) -> str:
                 "pipelining reduce-scatters) once per micro-batch, so replicas running "
                 "different numbers of micro-batches would issue different collectives: use "
                 "zero 0 or 1, or zero 2 with pp > 1")
+    if layout.replica_microbatches and dp and (d.exchange or d.staleness or d.local_sgd):
+        return (f"uneven replica_microbatches with {' '.join(d.describe_comm())}: these "
+                "schemes are defined (and tested) for replicas of equal shares; use even "
+                "shares or a synchronous exchange")
     return ""
 
 

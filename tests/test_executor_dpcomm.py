@@ -81,7 +81,7 @@ class Replicas:
 
     def grad(self, model, step: int, rank: int) -> tuple[torch.Tensor, float]:
         """(flat gradient, loss) of ``model`` on rank ``rank``'s rows of step ``step``."""
-        x, y = self.data.rows(step, *dp_rows(rank, self.p, self.plan.global_batch_size))
+        x, y = self.data.rows(step, *dp_rows(rank, self.plan.layout))
         model.zero_grad(set_to_none=True)
         loss = model.loss(model(x), y)
         loss.backward()

@@ -175,11 +175,12 @@ def test_world8_dp_pp_tp_is_exact(tmp_path):
 def test_world8_zero1_dp_pp_tp_is_exact(tmp_path):
     """ZeRO-1 composed with everything: each pipeline stage reduce-scatters its one bucket
     (embedding + 2 blocks on rank 0) during the last backward, all-gathers it after the step,
-    and sums its layer norms' Partial gradient pieces over tp once."""
+    and sums its layer norms' Partial gradient pieces over tp once; the vocabulary-parallel
+    embedding all-reduces its output once per micro-batch."""
     check_exact(make_plan(dp=2, pp=2, tp=2, zero=1, sequence_parallel=True, schedule="1f1b",
                           **MB), tmp_path,
                 collectives={"reduce_scatter@dp": 1, "all_gather@dp": 1, "all_gather@tp": 18,
-                             "reduce_scatter@tp": 16, "all_reduce@tp": 1, "send@pp": 2,
+                             "reduce_scatter@tp": 16, "all_reduce@tp": 3, "send@pp": 2,
                              "recv@pp": 2})
 
 

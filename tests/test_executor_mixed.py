@@ -61,7 +61,7 @@ UNEVEN4 = {
     # tensor-parallel replicas all-reduce after the backward pass (no DDP): weighted too
     "tp x dp uneven": (GPT, dict(dp=2, tp=2, microbatch_size=2, num_microbatches=2,
                                  replica_microbatches=(2, 1)),
-                       {"all_reduce@dp": 1, "all_reduce@tp": 32}),
+                       {"all_reduce@dp": 1, "all_reduce@tp": 42}),
 }
 
 

@@ -43,7 +43,7 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
 from executor.optim import make_optimizer
-from executor.parallel.dp import buckets as ddp_sized_runs
+from executor.parallel.dp import NoDataParallel, buckets as ddp_sized_runs
 from planner import rules
 
 _HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -155,7 +155,7 @@ class Bucket:
         self.ready = 0
 
 
-class DistributedOptimizer:
+class DistributedOptimizer(NoDataParallel):
     """The data-parallel strategy of ZeRO-1 (``executor.parallel.dp`` interface)."""
 
     name = "zero1-distributed-optimizer"
