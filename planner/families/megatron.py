@@ -55,3 +55,18 @@ def vocab_parallel_collectives(kind: str, sequence_parallel: bool) -> tuple[tupl
     """(forward, backward) tp collectives of a vocabulary-parallel embedding or loss-parallel
     head per micro-batch, tp > 1 (comment above); other kinds issue none."""
     return _VOCAB.get((kind, sequence_parallel), ((), ()))
+
+
+def tp_divisibility_problem(spec, tp: int, sequence_parallel: bool, divisors) -> str:
+    """Why Megatron's split of a decoder over ``tp`` ranks does not fit ``spec`` ("" if it
+    does): every size in ``divisors`` ((name, size) pairs: heads, FFN columns) must split into
+    whole pieces, and under sequence parallelism so must the sequence."""
+    if tp == 1:
+        return ""
+    for name, size in divisors:
+        if size % tp:
+            return f"tp({tp}) must divide {name}({size}): {size} % {tp} = {size % tp}"
+    if sequence_parallel and spec.seq_len % tp:
+        return (f"sequence_parallel: tp({tp}) must divide seq_len({spec.seq_len}): "
+                f"{spec.seq_len} % {tp} = {spec.seq_len % tp}")
+    return ""

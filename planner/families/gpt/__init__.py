@@ -68,16 +68,9 @@ class GptFamily(Family):
     def tp_problem(self, spec, tp: int, sequence_parallel: bool) -> str:
         """Column splits need whole heads and whole FFN columns per rank (hidden_size follows
         from the heads: hidden = heads * head_dim)."""
-        if tp == 1:
-            return ""
-        for name, size in (("num_heads", spec.num_heads),
-                           ("ffn_hidden_size", spec.ffn_hidden_size)):
-            if size % tp:
-                return f"tp({tp}) must divide {name}({size}): {size} % {tp} = {size % tp}"
-        if sequence_parallel and spec.seq_len % tp:
-            return (f"sequence_parallel: tp({tp}) must divide seq_len({spec.seq_len}): "
-                    f"{spec.seq_len} % {tp} = {spec.seq_len % tp}")
-        return ""
+        return megatron.tp_divisibility_problem(
+            spec, tp, sequence_parallel,
+            (("num_heads", spec.num_heads), ("ffn_hidden_size", spec.ffn_hidden_size)))
 
     def tp_collectives(self, kind: str, sequence_parallel: bool):
         if kind == "block":

@@ -157,15 +157,8 @@ class LlamaFamily(Family):
         return (("num_kv_heads", kv_heads(spec)), ("ffn_hidden_size", spec.ffn_hidden_size))
 
     def tp_problem(self, spec, tp: int, sequence_parallel: bool) -> str:
-        if tp == 1:
-            return ""
-        for name, size in self.tp_divisors(spec):
-            if size % tp:
-                return f"tp({tp}) must divide {name}({size}): {size} % {tp} = {size % tp}"
-        if sequence_parallel and spec.seq_len % tp:
-            return (f"sequence_parallel: tp({tp}) must divide seq_len({spec.seq_len}): "
-                    f"{spec.seq_len} % {tp} = {spec.seq_len % tp}")
-        return ""
+        return megatron.tp_divisibility_problem(spec, tp, sequence_parallel,
+                                                self.tp_divisors(spec))
 
     def tp_collectives(self, kind: str, sequence_parallel: bool):
         return megatron.block_collectives(kind, sequence_parallel)
