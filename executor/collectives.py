@@ -5,8 +5,8 @@ of ``torch.distributed`` calls (including DDP's reducer, FSDP2 and the pipeline'
 dispatch through the same ops) and the ``_c10d_functional.*`` ops DTensor uses. Each is counted
 under ``"<kind>@<group>"`` where kind is the planner's name (all_reduce, all_gather,
 reduce_scatter, reduce, broadcast, send, recv, all_to_all, barrier) and group is the mesh
-dimension whose process group it ran on ("dp", "pp", "tp"; "world" for the default group when no
-dimension owns it). Counts are those of global rank 0 in the last step of the run; that step is
+group whose process group it ran on ("dp", "cp", "pp", "tp", "dp_cp", "ep", "edp"; "world" for the
+default group when no dimension owns it). Counts are those of global rank 0 in the last step of the run; that step is
 left out of ``step_times_s`` because dispatch interception slows every operation.
 A point-to-point transfer counts once as send on one rank and once as recv on the other.
 Each call's message bytes are summed under the same key (``bytes``), in the planner's
@@ -22,7 +22,6 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from planner import grid
 
 _KINDS = {
     "allreduce_": "all_reduce", "allreduce_coalesced_": "all_reduce", "all_reduce": "all_reduce",
@@ -41,11 +40,9 @@ _KINDS = {
 
 
 def group_names(mesh, layout) -> dict[str, str]:
-    """Process-group name -> mesh dimension (only dimensions of size > 1 own a group)."""
-    names = {}
-    for dim in grid.DIMS:
-        if getattr(layout, dim) > 1:
-            names[mesh[dim].get_group().group_name] = dim
+    """Process-group name -> group name (only groups of more than one rank;
+    ``executor.runtime.Meshes.groups``)."""
+    names = mesh.groups(layout)
     names.setdefault(dist.group.WORLD.group_name, "world")
     return names
 

@@ -2,20 +2,34 @@
 
 Each rank writes ``DIR/params-rank{r}.npz`` (NumPy, no pickle) with the full value of every
 parameter it holds, under the unsplit model's name. Sharded (DTensor) parameters are gathered
-first, which is a collective: every rank of the job must call ``save_params``.
+first, which is a collective: every rank of the job must call ``save_params``; so are expert
+shards (expert parallelism: each rank holds E/ep experts, gathered over the ep group along
+dimension 0).
 """
 from __future__ import annotations
 
 import os
 
 import numpy as np
+import torch
+import torch.distributed as dist
 from torch.distributed.tensor import DTensor
+
+
+def _ep_gather(t, group):
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, t.contiguous(), group=group)
+    return torch.cat(parts)
 
 
 def full_named_parameters(parts):
     for part in parts:
+        sharded = {id(p): m.ep_group for m in part.modules()
+                   if getattr(m, "ep_group", None) is not None for p in m.parameters()}
         for name, p in part.named_parameters():
             t = p.full_tensor() if isinstance(p, DTensor) else p
+            if id(p) in sharded:
+                t = _ep_gather(t.detach(), sharded[id(p)])
             yield name, t.detach().cpu()
 
 

@@ -72,6 +72,10 @@ def param_dtype(name: str, device: torch.device, where: str = "plan") -> torch.d
         raise PlannerError(f"{where}: field 'dtype': bf16-mixed needs a CUDA device (autocast to "
                            "bfloat16 on CPU is not what a GPU plan measures); use float32 or "
                            "float64 on CPU")
+    if name == "fp8":
+        raise PlannerError(f"{where}: field 'dtype': fp8 is a planning-only precision (FP8 "
+                           "GEMMs need Transformer Engine, which this executor does not use); "
+                           f"valid: {', '.join(_PARAM_DTYPES)}")
     if name not in _PARAM_DTYPES:
         raise PlannerError(f"{where}: field 'dtype': {name!r} needs loss scaling, which the "
                            f"executor does not implement; valid: {', '.join(_PARAM_DTYPES)}")
@@ -82,10 +86,47 @@ def autocast_dtype(name: str):
     return torch.bfloat16 if name == "bf16-mixed" else None
 
 
-def build_mesh(layout, device: torch.device):
-    """A DeviceMesh over the planner's named grid axes whose entry at a coordinate is
-    ``planner.grid.RankGrid.rank_of`` of it: the planner's rank grid decides which ranks form
-    each group, nothing here does."""
-    from torch.distributed.device_mesh import DeviceMesh
-    ranks = torch.tensor(grid.RankGrid(layout.dims).mesh_ranks(), dtype=torch.int64)
-    return DeviceMesh(device.type, ranks, mesh_dim_names=grid.DIMS)
+class Meshes:
+    """The device meshes of one layout, by the planner's group names (``planner.dims``):
+    the grid axes "dp", "cp", "pp", "tp"; "dp_cp" (dp * cp flattened: the gradient
+    reduction when cp > 1); "ep" and "edp" (expert parallel groups and the replicas of each
+    expert shard, when ep > 1). All are views of one world mesh (``_unflatten``), so FSDP and
+    DTensor see one root mesh."""
+
+    def __init__(self, layout, device: torch.device):
+        from torch.distributed.device_mesh import init_device_mesh
+        d = layout.dims
+        world = init_device_mesh(device.type, (d.world_size,), mesh_dim_names=("world",))
+        sizes = tuple(d.degrees().values())
+        self.dense = world._unflatten(0, sizes, grid.DIMS)
+        self._extra = {}
+        if d.cp > 1:
+            self._extra["dp_cp"] = self.dense["dp", "cp"]._flatten("dp_cp")
+        if d.ep > 1:
+            sparse = world._unflatten(0, (d.edp, d.ep, d.pp, d.tp), ("edp", "ep", "pp", "tp"))
+            self._extra["ep"], self._extra["edp"] = sparse["ep"], sparse["edp"]
+
+    def __getitem__(self, name: str):
+        if name == "dp_cp" and "dp_cp" not in self._extra:
+            return self.dense["dp"]             # cp 1: the reduction is over dp
+        return self._extra[name] if name in self._extra else self.dense[name]
+
+    def reduce(self, layout):
+        """The mesh gradients of non-expert parameters are reduced over (dp * cp ranks)."""
+        return self[layout.dims.reduce_dim]
+
+    def groups(self, layout) -> dict[str, str]:
+        """Process-group name -> planner group name, for groups of more than one rank."""
+        d, out = layout.dims, {}
+        names = grid.DIMS + (("dp_cp",) if d.cp > 1 else ()) + (("ep", "edp") if d.ep > 1 else ())
+        for name in names:
+            if d.degree(name) > 1:
+                out[self[name].get_group().group_name] = d.canonical(name)
+        return out
+
+
+def build_mesh(layout, device: torch.device) -> Meshes:
+    """The meshes over the planner's named grid axes, laid out as ``planner.grid.RankGrid``
+    places ranks (row-major, tp fastest): the planner's rank grid decides which ranks form each
+    group, nothing here does."""
+    return Meshes(layout, device)

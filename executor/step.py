@@ -73,6 +73,8 @@ def train_step(par, optimizer, inputs, targets, layout, loss_fn, device,
     if layout.tp > 1 and rules.partial_grads_by(layout) == "step":
         reduce_partial_grads(par.parts)
     par.dp.after_backward()
+    if par.expert_sync is not None:                      # ep without FSDP on the experts
+        par.expert_sync()
     optimizer.step()
     par.dp.after_step()
     for part in par.parts:

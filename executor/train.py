@@ -23,6 +23,7 @@ from executor.collectives import CollectiveCounter, group_names
 from executor.data import check_data, dp_rows, make_data
 from executor.memory import PeakMemory
 from executor.parallel import check_layout, parallelize
+from executor.parallel.cp import shard_batch
 from executor.step import train_step
 from planner import families, grid
 from planner.errors import PlannerError
@@ -123,7 +124,9 @@ class Job:
         if new:
             total = torch.stack(new)
             dist.all_reduce(total)
-            self.losses += (total / self.layout.total_microbatches).tolist()
+            # each cp rank's loss is the mean over its share of the positions: their mean is
+            # the row's
+            self.losses += (total / (self.layout.total_microbatches * self.layout.cp)).tolist()
         return self.losses
 
     def history(self, loss_sums) -> dict:
@@ -133,7 +136,7 @@ class Job:
                 "world_sizes": ckpt.world_sizes + [self.rt.world_size] * len(self.losses)}
 
     def batch(self, step: int):
-        inputs, targets = self.data.rows(step, *self.rows)
+        inputs, targets = shard_batch(*self.data.rows(step, *self.rows), self.par.cp)
         return (inputs.to(self.device),
                 targets.to(self.device) if targets is not None else None)
 

@@ -4,7 +4,10 @@ Both the planner (to know which links a group crosses) and the executor (to buil
 mesh) use ``RankGrid``; nothing else decides rank placement.
 
 Ranks are laid out row-major over the named axes of ``planner.dims.GRID_ORDER`` (today
-``dp, pp, tp``), the last axis fastest: ``rank = (dp_i * pp + pp_i) * tp + tp_i``.
+``dp, cp, pp, tp``), the last axis fastest: ``rank = ((dp_i * cp + cp_i) * pp + pp_i) * tp + tp_i``.
+The derived groups of ``planner.dims.DERIVED`` are strided runs too: "dp_cp" the dp*cp ranks of
+index ``dp_i * cp + cp_i`` (stride pp*tp), "ep" ``ep`` consecutive ones of that run, "edp" the
+runs' ranks ``ep`` apart (every ep-th of the dp-cp run).
 Tensor-parallel peers are therefore adjacent ranks (on one node whenever tp <= devices per
 node), as Megatron-LM places them (Narayanan et al. SC'21, sec. 3.3: "tensor model parallelism
 ... within a multi-GPU server"); this is also the dimension order of the executor's
@@ -15,14 +18,15 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from planner.dims import GRID_ORDER, ParallelDims
+from planner.dims import DERIVED, GRID_ORDER, ParallelDims
 from planner.errors import PlannerError
 
 DIMS = GRID_ORDER
 
 
 class RankGrid:
-    """Named axes over ``dims``; coordinates are dicts ``{"dp": i, "pp": j, "tp": k}``."""
+    """Named axes over ``dims``; coordinates are dicts ``{"dp": i, "cp": c, "pp": j, "tp": k}``.
+    ``sizes``/``strides`` also hold the derived groups (``planner.dims.DERIVED``)."""
 
     def __init__(self, dims: ParallelDims):
         self.dims = dims
@@ -32,6 +36,9 @@ class RankGrid:
             self.strides[name] = stride
             stride *= self.sizes[name]
         self.world_size = stride
+        run = self.strides["cp"]
+        self.sizes.update(dp_cp=dims.dp * dims.cp, ep=dims.ep, edp=dims.edp)
+        self.strides.update(dp_cp=run, ep=run, edp=run * dims.ep)
 
     def rank_of(self, **coords: int) -> int:
         """Global rank of a grid coordinate; axes not given are 0."""
@@ -55,9 +62,9 @@ class RankGrid:
     def groups(self, dim: str) -> list[list[int]]:
         """All groups along ``dim``, each a sorted list of global ranks: a ``dim`` group holds
         the ranks that share every other coordinate."""
-        if dim not in GRID_ORDER:
-            raise PlannerError(f"dim must be one of {GRID_ORDER}, got {dim!r}")
-        return [list(g) for g in _groups(tuple(self.sizes[n] for n in GRID_ORDER), dim)]
+        if dim not in GRID_ORDER + DERIVED:
+            raise PlannerError(f"dim must be one of {GRID_ORDER + DERIVED}, got {dim!r}")
+        return [list(g) for g in _groups(self.dims, dim)]
 
     def mesh_ranks(self) -> list:
         """Nested lists, one level per axis in grid order, holding the rank at each coordinate
@@ -72,8 +79,8 @@ class RankGrid:
 
 
 @lru_cache(maxsize=256)
-def _groups(sizes: tuple[int, ...], dim: str) -> tuple[tuple[int, ...], ...]:
-    grid = RankGrid(ParallelDims(**dict(zip(GRID_ORDER, sizes))))
+def _groups(dims: ParallelDims, dim: str) -> tuple[tuple[int, ...], ...]:
+    grid = RankGrid(dims)
     seen, out = set(), []
     for rank in range(grid.world_size):
         if grid.coord(rank, dim) != 0:

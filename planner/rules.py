@@ -39,9 +39,9 @@ def ddp_runs(layout) -> bool:
 
 
 def fsdp_runs(layout) -> bool:
-    """Whether the executor shards with FSDP2 (``executor.parallel.dp``): ZeRO 2/3 over dp > 1.
-    FSDP then sums tp-partial gradients itself (``partial_grads_by``)."""
-    return layout.dp > 1 and layout.data.zero >= 2
+    """Whether the executor shards with FSDP2 (``executor.parallel.dp``): ZeRO 2/3 over
+    dp * cp > 1 replicas. FSDP then sums tp-partial gradients itself (``partial_grads_by``)."""
+    return layout.dims.replicas > 1 and layout.data.zero >= 2
 
 
 def partial_grads_by(layout) -> str:
@@ -94,7 +94,10 @@ def microbatch_problem(layout) -> str:
 def executor_refuses(layout) -> str:
     """Why the executor would refuse this layout ("" if it runs it)."""
     d, pl = layout.data, layout.pipeline
-    dp = layout.dp > 1
+    dp = layout.dims.replicas > 1
+    problem = _cp_ep_refusal(layout)
+    if problem:
+        return problem
     if d.parameter_server and (d.zero or d.compression != "none"):
         return (f"parameter_server keeps whole gradients and the optimizer on its servers: needs "
                 f"zero 0 and compression none, got zero {d.zero}, compression {d.compression}")
@@ -136,6 +139,10 @@ def checkpoint_refuses(layout) -> str:
                 "(error-feedback residuals, parameter versions in flight, replicas between "
                 "synchronisations): checkpoint a synchronous, uncompressed or hook-compressed "
                 "layout")
+    if layout.ep > 1:
+        return (f"ep({layout.ep}) keeps expert shards as plain tensors under the unsplit model's "
+                "names on every rank, which DCP would take for replicas: checkpoint layouts "
+                "with ep 1")
     if layout.data.zero == 1 and layout.dp > 1:
         return ("zero 1 (the distributed optimizer) keeps optimizer state for views of "
                 "parameter shards, which DCP's get_state_dict cannot name; checkpoint zero 0, 2 "
@@ -149,6 +156,34 @@ def resume_inexact(layout) -> str:
     if layout.dp > 1 and d.compression == "powersgd":
         return ("PowerSGD's error-feedback state is not checkpointed: a resumed run would not "
                 "continue exactly; use compression none, fp16 or bf16")
+    return ""
+
+
+def _cp_ep_refusal(layout) -> str:
+    """What context and expert parallelism do not compose with in the executor."""
+    d, cp, ep = layout.data, layout.cp, layout.ep
+    if cp == 1 and ep == 1:
+        return ""
+    name = f"cp({cp})" if cp > 1 else f"ep({ep})"
+    if d.parameter_server or d.compression != "none":
+        return (f"{name}: gradients are reduced over dp * cp ranks (experts over edp) by DDP or "
+                f"FSDP; the parameter server and compression hooks are not wired for that: use "
+                f"dp_comm all_reduce and compression none")
+    if d.zero == 1:
+        return (f"{name} with zero 1: the distributed optimizer reduce-scatters over the dp "
+                f"group, while {name} needs gradients reduced over dp * cp ranks (experts over "
+                f"edp): use zero 0, 2 or 3")
+    if layout.replica_microbatches:
+        return (f"{name} with uneven replica_microbatches: "
+                + ("ep's all-to-alls pair ranks of different replicas, which would run different "
+                   "numbers of micro-batches" if ep > 1 else
+                   "the mixed-cluster simulation prices replicas over dp only")
+                + "; use even shares (replica_microbatches empty)")
+    if cp > 1 and layout.recompute == "selective":
+        return (f"cp({cp}) with selective recompute: the attention core it reruns is the ring "
+                f"of K/V transfers; use recompute none or full")
+    if cp > 1 and layout.tensor.sequence_parallel:
+        return f"cp({cp}) with sequence_parallel is not supported by the executor: use one"
     return ""
 
 
@@ -187,7 +222,8 @@ def _refuses_new_dp(layout) -> str:
 def layout_problem(spec, layout, num_blocks: int | None = None) -> str:
     """Why ``layout`` cannot run ``spec`` ("" if it can)."""
     family = families.of(spec)
-    problem = family.tp_problem(spec, layout.tp, layout.tensor.sequence_parallel)
+    problem = (family.tp_problem(spec, layout.tp, layout.tensor.sequence_parallel)
+               or family.cp_problem(spec, layout.cp) or family.ep_problem(spec, layout.ep))
     if problem:
         return problem
     blocks = spec.num_blocks if num_blocks is None else num_blocks

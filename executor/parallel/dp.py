@@ -24,6 +24,13 @@ and whether tensor parallelism made the parameters DTensors:
 - local SGD (``local_sgd_period`` >= 1): ``executor.parallel.localsgd``.
 With dp == 1 there is nothing to combine and every strategy is the identity. Which
 combinations run at all is ``planner.rules.executor_refuses``, shared with the planner.
+
+Context parallelism adds its ranks to the reduction: the group is dp * cp ("dp_cp",
+``planner.dims``). Expert parallelism takes the experts out of it (``executor.parallel.ep``):
+DDP ignores them and the step sums them over edp after the backward pass; FSDP shards each MoE
+layer's experts as a unit of their own over the edp mesh (gradients divided by dp * cp), or,
+with one replica per expert shard, leaves them alone. ``offload``: FSDP2's
+``CPUOffloadPolicy`` (sharded parameters, gradients and optimizer state in host memory).
 """
 from __future__ import annotations
 
@@ -53,6 +60,7 @@ class NoDataParallel:
     """dp == 1 (or a strategy's shared defaults): gradients are already the whole batch's."""
 
     name = "none"
+    shards_experts = False      # FSDP reduces the expert gradients itself (over edp)
 
     def __init__(self, parts, group=None):
         self.parts, self.group = parts, group
@@ -76,6 +84,13 @@ class NoDataParallel:
         pass
 
 
+def _expert_names(part) -> list[str]:
+    """Names (in ``part``) of the expert parameters expert parallelism shards."""
+    from executor.parallel.ep import expert_params
+    mine = {id(p) for p in expert_params([part])}
+    return [n for n, p in part.named_parameters() if id(p) in mine]
+
+
 class DDPDataParallel(NoDataParallel):
     name = "ddp"
 
@@ -83,6 +98,9 @@ class DDPDataParallel(NoDataParallel):
         ids = [device] if device.type == "cuda" else None
         wrapped = []
         for part in parts:
+            if layout.ep > 1:        # expert shards differ per rank: reduced over edp instead
+                nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                    part, _expert_names(part))
             ddp = nn.parallel.DistributedDataParallel(part, process_group=group, device_ids=ids)
             compress.register(ddp, layout, group)
             wrapped.append(ddp)
@@ -99,14 +117,27 @@ class DDPDataParallel(NoDataParallel):
 class FSDPDataParallel(NoDataParallel):
     name = "fsdp"
 
-    def __init__(self, parts, dp_mesh, zero: int):
-        from torch.distributed.fsdp import fully_shard
-        reshard = zero == 3
+    def __init__(self, parts, dp_mesh, layout, edp_mesh=None, cuda: bool = False):
+        from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
+        from executor.parallel.ep import expert_modules
+        kw = dict(reshard_after_forward=layout.data.zero == 3,
+                  offload_policy=CPUOffloadPolicy(pin_memory=cuda) if layout.data.offload
+                  else OffloadPolicy())
+        d = layout.dims
+        ignored: set = set()
+        self.shards_experts = d.ep == 1 or d.edp > 1
         for part in parts:
-            # Blocks first, then the part: each block is one all-gather / reduce-scatter unit.
+            # Blocks first, then the part: each block is one all-gather / reduce-scatter unit;
+            # under ep a MoE layer's experts are a unit of their own over the edp mesh.
             for block in blocks_of(part):
-                fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard)
-            fully_shard(part, mesh=dp_mesh, reshard_after_forward=reshard)
+                for experts in (expert_modules([block]) if d.ep > 1 else []):
+                    if d.edp > 1:
+                        fully_shard(experts, mesh=edp_mesh, **kw)
+                        experts.set_gradient_divide_factor(float(d.replicas))
+                    else:
+                        ignored.update(experts.parameters())
+                fully_shard(block, mesh=dp_mesh, ignored_params=ignored or None, **kw)
+            fully_shard(part, mesh=dp_mesh, ignored_params=ignored or None, **kw)
         super().__init__(parts, dp_mesh.get_group())
 
 
@@ -115,8 +146,13 @@ class ManualAllReduce(NoDataParallel):
 
     name = "allreduce-after-backward"
 
+    skip_experts = False        # ep > 1: expert shards are reduced over edp instead
+
     def after_backward(self) -> None:
-        grads = [local(p.grad) for p in params_of(self.parts) if p.grad is not None]
+        from executor.parallel.ep import expert_params
+        experts = {id(p) for p in expert_params(self.parts)} if self.skip_experts else set()
+        grads = [local(p.grad) for p in params_of(self.parts)
+                 if p.grad is not None and id(p) not in experts]
         size = dist.get_world_size(self.group)
         # DDP's caps (planner.rules), so that message sizes and counts are DDP's
         for bucket in buckets(grads, rules.FIRST_BUCKET_BYTES, rules.BUCKET_CAP_BYTES):
@@ -151,9 +187,10 @@ def buckets(tensors, first_cap_bytes, cap_bytes):
 def apply_dp(parts, layout, mesh, device, seed: int = 0):
     """Wrap this rank's model parts for data parallelism; returns the strategy object.
     ``seed`` (the plan's) seeds the compressions that draw random numbers."""
-    if layout.dp == 1:
+    if layout.dims.replicas == 1:
         return NoDataParallel(parts)
-    group = mesh["dp"].get_group()
+    reduce_mesh = mesh.reduce(layout)
+    group = reduce_mesh.get_group()
     d = layout.data
     if d.comm == "parameter_server":
         if d.staleness:
@@ -168,10 +205,13 @@ def apply_dp(parts, layout, mesh, device, seed: int = 0):
         from executor.parallel.gradcomp import CompressedExchange
         return CompressedExchange(parts, group, layout, seed)
     if layout.data.zero >= 2:
-        return FSDPDataParallel(parts, mesh["dp"], layout.data.zero)
+        edp = mesh["edp"] if layout.ep > 1 and layout.dims.edp > 1 else None
+        return FSDPDataParallel(parts, reduce_mesh, layout, edp, device.type == "cuda")
     if layout.data.zero == 1:
         from executor.parallel.zero1 import DistributedOptimizer
         return DistributedOptimizer(parts, group, layout)
     if not rules.ddp_runs(layout):
-        return ManualAllReduce(parts, group)
+        manual = ManualAllReduce(parts, group)
+        manual.skip_experts = layout.ep > 1
+        return manual
     return DDPDataParallel(parts, group, layout, device)

@@ -51,16 +51,22 @@ def local_chunk_ids(layout, pp_rank: int) -> list[int]:
 def boundary_metas(model, layout, device) -> list[torch.Tensor]:
     """Meta tensors shaped like each block's input for one micro-batch; entry i is block i's
     input, the last entry the model's output. Under sequence parallelism the tensors between
-    transformer blocks hold the rank's 1/tp slice of the sequence."""
+    transformer blocks hold the rank's 1/tp slice of the sequence; under context parallelism
+    every tensor holds the rank's 1/cp of the positions."""
     gen = torch.Generator().manual_seed(0)
     x, _ = model.synthetic_batch(layout.microbatch_size, gen)
     dtype = next(model.parameters()).dtype
     x = (x.to(dtype) if x.is_floating_point() else x).to(device)
-    metas = [torch.empty(x.shape, dtype=x.dtype, device="meta")]
+    cp = layout.cp
+
+    def local(shape):
+        return [shape[0], shape[1] // cp, *shape[2:]] if cp > 1 else shape
+
+    metas = [torch.empty(local(list(x.shape)), dtype=x.dtype, device="meta")]
     with torch.no_grad():
         for block in model.blocks:
             x = block(x)
-            shape = list(x.shape)
+            shape = local(list(x.shape))
             if layout.tensor.sequence_parallel and getattr(block, "kind", "") == "block":
                 shape[1] //= layout.tp
             # Activations between stages carry gradients back: the stage must know.

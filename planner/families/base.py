@@ -20,6 +20,10 @@ class Family:
     selective_recompute = False
     # a torch package of ours builds it (so the executor may shard it by the family's TP plan)
     builtin = True
+    # its attention runs as a ring over context-parallel ranks (``executor.parallel.cp``)
+    context_parallel = False
+    # it has experts that expert parallelism shards (``ep_problem``, ``expert_params``)
+    has_experts = False
     # ModelSpec fields added after version 1 that this family reads; any other one set to a
     # non-default value is refused by ModelSpec (a gpt spec with num_experts=8 is an error)
     fields: tuple[str, ...] = ()
@@ -45,6 +49,49 @@ class Family:
         """Why the executor cannot run ``layout`` for this family beyond tensor-parallel
         divisibility ("" if it can); ``planner.rules`` asks, so the search never proposes it."""
         return ""
+
+    # -- context and expert parallelism ---------------------------------------------------------
+    def cp_problem(self, spec, cp: int) -> str:
+        """Why ``cp`` cannot split this model's sequences ("" if it can): a family with ring
+        attention, and 2*cp dividing the sequence (rank i takes chunks i and 2cp-1-i: the
+        load-balanced causal split of ``executor.parallel.cp``)."""
+        if cp == 1:
+            return ""
+        if not self.context_parallel:
+            return f"cp({cp}) needs a family with ring attention; {self.name} has none"
+        if spec.seq_len % (2 * cp):
+            return (f"cp({cp}): 2 * cp = {2 * cp} must divide seq_len({spec.seq_len}) (rank i "
+                    f"takes chunks i and 2cp-1-i): {spec.seq_len} % {2 * cp} = "
+                    f"{spec.seq_len % (2 * cp)}")
+        return ""
+
+    def ep_problem(self, spec, ep: int) -> str:
+        """Why ``ep`` cannot shard this model's experts ("" if it can)."""
+        if ep > 1:
+            return f"ep({ep}) needs experts to shard; family {self.name} has none"
+        return ""
+
+    def expert_params(self, spec, layer: int) -> int:
+        """Parameters of decoder layer ``layer`` (0-based) that expert parallelism shards
+        (all routed experts; 0 for families without experts)."""
+        return 0
+
+    def ep_messages(self, spec, layer: int, tokens: float, element_bytes: int,
+                    load: float = 1.0) -> tuple[tuple[str, str, float], ...]:
+        """The collectives decoder layer ``layer`` (0-based) issues over the ep group per
+        micro-batch of ``tokens`` tokens on this rank, ep > 1: (phase, collective, bytes each
+        rank sends) in order; ``load`` scales the token exchanges (``planner.cost.ep``)."""
+        return ()
+
+    def cp_messages(self, spec, layer: int, tokens: float) -> tuple[tuple[str, str, float], ...]:
+        """Collectives over the cp group of decoder layer ``layer`` beyond the attention ring
+        (its MoE routing), per micro-batch of ``tokens`` tokens (of all cp ranks), cp > 1:
+        (phase, collective, bytes as ``planner.cost.comm`` counts them)."""
+        return ()
+
+    def kv_elements_per_token(self, spec) -> int:
+        """K and V elements per token of one layer (what the cp ring passes): multi-head."""
+        return 2 * spec.hidden_size
 
     # -- tensor parallelism ----------------------------------------------------------------------
     def tp_problem(self, spec, tp: int, sequence_parallel: bool) -> str:

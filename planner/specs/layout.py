@@ -36,8 +36,11 @@ class DataParallel(Serde):
     ``compression_ratio`` k/n for topk/randk, ``bits`` for qsgd/sign), and the updates that are
     not synchronous every step: a parameter server's ``staleness`` bound s (0: synchronous) and
     local SGD's period H (``local_sgd_period``, 0: off) with an optional ``outer_optimizer``
-    (DiLoCo's Nesterov step). Fields after ``powersgd_rank`` were added after layout version 1
-    and stay out of fingerprints at their defaults (``Layout.identity``)."""
+    (DiLoCo's Nesterov step). ``offload``: FSDP2's ``CPUOffloadPolicy`` -- the sharded
+    parameters, their gradients and the optimizer state live in host memory and the optimizer
+    steps on the host (ZeRO-3: with ZeRO-2's parameters kept gathered between forward and
+    backward it would save little). Fields after ``powersgd_rank`` were added after layout
+    version 1 and stay out of fingerprints at their defaults (``Layout.identity``)."""
     zero: int = 0
     comm: str = "all_reduce"
     ps_shards: int = 0
@@ -48,6 +51,7 @@ class DataParallel(Serde):
     staleness: int = 0
     local_sgd_period: int = 0
     outer_optimizer: str = "none"
+    offload: bool = False
 
     def __post_init__(self):
         if self.zero not in (0, 1, 2, 3):
@@ -61,6 +65,9 @@ class DataParallel(Serde):
             raise PlannerError(f"ps_shards must be >= 0, got {self.ps_shards}")
         self._check_compression()
         self._check_schedule_of_updates()
+        if self.offload and self.zero != 3:
+            raise PlannerError(f"offload is FSDP2's CPUOffloadPolicy: needs zero 3, got "
+                               f"zero {self.zero}")
 
     def _check_compression(self) -> None:
         kind, ratio, bits = self.compression, self.compression_ratio, self.bits
@@ -180,6 +187,8 @@ class Layout(Serde):
         d, pl = self.dims, self.pipeline
         if self.tensor.sequence_parallel and d.tp == 1:
             raise PlannerError("sequence_parallel needs tp > 1, got tp(1)")
+        if self.data.offload and d.replicas == 1:
+            raise PlannerError("offload needs FSDP to run: dp * cp > 1, got dp(1) * cp(1)")
         if self.data.parameter_server and not 1 <= self.data.ps_shards <= d.dp:
             raise PlannerError(f"parameter_server needs 1 <= ps_shards <= dp({d.dp}), "
                                f"got {self.data.ps_shards}")
@@ -257,6 +266,14 @@ class Layout(Serde):
         return self.dims.pp
 
     @property
+    def cp(self) -> int:
+        return self.dims.cp
+
+    @property
+    def ep(self) -> int:
+        return self.dims.ep
+
+    @property
     def world_size(self) -> int:
         return self.dims.world_size
 
@@ -294,6 +311,8 @@ class Layout(Serde):
                                         if pl.virtual_stages > 1 else ""))
         if dd.zero:
             parts.append(f"zero{dd.zero}")
+        if dd.offload:
+            parts.append("offload")
         if self.recompute != "none":
             parts.append(f"recompute={self.recompute}")
         if self.tensor.sequence_parallel:
@@ -393,12 +412,14 @@ _FLAT = {
     "powersgd_rank": ("data", "powersgd_rank"),
     "stage_boundaries": ("pipeline", "stage_boundaries"),
 }
-# Fields added after version 1 that ``make`` also takes by name (never in ``flat()``: version 1
-# had no such fields, and ``identity`` adds them only away from their defaults).
+# Fields added after version 1 that ``make`` (and the command line) also take by name (never in
+# ``flat()``: version 1 had no such fields, and ``identity`` adds them only away from their
+# defaults).
 _ADDED = {
     "replica_microbatches": ("", "replica_microbatches"),
     "compression_ratio": ("data", "compression_ratio"), "bits": ("data", "bits"),
     "staleness": ("data", "staleness"), "local_sgd_period": ("data", "local_sgd_period"),
     "outer_optimizer": ("data", "outer_optimizer"),
+    "cp": ("dims", "cp"), "ep": ("dims", "ep"), "offload": ("data", "offload"),
 }
 assert {p for p, _ in _FLAT.values()} <= {"", *(f.name for f in fields(Layout))}

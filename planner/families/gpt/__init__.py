@@ -50,6 +50,7 @@ def layer_params(h: int, f: int) -> int:
 
 class GptFamily(Family):
     name = "gpt"
+    context_parallel = True
     has_sequence = True
     selective_recompute = True
 

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from planner.families.ring_attention import ring_attention
 from planner.families.sequential import SequentialModel
 
 
@@ -45,9 +46,13 @@ class Embedding(nn.Module):
         super().__init__()
         self.tok = nn.Embedding(vocab, hidden)
         self.pos = nn.Embedding(seq, hidden)
+        self.cp = None          # a ring_attention.CpContext under context parallelism
 
     def forward(self, idx):
-        positions = torch.arange(idx.shape[1], device=idx.device)
+        if self.cp is not None:     # this rank's tokens sit at these positions of the sequence
+            positions = self.cp.positions.to(idx.device)
+        else:
+            positions = torch.arange(idx.shape[1], device=idx.device)
         return self.tok(idx) + self.pos(positions)
 
 
@@ -60,8 +65,11 @@ class Attention(nn.Module):
         self.v = nn.Linear(hidden, hidden)
         self.proj = nn.Linear(hidden, hidden)
         self.recompute_core = False   # "selective" recompute: Korthikanti et al. 2022, sec. 4
+        self.cp = None                # a ring_attention.CpContext under context parallelism
 
     def _core(self, q, k, v):
+        if self.cp is not None:
+            return ring_attention(q, k, v, self.cp)
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
     def forward(self, x):
@@ -194,3 +202,13 @@ def apply_tp(model, tp_mesh, sequence_parallel: bool) -> None:
         parallelize_module(blocks[0], tp_mesh, PrepareModuleInput(
             input_layouts=(Replicate(),), desired_input_layouts=(Shard(1),),
             use_local_output=True))
+
+
+def apply_cp(model, ctx) -> None:
+    """Context parallelism: attention as a ring over ``ctx`` (``planner.families.
+    ring_attention``), learned positions looked up at the tokens' global positions."""
+    for block in model.blocks:
+        if getattr(block, "kind", "") == "embedding":
+            block.cp = ctx
+        elif getattr(block, "kind", "") == "block":
+            block.attn.cp = ctx

@@ -89,6 +89,7 @@ def swiglu_activation(spec, f: int) -> tuple[float, float, float]:
 
 class LlamaFamily(Family):
     name = "llama"
+    context_parallel = True
     has_sequence = True
     selective_recompute = False
     fields = FIELDS
@@ -111,6 +112,9 @@ class LlamaFamily(Family):
             if getattr(spec, name) < 0:
                 raise PlannerError(f"{name} must be >= 0 (0: the default), got "
                                    f"{getattr(spec, name)}")
+
+    def kv_elements_per_token(self, spec) -> int:
+        return 2 * kv_heads(spec) * head_dim(spec)
 
     def layer_variant(self, spec, layer: int) -> str:
         """Layers of one variant have the same costs ("dense" here; MoE adds "moe")."""

@@ -32,6 +32,7 @@ from torch.distributed.tensor import DTensor, Partial, Replicate
 from planner import families
 from planner.families.gpt.model import GptModel
 from planner.families.llama import head_dim, kv_heads
+from planner.families.ring_attention import ring_attention
 
 EPS = 1e-5
 
@@ -62,11 +63,13 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), w, EPS)
 
 
-def rotary(x, theta: float):
-    """Rotate-half rotary embedding of ``x`` [b, heads, s, d] (Su et al. 2021, eq. 34)."""
+def rotary(x, theta: float, positions=None):
+    """Rotate-half rotary embedding of ``x`` [b, heads, s, d] (Su et al. 2021, eq. 34) at
+    ``positions`` (default 0..s-1; under context parallelism the tokens' global positions)."""
     s, d = x.shape[-2], x.shape[-1]
     inv = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64, device=x.device) / d)
-    ang = torch.arange(s, dtype=torch.float64, device=x.device)[:, None] * inv[None]
+    pos = (torch.arange(s, device=x.device) if positions is None else positions.to(x.device))
+    ang = pos.to(torch.float64)[:, None] * inv[None]
     ang = torch.cat((ang, ang), dim=-1)
     cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
     half = d // 2
@@ -85,6 +88,7 @@ class Attention(nn.Module):
         self.o = nn.Linear(a * d, h, bias=False)
         self.q_norm = RMSNorm(d) if spec.qk_norm else None
         self.k_norm = RMSNorm(d) if spec.qk_norm else None
+        self.cp = None          # a ring_attention.CpContext under context parallelism
 
     def forward(self, x):
         b, s = x.shape[0], x.shape[1]
@@ -93,8 +97,12 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        q, k = rotary(q, self.theta), rotary(k, self.theta)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        pos = self.cp.positions if self.cp is not None else None
+        q, k = rotary(q, self.theta, pos), rotary(k, self.theta, pos)
+        if self.cp is not None:
+            y = ring_attention(q, k, v, self.cp)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         return self.o(y.transpose(1, 2).reshape(b, s, -1))
 
 
@@ -221,3 +229,13 @@ def apply_tp(model, tp_mesh, sequence_parallel: bool) -> None:
         parallelize_module(model.blocks[len(model.blocks) - 1], tp_mesh, PrepareModuleInput(
             input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),),
             use_local_output=True))
+
+
+def apply_cp(model, ctx) -> None:
+    """Context parallelism: every layer's attention runs as a ring over ``ctx``
+    (``planner.families.ring_attention``) with rotary angles at the tokens' global positions;
+    MoE layers route with the whole sequence's choices (``MoE.cp``)."""
+    for layer in (b for b in model.blocks if getattr(b, "kind", "") == "block"):
+        layer.attn.cp = ctx
+        if not isinstance(layer.mlp, SwiGLU):
+            layer.mlp.cp = ctx

@@ -86,6 +86,7 @@ def routed_elements(spec, tokens: int) -> int:
 
 class MoeFamily(LlamaFamily):
     name = "moe"
+    has_experts = True
     fields = FIELDS
 
     # -- the spec ------------------------------------------------------------------------------
@@ -151,6 +152,35 @@ class MoeFamily(LlamaFamily):
         whole += h + spec.num_experts + 2 * k * h + k + (h + 1 if spec.shared_expert_gate else 0)
         split += 4 * k * expert_ffn(spec) + 4 * fs
         return sp_part + h, whole, split
+
+    # -- expert and context parallelism ---------------------------------------------------------
+    def ep_problem(self, spec, ep: int) -> str:
+        if ep > 1 and spec.num_experts % ep:
+            return (f"ep({ep}) must divide num_experts({spec.num_experts}): "
+                    f"{spec.num_experts} % {ep} = {spec.num_experts % ep}")
+        return ""
+
+    def expert_params(self, spec, layer: int) -> int:
+        return spec.num_experts * expert_params(spec) if is_moe_layer(spec, layer) else 0
+
+    def ep_messages(self, spec, layer, tokens, element_bytes, load=1.0):
+        """Per MoE layer and micro-batch (``model.Experts._dispatched``): forward the exchange
+        of per-expert counts (int64), the dispatch and the combine of the tokens' k routed
+        copies; backward the reverse of the two data exchanges."""
+        if not is_moe_layer(spec, layer):
+            return ()
+        data = routed_elements(spec, 1) * tokens * element_bytes * load
+        return (("forward", "all_to_all", 8.0 * spec.num_experts),
+                ("forward", "all_to_all", data), ("forward", "all_to_all", data),
+                ("backward", "all_to_all", data), ("backward", "all_to_all", data))
+
+    def cp_messages(self, spec, layer, tokens):
+        """A MoE layer that drops by capacity or adds the balance loss gathers the whole
+        sequence's expert choices (int64) over cp in its forward (``model.MoE._whole``);
+        ``tokens``: the micro-batch's, all cp ranks' (an all-gather's bytes are its output)."""
+        if is_moe_layer(spec, layer) and (spec.moe_capacity_factor or spec.moe_aux_loss_coeff):
+            return (("forward", "all_gather", 8.0 * tokens * spec.experts_per_token),)
+        return ()
 
     # -- tensor parallelism ----------------------------------------------------------------------
     def tp_divisors(self, spec):
