@@ -17,7 +17,16 @@ Presets:
   on the measured NCCL all-reduces of ../shared/data/a100-single-node/allreduce
   (``benchmarks/comm_a100.py``); the H100 one carries the A100 fit's efficiency over to its
   datasheet NVLink bandwidth (marked "assumed"). Other figures not on a datasheet are marked
-  "assumed" until fitted.
+  "assumed" until fitted. The H100's dense FP8 peak (1,979 TFLOP/s, NVIDIA H100 datasheet:
+  3,958 with sparsity) serves the planning-only dtype "fp8".
+  Host side (offload): the GPU-host PCIe link per direction -- A100 PCIe Gen4 x16, 31.5 GB/s
+  raw (16 GT/s x 16 lanes, 128b/130b; the A100 datasheet's "64 GB/s" counts both directions),
+  H100 SXM5 Gen5 x16, 63 GB/s (datasheet "128 GB/s") -- at an assumed 80% of raw, what pinned
+  host-device copies typically reach (25 and 50 GB/s); and each GPU's share of the host's DRAM
+  bandwidth, where offload's optimizer step runs: DGX A100, 2 AMD EPYC 7742 with 8 channels of
+  DDR4-3200 (25.6 GB/s each) = 409.6 GB/s per 8 GPUs; DGX H100, 2 Xeon Platinum 8480C with 8
+  channels of DDR5-4800 (38.4 GB/s) = 614.4 GB/s per 8 GPUs (DGX user guides, JEDEC rates);
+  and its share of the host's 2 TB (both datasheets), which the offloaded state must fit.
 - ``mixed-h100-a100``: 4 ``dgx-h100-80gb`` nodes (node ranks 0-3) and 4 ``dgx-a100-80gb`` nodes
   (node ranks 4-7) on one InfiniBand fabric: each group keeps its own NVLink and its own ports
   (400 Gb/s per H100, 200 Gb/s per A100), so traffic between the two kinds runs at the A100's
@@ -74,7 +83,11 @@ def localhost_cpu() -> Cluster:
         name="cpu-core", memory_bytes=_meminfo_bytes() // cores, peak_flops_per_s={},
         memory_bandwidth_bytes_per_s=10e9, compute_efficiency=1.0,
         peak_source="unknown (compute comes from a measured profile)",
-        efficiency_source="measured profile")
+        efficiency_source="measured profile",
+        # offload on a CPU moves tensors within host memory (a copy at memory bandwidth) and
+        # saves none of it: no host_memory_bytes, so the planner does not offer it here
+        host_link_bytes_per_s=10e9, host_memory_bandwidth_bytes_per_s=10e9,
+        host_source="assumed: the device is the host (memory_bandwidth_bytes_per_s)")
     # gloo on loopback, 2 ranks (../shared/notes/torch-on-cpu.md): send/recv ~60-125 us small,
     # 0.33-0.40 ns/byte large -> alpha 1e-4 s, beta 0.37 ns/B.
     loopback = LinkLevel("intra_node", latency_s=1.0e-4, bandwidth_bytes_per_s=1 / 0.37e-9,
@@ -96,7 +109,8 @@ A100_FIT_SOURCE = ("fitted on shared/data/a100-single-node/allreduce (NCCL ring 
                    "300 GB/s NVLink datasheet")
 
 
-def _dgx(name, gpu, peaks, hbm_bw, nvlink: LinkLevel, ib_bw, profile: str) -> Cluster:
+def _dgx(name, gpu, peaks, hbm_bw, nvlink: LinkLevel, ib_bw, profile: str,
+         host: tuple[float, float, int, str]) -> Cluster:
     # Analytic compute comes from the device model (planner.cost.roofline); compute_efficiency
     # is its large-matmul ceiling, for code that only knows FLOPs.
     model = devices.load(profile)
@@ -106,7 +120,9 @@ def _dgx(name, gpu, peaks, hbm_bw, nvlink: LinkLevel, ib_bw, profile: str) -> Cl
         compute_efficiency=model.matmul_efficiency_max.value,
         peak_source="datasheet (shared/reference/hardware.md)",
         efficiency_source=f"{profile}: {model.matmul_efficiency_max.source}",
-        model_profile=profile, reserved_memory_bytes=GPU_RESERVED_BYTES)
+        model_profile=profile, reserved_memory_bytes=GPU_RESERVED_BYTES,
+        host_link_bytes_per_s=host[0], host_memory_bandwidth_bytes_per_s=host[1],
+        host_memory_bytes=host[2], host_source=host[3])
     # A per-call cost is the software stack's (launch, synchronisation), not the wire's: the
     # inter-node level gets the intra-node fit's.
     ib = LinkLevel("inter_node", latency_s=10e-6, bandwidth_bytes_per_s=ib_bw,
@@ -121,7 +137,10 @@ def dgx_a100() -> Cluster:
     nvlink = LinkLevel("intra_node", source=A100_FIT_SOURCE, **A100_NVLINK_FIT)
     return _dgx("dgx-a100-80gb", "A100-SXM4-80GB",
                 {"bfloat16": 312e12, "float16": 312e12, "tf32": 156e12}, 2.04e12, nvlink, 25e9,
-                "profiles/a100-sxm4-80gb.json")
+                "profiles/a100-sxm4-80gb.json",
+                (0.8 * 31.5e9, 409.6e9 / 8, int(2e12 / 8),
+                 "PCIe Gen4 x16 31.5 GB/s per direction x 0.8 (assumed); host DRAM 2 x 8 x "
+                 "DDR4-3200 and 2 TB (DGX A100 640GB datasheet) / 8 GPUs"))
 
 
 def dgx_h100() -> Cluster:
@@ -133,8 +152,11 @@ def dgx_h100() -> Cluster:
         source=f"assumed: 450 GB/s NVLink datasheet x the A100 fit's efficiency {efficiency:.3f} "
                "and its latencies (no H100 measurements here)")
     return _dgx("dgx-h100-80gb", "H100-SXM5-80GB",
-                {"bfloat16": 989e12, "float16": 989e12, "tf32": 494e12}, 3.35e12, nvlink, 50e9,
-                "profiles/h100-sxm5-80gb.json")
+                {"bfloat16": 989e12, "float16": 989e12, "tf32": 494e12, "fp8": 1979e12},
+                3.35e12, nvlink, 50e9, "profiles/h100-sxm5-80gb.json",
+                (0.8 * 63e9, 614.4e9 / 8, int(2e12 / 8),
+                 "PCIe Gen5 x16 63 GB/s per direction x 0.8 (assumed); host DRAM 2 x 8 x "
+                 "DDR5-4800 and 2 TB (DGX H100 datasheet) / 8 GPUs"))
 
 
 def mixed_h100_a100() -> Cluster:

@@ -5,6 +5,8 @@ from planner.specs import Layout, Prediction
 
 LABELS = {"compute": "compute", "recompute": "recomputation",
           "tp_comm_exposed": "exposed tensor-parallel communication",
+          "cp_comm_exposed": "exposed context-parallel ring transfers",
+          "ep_comm_exposed": "expert-parallel all-to-alls",
           "pp_comm_exposed": "exposed pipeline transfers",
           "dp_comm_exposed": "exposed data-parallel communication",
           "bubble": "pipeline bubble", "optimizer": "optimizer step"}
@@ -32,6 +34,10 @@ def layout_diff(a: Layout, b: Layout) -> str:
     parts = [f"{k} {fa[k]} vs {fb[k]}" for k in keys if fa[k] != fb[k]]
     if a.replica_microbatches != b.replica_microbatches:
         parts.append(f"micro-batches per replica {a.split_text()} vs {b.split_text()}")
+    for k, x, y in (("cp", a.cp, b.cp), ("ep", a.ep, b.ep),
+                    ("offload", a.data.offload, b.data.offload)):
+        if x != y:
+            parts.append(f"{k} {x} vs {y}")
     return ", ".join(parts) or "only the stage boundaries"
 
 

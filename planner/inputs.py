@@ -48,6 +48,7 @@ class PlanInputs:
     device_model: object = None
     other_profile_paths: tuple[str, ...] = ()
     straggler_cv: float = 0.0       # planner.sim.stragglers
+    moe_load_factor: float = 0.0    # busiest ep rank / mean tokens (planner.cost.ep); 0: assumed
     _on_device: dict = field(default_factory=dict, compare=False, repr=False)
 
     def costs_on(self, device, microbatch_size: int) -> tuple[compute.BlockCost, ...]:
@@ -131,9 +132,18 @@ def add_layout_arguments(parser, required: bool = False) -> None:
         return f"{what} (default {default})" if required else \
             f"{what} (fixes it; default: searched)"
     parser.add_argument("--dp", type=int, help=text("data-parallel size",
-                                                    "the devices left after tp x pp"))
+                                                    "the devices left after tp x pp x cp"))
     parser.add_argument("--tp", type=int, help=text("tensor-parallel size", "1"))
     parser.add_argument("--pp", type=int, help=text("pipeline stages", "1"))
+    parser.add_argument("--cp", type=int,
+                        help=text("context-parallel size: each sequence split over cp ranks, "
+                                  "ring attention", "1"))
+    parser.add_argument("--ep", type=int,
+                        help=text("expert-parallel size (MoE): experts sharded over ep of the "
+                                  "dp * cp ranks, tokens moved by all-to-all", "1"))
+    parser.add_argument("--offload", action=argparse.BooleanOptionalAction, default=None,
+                        help=text("FSDP2 CPU offload of sharded parameters, gradients and "
+                                  "optimizer state (zero 3)", "off"))
     parser.add_argument("--microbatch-size", type=int,
                         help=text("sequences per micro-batch",
                                   "the whole per-replica batch in one micro-batch"))
@@ -159,7 +169,7 @@ def add_layout_arguments(parser, required: bool = False) -> None:
                              "topk, randk (sparse, --compression-ratio), qsgd (--bits 2/4/8), "
                              "sign (1 bit, error feedback) exchanged after backward (ZeRO 0)")
     parser.add_argument("--powersgd-rank", type=int, default=2,
-                        help="PowerSGD rank with --compression powersgd")
+                        help="PowerSGD rank with --compression powersgd (default 2)")
     parser.add_argument("--compression-ratio", type=float, default=0.01,
                         help="share k/n of gradient values topk/randk send (default 0.01)")
     parser.add_argument("--bits", type=int,
@@ -173,6 +183,9 @@ def add_layout_arguments(parser, required: bool = False) -> None:
                              "instead of their gradients every step (0: off)")
     parser.add_argument("--outer-optimizer", choices=OUTER_OPTIMIZERS, default="none",
                         help="with --local-sgd-period: nesterov is DiLoCo's outer step")
+    parser.add_argument("--moe-load-factor", type=float, default=0.0,
+                        help="MoE under ep: tokens of the busiest ep rank / the mean (default: "
+                             "the capacity factor, or an assumed 1.2 when dropless)")
 
 
 def dp_comm_fields(args) -> dict:
@@ -191,7 +204,8 @@ def dp_comm_fields(args) -> dict:
 
 def space_from_args(args):
     from planner.search import Space
-    return Space(dp=args.dp, tp=args.tp, pp=args.pp, microbatch_size=args.microbatch_size,
+    return Space(dp=args.dp, tp=args.tp, pp=args.pp, cp=args.cp, ep=args.ep,
+                 offload=args.offload, microbatch_size=args.microbatch_size,
                  schedule=args.schedule, virtual_stages=args.virtual_stages, zero=args.zero,
                  recompute=args.recompute, sequence_parallel=args.sequence_parallel,
                  **dp_comm_fields(args),
@@ -301,8 +315,13 @@ def resolve(args) -> PlanInputs:
     limits.check_problem_size(n, args.global_batch, model.num_blocks, model.name)
     cv = getattr(args, "straggler_cv", 0.0)
     finite("--straggler-cv", cv, 0.0)
+    load = getattr(args, "moe_load_factor", 0.0) or 0.0
+    if not math.isfinite(load) or (load and load < 1.0):
+        raise PlannerError(f"--moe-load-factor must be a finite number >= 1 (the busiest ep "
+                           f"rank's tokens over the mean), got {load}")
     if args.cluster == localhost.PRESET:    # last: bad input fails before a measurement
         cluster = localhost.resolve(n, getattr(args, "no_measure", False)).with_size(n)
     return PlanInputs(model, cluster, n, args.global_batch, dtype, args.optimizer, args.lr,
                       args.seed, profile, path or "", others, implementation=implementation,
-                      partition=partition, other_profile_paths=other_paths, straggler_cv=cv)
+                      partition=partition, other_profile_paths=other_paths, straggler_cv=cv,
+                      moe_load_factor=load)

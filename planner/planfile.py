@@ -27,7 +27,8 @@ def run_spec(inp):
     return RunSpec(inp.model, inp.cluster, inp.dtype, inp.optimizer,
                    compute_source="profile" if inp.profile else "analytic",
                    optimizer_step_s=opt, flop_rate=rate, implementation=inp.implementation,
-                   partition=inp.partition, straggler_cv=inp.straggler_cv)
+                   partition=inp.partition, straggler_cv=inp.straggler_cv,
+                   moe_load_factor=inp.moe_load_factor)
 
 
 def default_out(inp, devices: str = "", suffix: str = "") -> str:

@@ -1,6 +1,6 @@
 """`planner simulate`: evaluate one complete layout and write it as a plan file.
 
-The layout comes from flags (unset ones: tp 1, pp 1, dp the rest of the devices, the whole
+The layout comes from flags (unset ones: tp 1, pp 1, cp 1, ep 1, dp the rest of the devices, the whole
 per-replica batch as one micro-batch, 1f1b, one chunk per rank (two for zbv), ZeRO 0, no
 recompute, no sequence parallelism; stage boundaries from the balanced partition unless
 --stage-boundaries gives them). The prediction is the same event simulation `planner plan`
@@ -44,11 +44,11 @@ def _integers(flag: str, text: str | None, example: str) -> tuple[int, ...]:
 def layout_from_args(args, num_devices: int, global_batch: int) -> Layout:
     """A complete layout from the flags, defaults filled in, checked against the devices and
     the batch (one-line errors showing the arithmetic)."""
-    tp, pp = args.tp or 1, args.pp or 1
-    if num_devices % (tp * pp):
-        raise PlannerError(f"tp({tp}) * pp({pp}) = {tp * pp} does not divide --gpus "
-                           f"{num_devices}")
-    dp = args.dp or num_devices // (tp * pp)
+    tp, pp, cp = args.tp or 1, args.pp or 1, args.cp or 1
+    if num_devices % (tp * pp * cp):
+        raise PlannerError(f"tp({tp}) * pp({pp}) * cp({cp}) = {tp * pp * cp} does not divide "
+                           f"--gpus {num_devices}")
+    dp = args.dp or num_devices // (tp * pp * cp)
     shares = _integers("--replica-microbatches", getattr(args, "replica_microbatches", None),
                        "12,12,4,4")
     if shares:
@@ -71,9 +71,14 @@ def layout_from_args(args, num_devices: int, global_batch: int) -> Layout:
         schedule=schedule, virtual_stages=v, zero=args.zero or 0,
         recompute=args.recompute or "none", sequence_parallel=bool(args.sequence_parallel),
         stage_boundaries=_integers("--stage-boundaries", args.stage_boundaries, "0,13,26"),
-        **comm)
+        **comm, **_added_dims(args))
     layout.check_world(num_devices, "--gpus")
     return layout
+
+
+def _added_dims(args) -> dict:
+    """The dimensions added after version 1's flags: context and expert parallelism, offload."""
+    return dict(cp=args.cp or 1, ep=args.ep or 1, offload=bool(args.offload))
 
 
 def _uneven(args, tp, pp, dp, shares, num_devices, global_batch) -> Layout:
@@ -99,7 +104,7 @@ def _uneven(args, tp, pp, dp, shares, num_devices, global_batch) -> Layout:
         zero=args.zero or 0, recompute=args.recompute or "none",
         sequence_parallel=bool(args.sequence_parallel),
         stage_boundaries=_integers("--stage-boundaries", args.stage_boundaries, "0,13,26"),
-        **comm)
+        **comm, **_added_dims(args))
     layout.check_world(num_devices, "--gpus")
     return layout
 

@@ -14,7 +14,18 @@ from functools import lru_cache
 from planner.errors import PlannerError
 
 ELEMENT_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2,
-                 "bf16-mixed": 2, "fp16-mixed": 2}
+                 "bf16-mixed": 2, "fp16-mixed": 2, "fp8": 2}
+# "fp8" (planning only; the executor refuses it): FP8 GEMMs in the linear layers, bf16
+# elsewhere, as Transformer Engine's ``fp8_autocast`` runs te.Linear / LayerNormLinear /
+# LayerNormMLP and grouped expert GEMMs (Micikevicius et al. 2022, "FP8 Formats for Deep
+# Learning", arXiv 2209.05433: E4M3 for activations and weights, E5M2 for gradients; tensors
+# between kernels and the attention core -- softmax(QK^T)V, FlashAttention in bf16 -- stay
+# 16-bit, as do norms, softmax, the router, embedding and LM head). Memory is that of
+# bf16-mixed (fp32 master weights and Adam state, 16-bit activations); the FP8 copies of
+# weights and the cast/transpose kernels TE adds are not modelled (the GEMMs' operand bytes stay
+# at 2 per element, which roughly stands in for them). MFU stays relative to the bf16 peak.
+FP8 = "fp8"
+MIXED = ("bf16-mixed", "fp16-mixed", FP8)
 # Optimizer state elements per parameter, in fp32 under mixed precision (Adam: exp_avg and
 # exp_avg_sq; SGD with momentum: the momentum buffer).
 OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "sgd": 0, "sgd-momentum": 1}
@@ -25,8 +36,8 @@ def peak_key(dtype: str) -> str:
     its matmuls in the 16-bit type; float32 at the tf32 peak, which assumes TF32 matmuls are
     enabled (``torch.set_float32_matmul_precision("high")``; PyTorch's default since 1.12 is
     full fp32, 19.5 TFLOP/s on an A100)."""
-    return {"bf16-mixed": "bfloat16", "fp16-mixed": "float16", "float32": "tf32"}.get(dtype,
-                                                                                     dtype)
+    return {"bf16-mixed": "bfloat16", "fp16-mixed": "float16", "float32": "tf32",
+            FP8: "bfloat16"}.get(dtype, dtype)
 
 
 def peak_flops(device, dtype: str) -> float:
@@ -47,7 +58,7 @@ def bytes_per_param(dtype: str, optimizer: str) -> tuple[float, float, float]:
         raise PlannerError(f"optimizer {optimizer!r} is not one of: {', '.join(OPTIMIZER_STATES)}")
     e = ELEMENT_BYTES[dtype]
     states = OPTIMIZER_STATES[optimizer]
-    if dtype.endswith("-mixed"):
+    if dtype in MIXED:
         return float(e), float(e), 4.0 * (states + 1)
     return float(e), float(e), float(e * states)
 
@@ -59,4 +70,4 @@ def optimizer_bytes_touched(dtype: str, optimizer: str) -> float:
     the parameter written (read too without a master copy). Mixed-precision Adam:
     2*12 + 2 + 2 = 28 bytes; fp32 Adam: 2*8 + 4 + 2*4 = 28."""
     p, g, o = bytes_per_param(dtype, optimizer)
-    return 2.0 * o + g + (p if dtype.endswith("-mixed") else 2.0 * p)
+    return 2.0 * o + g + (p if dtype in MIXED else 2.0 * p)

@@ -24,6 +24,7 @@ import math
 from typing import NamedTuple
 
 from planner.devices import DeviceModel
+from planner.errors import PlannerError
 
 
 
@@ -32,6 +33,7 @@ class Op(NamedTuple):
     flops: float
     bytes: float
     matmul: bool
+    fp8: bool = False       # a linear layer's GEMM: runs at the fp8 peak under dtype "fp8"
 
 
 class Shape(NamedTuple):
@@ -45,10 +47,13 @@ class Shape(NamedTuple):
     tp: int = 1
     sp: bool = False
     e: int = 2      # bytes per activation element
+    cp: int = 1     # context-parallel ranks: this rank holds s / cp of each sequence's tokens
+    load: float = 1.0   # tokens of the busiest expert-parallel rank / the mean (MoE experts)
 
     @property
     def tokens(self) -> int:
-        return self.b * self.s
+        """Tokens this rank computes: its b sequences' s / cp positions."""
+        return self.b * self.s // self.cp
 
     @property
     def norm_tokens(self) -> float:
@@ -65,10 +70,14 @@ def pointwise(name: str, elements: float, bytes_per_element: float, flops_per_el
     return Op(name, flops_per_element * elements, float(bytes_per_element * elements), False)
 
 
-def linear(name: str, tokens: float, k: float, n: float, e: int, bias: bool = True):
-    """Y[T,n] = X[T,k] W[k,n] (+ b): forward GEMM; backward dX, dW and the bias reduction."""
-    fwd = [gemm(name, tokens, n, k, e)]
-    bwd = [gemm(name + ".dgrad", tokens, k, n, e), gemm(name + ".wgrad", k, n, tokens, e)]
+def linear(name: str, tokens: float, k: float, n: float, e: int, bias: bool = True,
+           fp8: bool = True):
+    """Y[T,n] = X[T,k] W[k,n] (+ b): forward GEMM; backward dX, dW and the bias reduction.
+    ``fp8``: the three GEMMs are a linear layer's, which FP8 training runs in FP8
+    (``planner.cost.precision.FP8``); False for those kept in 16 bits (the LM head)."""
+    fwd = [gemm(name, tokens, n, k, e)._replace(fp8=fp8)]
+    bwd = [gemm(name + ".dgrad", tokens, k, n, e)._replace(fp8=fp8),
+           gemm(name + ".wgrad", k, n, tokens, e)._replace(fp8=fp8)]
     if bias:
         bwd.append(pointwise(name + ".bgrad", tokens * n, e))
     return fwd, bwd
@@ -126,10 +135,22 @@ def op_time_s(op: Op, dm: DeviceModel, peak_flops_per_s: float) -> float:
 def pass_times_s(ops, dm: DeviceModel, dtype: str, extra_kernels: int = 0
                  ) -> tuple[float, float]:
     """(GPU time of the kernels, host time to issue them and ``extra_kernels`` more -- e.g.
-    the collectives the simulator adds inside the block)."""
+    the collectives the simulator adds inside the block). Under dtype "fp8" the linear
+    layers' GEMMs (``Op.fp8``) run at the device's fp8 peak, everything else at bf16's."""
     peak = dm.peak(dtype)
-    gpu = sum(op_time_s(op, dm, peak) for op in ops)
+    fp8 = fp8_peak(dm) if dtype == "fp8" else peak
+    gpu = sum(op_time_s(op, dm, fp8 if op.fp8 else peak) for op in ops)
     return gpu, (len(ops) + extra_kernels) * dm.host_overhead_s.value
+
+
+def fp8_peak(dm: DeviceModel) -> float:
+    """The device's dense FP8 tensor-core peak (one-line error when it has none)."""
+    fig = dm.peak_flops_per_s.get("fp8")
+    if fig is None:
+        raise PlannerError(f"dtype fp8: device model {dm.name} has no peak_flops_per_s['fp8'] "
+                           f"(FP8 tensor cores: H100 and later); it has: "
+                           f"{', '.join(dm.peak_flops_per_s)}")
+    return fig.value
 
 
 def pass_time_s(ops, dm: DeviceModel, dtype: str, extra_kernels: int = 0) -> float:

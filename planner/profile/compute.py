@@ -126,8 +126,10 @@ def measure_blocks(blocks, block_inputs, repeats: int = 10, warmup: int = 3,
 def _check_args(microbatch_size, dtype, optimizer, repeats, warmup, num_threads, device):
     if microbatch_size < 1:
         raise PlannerError(f"--microbatch-size must be >= 1, got {microbatch_size}")
-    if dtype not in DTYPES:
-        raise PlannerError(f"--dtype {dtype!r} is not one of: {', '.join(DTYPES)}")
+    if dtype not in DTYPES or dtype == "fp8":
+        valid = [d for d in DTYPES if d != "fp8"]
+        raise PlannerError(f"--dtype {dtype!r} is not one of: {', '.join(valid)} (fp8 is "
+                           "planning only)")
     if optimizer not in OPTIMIZERS:
         raise PlannerError(f"--optimizer {optimizer!r} is not one of: {', '.join(OPTIMIZERS)}")
     if repeats < 1 or warmup < 0:

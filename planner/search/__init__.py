@@ -6,7 +6,9 @@ in order of their bound, each gets its exact memory (partition and schedule, no 
 it fits, a full simulation (``planner.sim``). The search stops when the next bound is no better
 than the K-th best simulated step, so every layout it skips provably cannot enter the top K.
 Recompute is also pruned by dominance: when a layout fits without recomputation (or with
-selective), the same layout with more recomputation cannot be faster.
+selective), the same layout with more recomputation cannot be faster. Offload (never faster:
+host copies, the optimizer on the host) is the last resort: searched only when no layout fits
+without it (then every ZeRO-3 layout with it), or when ``--offload`` asks for it.
 
 The search only calls the cost model through ``planner.sim``'s public API and the block costs
 it is handed: it knows nothing of FLOPs, links or formulas.
@@ -16,13 +18,14 @@ from __future__ import annotations
 import gc
 import heapq
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from planner import schedules, sim
 from planner.cost.compute import BlockCost
 from planner.partition import least_bottleneck
-from planner.search.space import (RECOMPUTE_ORDER, Space, check_space, dims_of, divisors,
-                                  leaves, make_layout, schedule_options, tp_sizes)
+from planner.search.space import (RECOMPUTE_ORDER, Space, check_space, cp_sizes,
+                                  dims_of, divisors, ep_sizes, leaves, make_layout,
+                                  schedule_options, tp_sizes)
 from planner.errors import PlannerError
 from planner.specs import Candidate
 
@@ -48,7 +51,7 @@ class _Blocks:
     def __init__(self, blocks_for: Callable[[int], Sequence[BlockCost]]):
         self.blocks_for = blocks_for
         self._blocks: dict = {}
-        self.bundles: dict = {}    # (dp, tp, pp, b, recompute, sp) -> RowsBundle
+        self.bundles: dict = {}    # (dp, tp, pp, b, recompute, sp, cp, ep) -> RowsBundle
 
     def blocks(self, b: int):
         if b not in self._blocks:
@@ -68,10 +71,22 @@ def search(run: sim.RunSpec, blocks_for: Callable[[int], Sequence[BlockCost]],
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _search(run, blocks_for, num_devices, global_batch, space, top_k, comm_for)
+        first = _search(run, blocks_for, num_devices, global_batch,
+                        replace(space, offload=space.offload or False), top_k, comm_for)
+        if first.ranked or space.offload is not None or not _host_known(run):
+            return first
+        # nothing fits: the same search with every ZeRO-3 layout offloaded
+        second = _search(run, blocks_for, num_devices, global_batch,
+                         replace(space, offload=True), top_k, comm_for)
+        second.candidates = first.candidates + second.candidates
+        return second
     finally:
         if enabled:
             gc.enable()
+
+
+def _host_known(run) -> bool:
+    return run.cluster.device.offload_known
 
 
 def _search(run, blocks_for, num_devices: int, global_batch: int, space: Space, top_k: int,
@@ -90,46 +105,58 @@ def _search(run, blocks_for, num_devices: int, global_batch: int, space: Space, 
     heap: list = []
     cap = cluster.device.usable_memory_bytes
     for tp in tp_sizes(spec, num_devices, cluster.devices_per_node, space):
-        for pp in divisors(num_devices // tp):
-            if (space.pp is not None and pp != space.pp) or pp > nblocks:
-                continue
-            dp = num_devices // (tp * pp)
-            if (space.dp is not None and dp != space.dp) or global_batch % dp:
-                continue
-            dims = dims_of(dp, tp, pp)
-            probe = make_layout((dp, tp, pp, 1, 1, "1f1b", 1, 0, "none", False), space)
-            comm = comms.setdefault((dp, tp, pp), comm_for(cluster, probe))
-            for b in divisors(global_batch // dp):
-                if space.microbatch_size is not None and b != space.microbatch_size:
+        for cp in cp_sizes(spec, num_devices // tp, space):
+            for pp in divisors(num_devices // (tp * cp)):
+                if (space.pp is not None and pp != space.pp) or pp > nblocks:
                     continue
-                m = global_batch // (dp * b)
-                for name, v in schedule_options(pp, m, nblocks, space):
-                    kind = schedules.get(name)
-                    for zero, rc, sp in leaves(spec, dp, tp, pp, b, m, name, v, space, res):
-                        res.enumerated += 1
-                        key = (dp, tp, pp, b, m, name, v, zero, rc, sp)
-                        bundle = _bundle(run, cache, key, space, comm)
-                        data = space.data(dp, zero)
-                        if sim.memory_floor(run, dims, data, kind, m, v, bundle.params,
-                                            bundle.activation_bytes) > cap:
-                            res.memory_pruned += 1
-                            continue
-                        bound = sim.step_floor(run, dims, data, kind, m, bundle.total_s,
-                                               bundle.slowest_s, bundle.params, comm)
-                        heap.append((bound, len(heap), key))
+                dp = num_devices // (tp * cp * pp)
+                if (space.dp is not None and dp != space.dp) or global_batch % dp:
+                    continue
+                for ep in ep_sizes(spec, dp * cp, space):
+                    _enumerate(run, cache, comms, comm_for, heap, res, space, cap,
+                               dp, tp, pp, cp, ep, global_batch)
     heapq.heapify(heap)
     _best_first(run, cache, comms, heap, res, space, top_k, cap)
     return res
 
 
+def _enumerate(run, cache, comms, comm_for, heap, res, space, cap, dp, tp, pp, cp, ep,
+               global_batch) -> None:
+    """Every layout of one (dp, tp, pp, cp, ep) onto the heap with its bounds."""
+    spec, cluster, nblocks = run.model, run.cluster, run.model.num_blocks
+    dims = dims_of(dp, tp, pp, cp, ep)
+    probe = make_layout((dp, tp, pp, 1, 1, "1f1b", 1, 0, "none", False, cp, ep, False), space)
+    comm = comms.setdefault((dp, tp, pp, cp, ep), comm_for(cluster, probe))
+    off = bool(space.offload)
+    for b in divisors(global_batch // dp):
+        if space.microbatch_size is not None and b != space.microbatch_size:
+            continue
+        m = global_batch // (dp * b)
+        for name, v in schedule_options(pp, m, nblocks, space):
+            kind = schedules.get(name)
+            for zero, rc, sp in leaves(spec, dp, tp, pp, b, m, name, v, space, res, cp, ep):
+                res.enumerated += 1
+                key = (dp, tp, pp, b, m, name, v, zero, rc, sp, cp, ep, off)
+                bundle = _bundle(run, cache, key, space, comm)
+                data = space.data(dp, zero, off)
+                if sim.memory_floor(run, dims, data, kind, m, v, bundle.params,
+                                    bundle.activation_bytes) > cap:
+                    res.memory_pruned += 1
+                    continue
+                bound = sim.step_floor(run, dims, data, kind, m, bundle.total_s,
+                                       bundle.slowest_s, bundle.params, comm,
+                                       bundle.expert_params)
+                heap.append((bound, len(heap), key))
+
+
 def _bundle(run, cache: _Blocks, key, space: Space, comm) -> sim.RowsBundle:
     """The per-block rows of a search key (memoised here per shape, and in ``planner.sim``)."""
-    dp, tp, pp, b, m, name, v, zero, rc, sp = key
-    short = (dp, tp, pp, b, rc, sp)
+    dp, tp, pp, b, m, name, v, zero, rc, sp, cp, ep, off = key
+    short = (dp, tp, pp, b, rc, sp, cp, ep)
     hit = cache.bundles.get(short)
     if hit is None:
-        hit = cache.bundles[short] = sim.rows_bundle(run, cache.blocks(b),
-                                                     sim.Split(tp, sp, rc, b, dp * tp * pp), comm)
+        hit = cache.bundles[short] = sim.rows_bundle(
+            run, cache.blocks(b), sim.Split(tp, sp, rc, b, dp * cp * tp * pp, cp, ep), comm)
     return hit
 
 
@@ -148,7 +175,7 @@ class _BestFirst:
     def __init__(self, run, cache, comms, heap, res: Result, space: Space, top_k: int, cap):
         self.run_spec, self.cache, self.comms, self.heap = run, cache, comms, heap
         self.res, self.space, self.top_k, self.cap = res, space, top_k, cap
-        self.fitting: set = set()     # (dp, tp, pp, b, name, v, zero, sp, rc) that fit
+        self.fitting: set = set()     # (dp, tp, pp, b, name, v, zero, sp, cp, ep, off, rc)
         self.prepared: dict = {}      # partition and chunk costs shared by layouts of one shape
         self.refined: set = set()
         self.sized: set = set()
@@ -161,14 +188,14 @@ class _BestFirst:
             if len(res.ranked) >= top_k and bound >= res.ranked[top_k - 1][1].step_time_s:
                 res.bounded_out += 1 + len(heap)
                 break
-            dp, tp, pp, b, m, name, v, zero, rc, sp = key
-            base = (dp, tp, pp, b, name, v, zero, sp)
+            dp, tp, pp, b, m, name, v, zero, rc, sp, cp, ep, off = key
+            base = (dp, tp, pp, b, name, v, zero, sp, cp, ep, off)
             lighter = RECOMPUTE_ORDER[:RECOMPUTE_ORDER.index(rc)]
             if self.space.recompute is None and any(base + (r,) in self.fitting
                                                      for r in lighter):
                 res.dominated += 1
                 continue
-            comm = self.comms[(dp, tp, pp)]
+            comm = self.comms[(dp, tp, pp, cp, ep)]
             if key not in self.sized:
                 # cheap first refinement: the slowest chunk of any partition is no faster than
                 # the best bottleneck (cached per block costs and chunk count)
@@ -196,11 +223,11 @@ class _BestFirst:
         the schedule only through its memory tie-break (one chunk per rank, where the ZeRO
         stage matters too) and its split backward; the memory terms always depend on the ZeRO
         stage, so they are rebuilt for it."""
-        dp, tp, pp, b, m, name, v, zero, rc, sp = key
+        dp, tp, pp, b, m, name, v, zero, rc, sp, cp, ep, off = key
         layout = make_layout(key, self.space)
         kind = layout.pipeline.kind
         pkey = (dp, tp, pp, b, sp, rc, v, name if v == 1 else kind.split_backward,
-                zero if v == 1 else -1)
+                (zero, off) if v == 1 else -1, cp, ep)
         if pkey not in self.prepared:
             self.prepared[pkey] = sim.prepare(self.run_spec, self.cache.blocks(b), layout,
                                               comm)[:2]
@@ -216,10 +243,12 @@ class _BestFirst:
         res, top_k = self.res, self.top_k
         memory = sim.rank_memory(self.run_spec, layout, costs)
         peak = max(r.total_bytes for r in memory)
-        if peak > self.cap:
+        host = max(r.host_bytes for r in memory)
+        if peak > self.cap or (host and host > self.run_spec.cluster.device.host_memory_bytes):
             res.not_fitting += 1
-            res.candidates.append(Candidate(layout, 0.0, peak, False,
-                                            note=f"needs {peak / 2**30:.1f} GiB per rank"))
+            note = f"needs {peak / 2**30:.1f} GiB per rank" + (
+                f" and {host / 2**30:.1f} GiB of host memory" if host else "")
+            res.candidates.append(Candidate(layout, 0.0, peak, False, note=note))
             return False
         result = sim.simulate(self.run_spec, layout, costs, comm, False)
         pred = sim.predict(self.run_spec, layout, costs, result)

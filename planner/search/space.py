@@ -1,13 +1,27 @@
 """The layout space: which values each dimension may take, and the enumeration of them.
 
-dp * tp * pp = devices; tp passing the model family's divisibility rules and at most one node's
-devices unless allowed; pp up to the number of blocks (the balanced partition copes with layers
-that do not divide); micro-batch sizes dividing the per-replica batch; each registered schedule
-with its virtual-stage rule (``planner.schedules``); ZeRO 0-3; recompute none/selective/full;
-sequence parallelism (only layouts the executor can checkpoint when ``Space.checkpointed``,
-for elastic plan sets). The data-parallel communication (all-reduce, compression, parameter
-server, staleness, local SGD) changes numerics, so it is an option the caller fixes, never searched. Layouts the
-executor refuses (``planner.rules``) are never proposed.
+dp * cp * pp * tp = devices; tp passing the model family's divisibility rules and at most one
+node's devices unless allowed; pp up to the number of blocks (the balanced partition copes with
+layers that do not divide); micro-batch sizes dividing the per-replica batch; each registered
+schedule with its virtual-stage rule (``planner.schedules``); ZeRO 0-3; recompute
+none/selective/full; sequence parallelism (only layouts the executor can checkpoint when
+``Space.checkpointed``, for elastic plan sets). The data-parallel communication (all-reduce,
+compression, parameter server, staleness, local SGD) changes numerics, so it is an option the
+caller fixes, never searched. Layouts the executor refuses (``planner.rules``) are never proposed.
+
+The newer dimensions multiply the space only where they can pay:
+- cp > 1 only for sequences of at least ``cp_min_seq_len`` tokens (16k). cp splits a
+  sequence's compute as dp splits the batch, adding the ring's transfers; what it buys is room
+  -- activations of s/cp tokens per micro-batch -- and parallelism when the batch has fewer
+  sequences than the devices could take. Below 16k tokens one sequence's activations fit a
+  device once tp <= 8 splits them and recomputation is allowed (Llama 3 trained at 8k without
+  cp and turned it on for 128k, Dubey et al. 2024 sec. 3.3.2), so cp there is searched only
+  when ``--cp`` fixes it. A heuristic, not a bound: the search is exhaustive within it.
+- ep > 1 only for models with experts (the family's ``ep_problem``): the divisors of
+  gcd(dp * cp, num_experts).
+- offload never makes a step faster (host copies, the optimizer on the host), so an offloaded
+  layout is tried only when the same layout without it does not fit (``planner.search``),
+  like more recomputation.
 """
 from __future__ import annotations
 
@@ -28,6 +42,9 @@ class Space:
     dp: int | None = None
     tp: int | None = None
     pp: int | None = None
+    cp: int | None = None
+    ep: int | None = None
+    offload: bool | None = None
     microbatch_size: int | None = None
     schedule: str | None = None
     virtual_stages: int | None = None
@@ -48,14 +65,17 @@ class Space:
     # Only layouts the executor can checkpoint (``rules.checkpoint_refuses``): an elastic run
     # resumes from checkpoints at every change of world size.
     checkpointed: bool = False
+    cp_min_seq_len: int = 16384
 
-    def data(self, dp: int, zero: int) -> DataParallel:
+    def data(self, dp: int, zero: int, offload: bool = False) -> DataParallel:
         """The data-parallel strategy of a layout with ``dp`` replicas and ZeRO ``zero``."""
-        return _data(self, dp, zero)
+        return _data(self, dp, zero, offload)
 
 
 @lru_cache(maxsize=1024)
-def _data(space: Space, dp: int, zero: int) -> DataParallel:
+def _data(space: Space, dp: int, zero: int, offload: bool = False) -> DataParallel:
+    if offload:
+        return DataParallel(zero=zero, offload=True)
     if dp == 1:
         return DataParallel(zero=zero)
     ps = space.dp_comm == "parameter_server"
@@ -69,8 +89,8 @@ def _data(space: Space, dp: int, zero: int) -> DataParallel:
 
 
 @lru_cache(maxsize=4096)
-def dims_of(dp: int, tp: int, pp: int) -> ParallelDims:
-    return ParallelDims(dp=dp, tp=tp, pp=pp)
+def dims_of(dp: int, tp: int, pp: int, cp: int = 1, ep: int = 1) -> ParallelDims:
+    return ParallelDims(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep)
 
 
 def divisors(n: int) -> list[int]:
@@ -92,6 +112,29 @@ def tp_sizes(spec, num_devices: int, devices_per_node: int, space: Space) -> lis
                 continue
         out.append(t)
     return out
+
+
+def cp_sizes(spec, rest: int, space: Space) -> list[int]:
+    """cp values dividing ``rest`` (the devices left after tp) that the family can split and
+    the space searches (module docstring)."""
+    family = families.of(spec)
+    if space.cp is not None:
+        return [space.cp] if rest % space.cp == 0 and not family.cp_problem(spec, space.cp) \
+            else []
+    if spec.seq_len < space.cp_min_seq_len or not family.context_parallel:
+        return [1]
+    return [c for c in divisors(rest) if not family.cp_problem(spec, c)]
+
+
+def ep_sizes(spec, replicas: int, space: Space) -> list[int]:
+    """ep values: divisors of the dp * cp ``replicas`` the family can shard experts over."""
+    family = families.of(spec)
+    if space.ep is not None:
+        return [space.ep] if replicas % space.ep == 0 and not family.ep_problem(spec, space.ep) \
+            else []
+    if not family.has_experts:
+        return [1]
+    return [e for e in divisors(replicas) if not family.ep_problem(spec, e)]
 
 
 def schedule_options(pp: int, m: int, num_blocks: int, space: Space) -> list[tuple[str, int]]:
@@ -116,11 +159,14 @@ def schedule_options(pp: int, m: int, num_blocks: int, space: Space) -> list[tup
     return out
 
 
-def leaves(spec, dp, tp, pp, b, m, name, v, space: Space, res=None):
-    """The (zero, recompute, sequence parallel) choices of one (dp, tp, pp, b, schedule, v),
-    without those the executor refuses (counted in ``res.refused``)."""
+def leaves(spec, dp, tp, pp, b, m, name, v, space: Space, res=None, cp: int = 1, ep: int = 1):
+    """The (zero, recompute, sequence parallel) choices of one (dp, tp, pp, cp, ep, b,
+    schedule, v), without those the executor refuses (counted in ``res.refused``)."""
     family = families.of(spec)
-    zeros = [space.zero] if space.zero is not None else ([0, 1, 2, 3] if dp > 1 else [0])
+    replicas = dp * cp
+    zeros = [space.zero] if space.zero is not None else ([0, 1, 2, 3] if replicas > 1 else [0])
+    if space.offload:       # only offloaded layouts: FSDP2's policy needs ZeRO-3
+        zeros = [z for z in zeros if z == 3]
     rcs = [space.recompute] if space.recompute is not None else list(RECOMPUTE_ORDER)
     if not family.selective_recompute:
         rcs = [r for r in rcs if r != "selective" or space.recompute == "selective"]
@@ -128,8 +174,14 @@ def leaves(spec, dp, tp, pp, b, m, name, v, space: Space, res=None):
         sps = [space.sequence_parallel] if (tp > 1 or not space.sequence_parallel) else []
     else:
         sps = [False] + ([True] if tp > 1 and not family.tp_problem(spec, tp, True) else [])
+    if cp > 1:          # the executor refuses both with a ring (planner.rules)
+        dropped = len(rcs) * len(sps)
+        rcs = [r for r in rcs if r != "selective"]
+        sps = [x for x in sps if not x]
+        if res is not None:
+            res.refused += len(zeros) * (dropped - len(rcs) * len(sps))
     for zero in zeros:
-        if _refused(spec, space, dp, tp, pp, name, v, zero):
+        if _refused(spec, space, dp, tp, pp, name, v, zero, cp, ep, bool(space.offload)):
             if res is not None:
                 res.refused += len(rcs) * len(sps)
             continue
@@ -139,11 +191,14 @@ def leaves(spec, dp, tp, pp, b, m, name, v, space: Space, res=None):
 
 
 @lru_cache(maxsize=4096)
-def _refused(spec, space: Space, dp, tp, pp, name, v, zero) -> str:
+def _refused(spec, space: Space, dp, tp, pp, name, v, zero, cp=1, ep=1, offload=False) -> str:
     """``rules.model_refuses`` of a layout of this shape (it does not depend on the batch
     split: m is checked by the schedule, so one valid m stands for all)."""
-    probe = Layout(dims=dims_of(dp, tp, pp), num_microbatches=pp, data=space.data(dp, zero),
-                   pipeline=_pipeline(name, v))
+    try:
+        probe = Layout(dims=dims_of(dp, tp, pp, cp, ep), num_microbatches=pp,
+                       data=space.data(dp, zero, offload), pipeline=_pipeline(name, v))
+    except PlannerError as err:     # offload without FSDP, ...
+        return str(err)
     return rules.model_refuses(spec, probe) or (
         rules.checkpoint_refuses(probe) if space.checkpointed else "")
 
@@ -155,23 +210,27 @@ def _pipeline(name: str, v: int):
 
 
 def make_layout(key, space: Space) -> Layout:
-    """The Layout of a search key (dp, tp, pp, b, m, schedule, v, zero, recompute, sp)."""
-    dp, tp, pp, b, m, name, v, zero, rc, sp = key
+    """The Layout of a search key (dp, tp, pp, b, m, schedule, v, zero, recompute, sp, cp, ep,
+    offload)."""
+    dp, tp, pp, b, m, name, v, zero, rc, sp, cp, ep, off = key
     from planner.specs import TensorParallel
-    return Layout(dims=dims_of(dp, tp, pp), microbatch_size=b, num_microbatches=m,
-                  data=space.data(dp, zero), pipeline=_pipeline(name, v),
+    return Layout(dims=dims_of(dp, tp, pp, cp, ep), microbatch_size=b, num_microbatches=m,
+                  data=space.data(dp, zero, off), pipeline=_pipeline(name, v),
                   tensor=TensorParallel(sequence_parallel=sp), recompute=rc)
 
 
 def check_space(space: Space, num_devices: int, global_batch: int) -> None:
     """Fixed values that cannot work whatever the rest is: one-line errors."""
     prod = 1
-    for x in (space.dp, space.tp, space.pp):
+    for x in (space.dp, space.tp, space.pp, space.cp):
         if x is not None:
             prod *= x
     if num_devices % prod:
-        raise PlannerError(f"--dp/--tp/--pp fix {prod} devices per replica grid, which does not "
-                           f"divide --gpus {num_devices}")
+        raise PlannerError(f"--dp/--tp/--pp/--cp fix {prod} devices per replica grid, which "
+                           f"does not divide --gpus {num_devices}")
+    if space.offload and space.zero is not None and space.zero != 3:
+        raise PlannerError(f"--offload is FSDP2's CPUOffloadPolicy: needs --zero 3, got "
+                           f"--zero {space.zero}")
     if space.dp is not None and global_batch % space.dp:
         raise PlannerError(f"--global-batch {global_batch} does not divide over --dp "
                            f"{space.dp} ({global_batch} % {space.dp} = {global_batch % space.dp})")

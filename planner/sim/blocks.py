@@ -4,7 +4,9 @@
 the tensor-parallel split (the block's ``tp_split`` from the roofline, else ``split_time``),
 the TP collectives inside the block (which block the compute: ``planner.cost.tp``),
 recomputation (full: the forward again, collectives included; selective: the family's
-recomputed share) and sequence parallelism. ``RowsBundle`` adds what follows from the rows
+recomputed share) and sequence parallelism; context parallelism divides a block's tokens (its
+ring's transfers: ``planner.sim.cp``), expert parallelism its experts (and adds their
+all-to-alls: ``planner.sim.ep``). ``RowsBundle`` adds what follows from the rows
 alone (prefix sums, TP collective counts, FLOPs) and is memoised: the search costs many layouts
 that share it. ``Chunk`` is one model chunk's sums, O(1) from the prefix sums.
 """
@@ -19,6 +21,7 @@ from planner.cost import pp as pp_cost, tp as tp_cost
 from planner.cost.compute import BlockCost
 from planner.cost.precision import ELEMENT_BYTES
 from planner.partition import even_partition
+from planner.sim import cp as sim_cp, ep as sim_ep
 from planner.sim.run import CommTime, RunSpec, compute_slowdown
 
 # Share of a block's backward that computes weight gradients (the "W" of zero-bubble
@@ -31,13 +34,17 @@ class BlockRow:
     """One block, one micro-batch, one rank, after the layout's split."""
     __slots__ = ("forward_s", "forward_tp_s", "backward_s", "recompute_s", "backward_tp_s",
                  "weight_share", "params", "activation_bytes", "working_bytes", "send_bytes",
-                 "forward_collectives", "backward_collectives")
+                 "forward_collectives", "backward_collectives", "cp_s", "ep_s",
+                 "expert_params", "xp_collectives")
 
     def __init__(self, forward_s, forward_tp_s, backward_s, recompute_s, backward_tp_s,
                  weight_share, params, activation_bytes, working_bytes, send_bytes,
-                 forward_collectives, backward_collectives):
+                 forward_collectives, backward_collectives, cp_s=0.0, ep_s=0.0,
+                 expert_params=0.0, xp_collectives=()):
         self.forward_s = forward_s                  # compute only
-        self.forward_tp_s = forward_tp_s            # TP collectives inside the forward
+        # collectives inside the forward that block it: tp's, and the exposed part of cp's
+        # ring and ep's all-to-alls (``cp_s``/``ep_s``: those two, forward + backward)
+        self.forward_tp_s = forward_tp_s
         self.backward_s = backward_s
         self.recompute_s = recompute_s              # forward run again during the backward
         self.backward_tp_s = backward_tp_s
@@ -48,6 +55,9 @@ class BlockRow:
         self.send_bytes = send_bytes                # the boundary transfer if cut after it
         self.forward_collectives = forward_collectives
         self.backward_collectives = backward_collectives
+        self.cp_s, self.ep_s = cp_s, ep_s
+        self.expert_params = expert_params          # of ``params``: experts (ep-sharded)
+        self.xp_collectives = xp_collectives        # ((phase, name, group, bytes, count), ...)
 
     @property
     def total_s(self) -> float:
@@ -63,11 +73,13 @@ class Split(NamedTuple):
     recompute: str
     microbatch_size: int
     world_size: int               # co-located ranks slow each other (compute_slowdown)
+    cp: int = 1
+    ep: int = 1
 
     @classmethod
     def of(cls, layout) -> "Split":
         return cls(layout.tp, layout.tensor.sequence_parallel, layout.recompute,
-                   layout.microbatch_size, layout.world_size)
+                   layout.microbatch_size, layout.world_size, layout.cp, layout.ep)
 
 
 _PATTERNS: dict = {}
@@ -120,41 +132,75 @@ def _unique_rows(run, blocks, split: Split, comm) -> tuple[list[BlockRow], tuple
     family = families.of(spec)
     slow = compute_slowdown(run.cluster, split.world_size)
     e = ELEMENT_BYTES[run.dtype]
-    msg = (tp_cost.activation_message_bytes(split.microbatch_size, spec.seq_len,
-                                            spec.hidden_size, e),
-           tp_cost.token_message_bytes(split.microbatch_size, spec.seq_len, e))
+    # under context parallelism a rank's activations hold s / cp of each sequence
+    tokens = spec.seq_len // split.cp
+    msg = (tp_cost.activation_message_bytes(split.microbatch_size, tokens, spec.hidden_size, e),
+           tp_cost.token_message_bytes(split.microbatch_size, tokens, e))
     unique, pattern = _pattern(blocks)
-    rows = [_row(run, family, blk, split, comm, msg, slow, x)
+    kinds = family.block_kinds(spec)
+    rows = [_row(run, family, blk, split, comm, msg, slow, x,
+                 kinds[:x].count("block") if blk.kind == "block" else None)
             for blk, x in zip(unique, _first_indices(blocks))]
     return rows, pattern, msg
 
 
-def _row(run, family, blk: BlockCost, split: Split, comm, msg, slow, x: int) -> BlockRow:
-    spec, t, sp, rc = run.model, split.tp, split.sequence_parallel, split.recompute
+def _row(run, family, blk: BlockCost, split: Split, comm, msg, slow, x: int,
+         layer: int | None) -> BlockRow:
+    """Block ``x`` (decoder layer ``layer``, None for the embedding and head) on one rank."""
+    spec, t, sp, rc, cp = run.model, split.tp, split.sequence_parallel, split.recompute, split.cp
     fwd_names, bwd_names = tp_cost.block_collectives(family, blk.kind, sp, t)
     f_tp = tp_cost.collective_time(fwd_names, msg[0], comm, msg[1])
     b_tp = tp_cost.collective_time(bwd_names, msg[0], comm, msg[1])
+    load = sim_ep.load(run, split.ep)
     core = None
     divided = family.tp_splits(blk.kind)
     if blk.tp_split is not None:   # analytic per-rank costs (planner.cost.roofline)
-        f, b, core = blk.tp_split(t, sp, f_tp, b_tp)
-    else:
-        f = tp_cost.split_time(blk.forward_s, divided, t)
-        b = tp_cost.split_time(blk.backward_s, divided, t)
+        if cp == 1 and load == 1.0:
+            f, b, core = blk.tp_split(t, sp, f_tp, b_tp)
+        else:
+            f, b, core = blk.tp_split(t, sp, f_tp, b_tp, cp=cp, load=load)
+    else:   # a profile: every block's work is per token, cp splits the tokens
+        f = tp_cost.split_time(blk.forward_s, divided, t) / cp
+        b = tp_cost.split_time(blk.backward_s, divided, t) / cp
     f, b = f * slow, b * slow
+    xf, xb, cp_s, ep_s, xp = 0.0, 0.0, 0.0, 0.0, ()
+    if layer is not None and (cp > 1 or split.ep > 1):
+        xf, xb, cp_s, ep_s, xp = _xp_collectives(run, family, split, comm, core, slow, layer,
+                                                 load)
+    f_in, b_in = f_tp + xf, b_tp + xb
     rec = 0.0
     if blk.kind == "block" and rc == "full":
-        rec = f + f_tp   # the forward runs again, collectives included (Megatron)
+        rec = f + f_in   # the forward runs again, collectives included (Megatron)
     elif blk.kind == "block" and rc == "selective" and family.selective_recompute:
         rec = core * slow if core is not None else f * family.selective_share(
             blk.forward_flops, spec, split.microbatch_size)
     params = family.tp_params(blk.kind, spec, blk.param_count, t)
+    experts = 0.0
+    if layer is not None and split.ep > 1:     # this rank keeps 1/ep of the (tp-split) experts
+        experts = family.expert_params(spec, layer) / t / split.ep
+        params -= experts * (split.ep - 1)
     act = family.activation_bytes(blk.saved_activation_bytes, blk.output_bytes, blk.kind,
-                                  spec, t, sp, rc, x)
+                                  spec, t, sp, rc, x) / cp
     work = family.recompute_working_bytes(blk.saved_activation_bytes, blk.output_bytes,
-                                          blk.kind, spec, t, sp, rc, x)
-    return BlockRow(f, f_tp, b, rec, b_tp, WEIGHT_GRAD_SHARE.get(blk.kind, 0.5), params, act,
-                    work, pp_cost.boundary_bytes(blk.output_bytes, t, sp), fwd_names, bwd_names)
+                                          blk.kind, spec, t, sp, rc, x) / cp
+    return BlockRow(f, f_in, b, rec, b_in, WEIGHT_GRAD_SHARE.get(blk.kind, 0.5), params, act,
+                    work, pp_cost.boundary_bytes(blk.output_bytes, t, sp) / cp, fwd_names,
+                    bwd_names, cp_s, ep_s, experts, xp)
+
+
+def _xp_collectives(run, family, split: Split, comm, core, slow, layer: int, load: float):
+    """A decoder layer's cp and ep collectives: (forward exposed s, backward exposed s, cp
+    share of both, ep share of both, ((phase, name, group, bytes, count), ...) per
+    micro-batch)."""
+    fc = bc = fe = be = 0.0
+    xp: tuple = ()
+    if split.cp > 1:
+        core_s = core * slow if core is not None else 0.0
+        fc, bc, xp = sim_cp.layer_collectives(run, family, split, comm, core_s, layer)
+    if split.ep > 1:
+        fe, be, more = sim_ep.layer_collectives(run, family, split, comm, layer, load)
+        xp += more
+    return fc + fe, bc + be, fc + bc, fe + be, xp
 
 
 class RowsBundle:
@@ -176,8 +222,10 @@ class RowsBundle:
         self.total_s = sum(n * r.total_s for n, r in zip(counts, unique))
         self.slowest_s = max(r.total_s for r in unique)
         self.params = sum(n * r.params for n, r in zip(counts, unique))
+        self.expert_params = sum(n * r.expert_params for n, r in zip(counts, unique))
         self.activation_bytes = sum(n * r.activation_bytes for n, r in zip(counts, unique))
         self.tp_per_microbatch = _tp_counts(unique, counts, msg, split.recompute)
+        self.xp_per_microbatch = _xp_counts(unique, counts, split.recompute)
         distinct = _pattern(blocks)[0]
         self._kinds = tuple(blk.kind for blk in distinct)
         self.model_flops = sum(n * blk.forward_flops for n, blk in zip(counts, distinct))
@@ -223,17 +271,23 @@ class RowsBundle:
 
     def prefixes(self) -> tuple[list[float], ...]:
         """Prefix sums over blocks of forward_s, forward_tp_s, backward_s, recompute_s,
-        backward_tp_s, the weight-gradient share of backward_s, params, activation_bytes."""
+        backward_tp_s, the weight-gradient share of backward_s, params, activation_bytes,
+        and of cp_s + ep_s, ep_s, expert_params (None when no block has any)."""
         if self._prefix is None:
             rows = self.rows
 
             def pre(values):
                 return [0.0, *accumulate(values)]
+            xp = None
+            if any(r.cp_s or r.ep_s or r.expert_params for r in self._unique):
+                xp = (pre(r.cp_s for r in rows), pre(r.ep_s for r in rows),
+                      pre(r.expert_params for r in rows))
             self._prefix = (pre(r.forward_s for r in rows), pre(r.forward_tp_s for r in rows),
                             pre(r.backward_s for r in rows), pre(r.recompute_s for r in rows),
                             pre(r.backward_tp_s for r in rows),
                             pre(r.backward_s * r.weight_share for r in rows),
-                            pre(r.params for r in rows), pre(r.activation_bytes for r in rows))
+                            pre(r.params for r in rows), pre(r.activation_bytes for r in rows),
+                            xp)
         return self._prefix
 
 
@@ -252,6 +306,20 @@ def _tp_counts(unique, counts, msg, recompute) -> dict:
         if r.recompute_s and recompute == "full":
             for entry in r.forward_collectives:   # the recomputed forward issues them again
                 add("backward", entry, n)
+    return out
+
+
+def _xp_counts(unique, counts, recompute) -> dict:
+    """(phase, collective, group, bytes) -> cp and ep collectives per micro-batch (the
+    forward ones again in the backward under full recomputation)."""
+    out: dict = {}
+    for r, n in zip(unique, counts):
+        for phase, name, group, nbytes, k in r.xp_collectives:
+            phases = (phase, "backward") if phase == "forward" and recompute == "full" \
+                else (phase,)
+            for ph in phases:
+                key = (ph, name, group, nbytes)
+                out[key] = out.get(key, 0) + n * k
     return out
 
 
@@ -277,7 +345,8 @@ def rows_bundle(run: RunSpec, blocks: Sequence[BlockCost], split, comm: CommTime
     if not isinstance(split, Split):
         split = Split.of(split)
     key = (id(run), id(blocks), id(comm), split.tp, split.sequence_parallel, split.recompute,
-           split.microbatch_size, compute_slowdown(run.cluster, split.world_size))
+           split.microbatch_size, compute_slowdown(run.cluster, split.world_size), split.cp,
+           split.ep)
     hit = _BUNDLES.get(key)
     if hit is not None and hit[0] is run and hit[1] is blocks and hit[2] is comm:
         return hit[3]
@@ -294,7 +363,8 @@ class Chunk:
     on first use."""
     __slots__ = ("blocks", "rows", "split_backward", "param_bytes_each", "grad_bytes_each",
                  "send_s", "send_bytes", "f_comp", "f_tp", "b_comp", "b_rec", "b_tp", "w_s",
-                 "i_comp", "params", "act_bytes", "f_s", "b_s", "i_s", "_detail")
+                 "i_comp", "params", "act_bytes", "f_s", "b_s", "i_s", "_detail", "cp_s",
+                 "ep_s", "expert_params")
 
     def __init__(self, blocks: range, bundle: RowsBundle, split_backward: bool,
                  param_bytes_each: float, grad_bytes_each: float):
@@ -305,7 +375,7 @@ class Chunk:
         self.send_s = 0.0                 # boundary transfer after this chunk (each way)
         self.send_bytes = rows[j - 1].send_bytes
         # sums over blocks i..j-1 from the prefix sums (inlined: thousands of chunks a search)
-        f, f_tp, b, rec, b_tp, w, params, act = bundle.prefixes()
+        f, f_tp, b, rec, b_tp, w, params, act, xp = bundle.prefixes()
         self.f_comp = f[j] - f[i]
         self.f_tp = f_tp[j] - f_tp[i]
         self.b_comp = b[j] - b[i]
@@ -315,13 +385,18 @@ class Chunk:
         self.i_comp = self.b_comp - self.w_s
         self.params = params[j] - params[i]
         self.act_bytes = act[j] - act[i]
+        if xp is None:
+            self.cp_s = self.ep_s = self.expert_params = 0.0
+        else:
+            self.cp_s, self.ep_s = xp[0][j] - xp[0][i], xp[1][j] - xp[1][i]
+            self.expert_params = xp[2][j] - xp[2][i]
         self.f_s = self.f_comp + self.f_tp
         self.b_s = self.b_rec + self.b_comp + self.b_tp
         self.i_s = self.b_rec + self.i_comp + self.b_tp
         self._detail = None
 
     def _build(self) -> dict:
-        b_off, w_off, grads, bblk, pbytes = [], [], [], [], []
+        b_off, w_off, grads, bblk, pbytes, egrads, epbytes = [], [], [], [], [], [], []
         tb = tw = 0.0
         for x in reversed(self.blocks):
             r = self.rows[x]
@@ -332,19 +407,25 @@ class Chunk:
             b_off.append(tb)
             w_off.append(tw)
             bblk.append(step)
-            grads.append(r.params * self.grad_bytes_each)
-            pbytes.append(r.params * self.param_bytes_each)
+            grads.append((r.params - r.expert_params) * self.grad_bytes_each)
+            pbytes.append((r.params - r.expert_params) * self.param_bytes_each)
+            egrads.append(r.expert_params * self.grad_bytes_each)
+            epbytes.append(r.expert_params * self.param_bytes_each)
         self._detail = {
             "b_offsets": tuple(b_off), "w_offsets": tuple(w_off), "grad_bytes_rev": tuple(grads),
             "f_block_s": tuple(self.rows[x].forward_s + self.rows[x].forward_tp_s
                                for x in self.blocks),
-            "b_block_s": tuple(bblk), "param_bytes_blocks": tuple(reversed(pbytes))}
+            "b_block_s": tuple(bblk), "param_bytes_blocks": tuple(reversed(pbytes)),
+            "expert_grad_bytes_rev": tuple(egrads),
+            "expert_param_bytes_blocks": tuple(reversed(epbytes))}
         return self._detail
 
     def detail(self, name: str):
         """Per block, built on first use: ``b_offsets``/``w_offsets`` (end offsets inside B (or
         I) and W, backward order), ``grad_bytes_rev`` (backward order), ``f_block_s`` (forward
         durations, forward order), ``b_block_s`` (backward or I durations, backward order),
-        ``param_bytes_blocks`` (forward order)."""
+        ``param_bytes_blocks`` (forward order); gradient and parameter bytes exclude the
+        expert shards (ep > 1), which are ``expert_grad_bytes_rev`` and
+        ``expert_param_bytes_blocks`` (reduced over edp, not with the rest)."""
         return (self._detail or self._build())[name]
 

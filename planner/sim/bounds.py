@@ -11,7 +11,7 @@ from planner import rules
 from planner.cost import dp as dp_cost, pp as pp_cost
 from planner.sim.compress import wire_share
 from planner.sim.memory import buffer_bytes_per_param, state_bytes_per_param
-from planner.sim.run import optimizer_time
+from planner.sim.run import step_optimizer_s
 
 
 def memory_floor(run, dims, data, schedule, m: int, v: int, params: float, acts: float) -> float:
@@ -35,7 +35,7 @@ def memory_floor(run, dims, data, schedule, m: int, v: int, params: float, acts:
 
 
 def step_floor(run, dims, data, schedule, m: int, total_s: float, slowest_s: float,
-               params: float, comm) -> float:
+               params: float, comm, expert_params: float = 0.0) -> float:
     """A lower bound on the simulated step from per-micro-batch totals alone.
 
     Compute: the average rank does m * total/pp of block time, followed by what must come after
@@ -45,37 +45,42 @@ def step_floor(run, dims, data, schedule, m: int, total_s: float, slowest_s: flo
     slowest block does at least m times that block; flushing schedules with one chunk per rank obey the bubble bound of
     ``planner.cost.pp.balanced_lower_bound``. ZeRO-3 (and ZeRO-2 without pipelining) also puts
     m gathers of the rank's parameters on the comm stream, a bound of its own. Collective times
-    are affine in bytes, so the average rank's bytes give the average rank's time.
+    are affine in bytes, so the average rank's bytes give the average rank's time. Data
+    parallelism reduces over the dp * cp replicas; expert shards (``expert_params`` of
+    ``params``) are left out of its collectives (they are reduced over edp, which only adds
+    time); offload only adds time too (host copies, the host's optimizer step).
     """
-    dp, pp, zero = dims.dp, dims.pp, data.zero
+    dp, pp, zero = dims.replicas, dims.pp, data.zero
+    group = dims.reduce_dim
     per_rank = params / pp
+    dense = (params - expert_params) / pp
     p_e, g_e, _ = run.bytes_per_param
     g_wire = g_e * wire_share(run, data.compression)
     flush = 0.0
     if schedule.flushing_single_chunk and pp > 1:
         flush = pp_cost.balanced_lower_bound(total_s, pp, m)
     shard = dp if zero >= 1 else 1
-    tail = optimizer_time(run, per_rank / shard, params)
+    tail = step_optimizer_s(run, data, per_rank / shard, params)
     busy = 0.0
     # Exchanges after backward, stale servers and local SGD may send less than a full
     # reduction, or overlap it: their tail stays 0 (the bound stays a bound).
     if dp > 1 and not _unsynchronised(data):
         if data.parameter_server:
-            tail += comm("parameter_server", per_rank * g_e, "dp")
+            tail += comm("parameter_server", per_rank * g_e, group)
         elif zero <= 1 and not rules.reduction_overlaps(dims, schedule, zero):
             # the executor reduces after the backward pass
-            tail += comm("reduce_scatter" if zero == 1 else "all_reduce", per_rank * g_wire,
-                         "dp")
+            tail += comm("reduce_scatter" if zero == 1 else "all_reduce", dense * g_wire,
+                         group)
         if zero == 1:
             # all-gathers after the step: one per bucket, at least one call of all the bytes
             # (times are affine in bytes with a non-negative intercept)
-            tail += comm("all_gather", per_rank * p_e, "dp")
+            tail += comm("all_gather", per_rank * p_e, group)
         if zero == 3:
-            busy = 2 * m * comm("all_gather", per_rank * p_e, "dp") + (
-                m if pp == 1 else 1) * comm("reduce_scatter", per_rank * g_e, "dp")
+            busy = 2 * m * comm("all_gather", dense * p_e, group) + (
+                m if pp == 1 else 1) * comm("reduce_scatter", dense * g_e, group)
         elif zero == 2 and pp == 1:
-            busy = m * (comm("all_gather", per_rank * p_e, "dp")
-                        + comm("reduce_scatter", per_rank * g_e, "dp"))
+            busy = m * (comm("all_gather", dense * p_e, group)
+                        + comm("reduce_scatter", dense * g_e, group))
     # step >= max_r(work_r + tail_r) >= their mean; >= the bubble bound; >= the rank holding
     # the slowest block; >= the comm stream's busy time
     return max(m * total_s / pp + tail, flush, m * slowest_s, busy)
@@ -94,7 +99,7 @@ def chain_bound(run, layout, costs, comm) -> float:
     kind = layout.pipeline.kind
     split = kind.split_backward
     g_e = run.bytes_per_param[1]
-    work, f_i, params = [0.0] * p, [0.0] * p, [0.0] * p
+    work, f_i, params, dense = [0.0] * p, [0.0] * p, [0.0] * p, [0.0] * p
     smallest = [float("inf")] * p      # the least gradient bytes of one of the rank's chunks
     last = [float("inf")] * p          # ... and the least last DDP bucket of one
     for c, ch in enumerate(chunks):
@@ -102,15 +107,16 @@ def chain_bound(run, layout, costs, comm) -> float:
         work[r] += (ch.f_s + ch.i_s + ch.w_s) if split else (ch.f_s + ch.b_s)
         f_i[r] += ch.f_s + ch.i_s
         params[r] += ch.params
-        grads = ch.params * g_e
+        dense[r] += ch.params - ch.expert_params
+        grads = (ch.params - ch.expert_params) * g_e
         smallest[r] = min(smallest[r], grads)
         last[r] = min(last[r], dp_cost.last_bucket_bytes(grads))
-    shard = layout.dp if layout.data.zero >= 1 else 1
+    shard = layout.dims.replicas if layout.data.zero >= 1 else 1
     total = sum(params)
     best = before = after = 0.0
     for r in range(p):
-        tail = optimizer_time(run, params[r] / shard, total) + _after_backward(
-            run, layout, smallest[r], last[r], params[r], comm)
+        tail = step_optimizer_s(run, layout.data, params[r] / shard, total) + _after_backward(
+            run, layout, smallest[r], last[r], params[r], dense[r], comm)
         if split:
             best = max(best, before + m * work[r] + tail, before + m * f_i[r] + after)
         else:
@@ -121,32 +127,35 @@ def chain_bound(run, layout, costs, comm) -> float:
     return best
 
 
-def _after_backward(run, layout, smallest: float, last: float, params: float, comm) -> float:
+def _after_backward(run, layout, smallest: float, last: float, params: float, dense: float,
+                    comm) -> float:
     """Data-parallel work a rank must still do after its last compute op, at least: all of it
     where the executor reduces only after the backward pass (it cannot hook the backward pass,
     the parameter server), the reduce-scatter of whichever chunk ran last (ZeRO-2/3 under
     pipelining: at least the rank's smallest chunk's ``smallest`` gradient bytes; collective
     times grow with bytes), or that chunk's last bucket (at least ``last`` bytes; all-reduced
-    by DDP, reduce-scattered by ZeRO-1); then ZeRO-1's parameter all-gathers. Compressed
-    exchanges, stale servers and local SGD leave no full reduction on the tail: 0."""
-    d = layout.data
-    if layout.dp == 1 or _unsynchronised(d):
+    by DDP, reduce-scattered by ZeRO-1); then ZeRO-1's parameter all-gathers. Over the dp * cp
+    replicas; ``dense``: the rank's parameters without expert shards (which are reduced over
+    edp, after these). Compressed exchanges, stale servers and local SGD leave no full
+    reduction on the tail: 0."""
+    d, group = layout.data, layout.dims.reduce_dim
+    if layout.dims.replicas == 1 or _unsynchronised(d):
         return 0.0
     p_e, g_e, _ = run.bytes_per_param
     g_wire = g_e * wire_share(run, d.compression)
     if d.parameter_server:
-        return comm("parameter_server", params * g_e, "dp")
-    extra = comm("all_gather", params * p_e, "dp") if d.zero == 1 else 0.0
+        return comm("parameter_server", params * g_e, group)
+    extra = comm("all_gather", params * p_e, group) if d.zero == 1 else 0.0
     if d.zero >= 2:
         if layout.pp == 1:
             return extra
-        return extra + comm("reduce_scatter", smallest, "dp")
+        return extra + comm("reduce_scatter", smallest, group)
     reduction = "reduce_scatter" if d.zero == 1 else "all_reduce"
     if not rules.reduction_overlaps_backward(layout):
-        return extra + comm(reduction, params * g_wire, "dp")
+        return extra + comm(reduction, dense * g_wire, group)
     if g_wire == 0:
         return extra
-    return extra + comm(reduction, last * g_wire / g_e, "dp")
+    return extra + comm(reduction, last * g_wire / g_e, group)
 
 
 def _unsynchronised(data) -> bool:

@@ -44,8 +44,9 @@ def exchange_time(run, layout, chunk, comm) -> float:
 def bucket_time(run, layout, chunk, nbytes: float, comm, reduction: str = "all_reduce"
                 ) -> float:
     """One bucket's reduction (DDP's all-reduce, or the distributed optimizer's
-    reduce-scatter), with its compression (``layout.data.compression``)."""
-    return sum(comm(reduction, part, "dp")
+    reduce-scatter) over the dp * cp replicas, with its compression
+    (``layout.data.compression``)."""
+    return sum(comm(reduction, part, layout.dims.reduce_dim)
                for part in bucket_messages(run, layout, chunk, nbytes)) + \
         compression_s(run, layout, chunk, nbytes)
 

@@ -20,6 +20,7 @@ class LayoutCosts:
     bundle: RowsBundle        # the per-block rows they were summed from
     tp_counts: dict           # (phase, collective, bytes) -> per-step count
     memory: MemRows
+    xp_counts: dict = None    # (phase, collective, group, bytes) -> per-step count (cp, ep)
 
     @property
     def model_flops_mb(self) -> float:
@@ -67,7 +68,8 @@ def layout_costs(run: RunSpec, blocks: Sequence[BlockCost], layout, comm: CommTi
         chunk_links(chunks, layout, comm, bundle.scatter)
     m = layout.num_microbatches
     tp_counts = {key: k_mb * m for key, k_mb in bundle.tp_per_microbatch.items()}
-    return layout, LayoutCosts(chunks, bundle, tp_counts, mem_rows)
+    xp_counts = {key: k_mb * m for key, k_mb in bundle.xp_per_microbatch.items()}
+    return layout, LayoutCosts(chunks, bundle, tp_counts, mem_rows, xp_counts)
 
 
 def with_memory(run: RunSpec, layout, costs: LayoutCosts) -> LayoutCosts:

@@ -38,9 +38,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from planner import rules
-from planner.cost import dp as dp_cost
+from planner.cost import dp as dp_cost, offload as offload_cost
 from planner.sim import compress, unsync
-from planner.sim.run import compute_slowdown, optimizer_time
+from planner.sim.run import compute_slowdown, optimizer_time, step_optimizer_s
 
 
 @dataclass
@@ -62,29 +62,16 @@ def count(counts: dict, phase: str, name: str, group: str, size: int, nbytes: fl
 
 
 def chunk_plan(run, layout, chunk, comm, counts: dict) -> DpPlan:
-    n, d = layout.dp, layout.data
+    dims, d = layout.dims, layout.data
+    n, group = dims.replicas, dims.reduce_dim
     if n == 1:
         return DpPlan([], False, (), (), False)
     grads = chunk.detail("grad_bytes_rev")
     if d.zero >= 2:
-        # FSDP2's own per-call cost (hooks, DTensor, copy-in/out) on top of each collective
-        extra = run.cluster.fsdp_call_overhead_s
-        rs = tuple(comm("reduce_scatter", g, "dp") + extra for g in grads)
-        pbytes = chunk.detail("param_bytes_blocks")
-        ag = tuple(comm("all_gather", pb, "dp") + extra for pb in pbytes)
-        per_mb = layout.pp == 1
-        # under pipelining: one reduce-scatter pass when the chunk's last backward op ends
-        buckets = [] if per_mb else [(-1, sum(rs), sum(grads))]
-        m = layout.num_microbatches
-        for g in grads:
-            count(counts, "backward", "reduce_scatter", "dp", n, g, m if per_mb else 1)
-        for pb in pbytes:
-            for phase, k in fsdp_gathers_per_step(layout):
-                count(counts, phase, "all_gather", "dp", n, pb, k)
-        return DpPlan(buckets, per_mb, rs, ag, False)
+        return _fsdp_plan(run, layout, chunk, comm, counts, grads)
     if d.parameter_server:
         total = sum(grads)
-        t = comm("parameter_server", total, "dp")
+        t = comm("parameter_server", total, group)
         k = d.ps_shards
         if d.staleness:     # point to point: k(p-1) pushes and k(p-1) pulls of 1/k each
             count(counts, "backward", "send_recv", "dp", n, total / k, k * (n - 1))
@@ -120,11 +107,11 @@ def chunk_plan(run, layout, chunk, comm, counts: dict) -> DpPlan:
     gather_s = 0.0
     for nbytes, k in seen.items():
         for msg in compress.bucket_messages(run, layout, chunk, nbytes):
-            count(counts, "backward", reduction, "dp", n, msg, k)
+            count(counts, "backward", reduction, group, n, msg, k)
         if d.zero == 1:     # the updated parameters of the bucket, after the optimizer step
             pbytes = nbytes * param_per_grad(run)
-            count(counts, "optimizer", "all_gather", "dp", n, pbytes, k)
-            gather_s += k * comm("all_gather", pbytes, "dp")
+            count(counts, "optimizer", "all_gather", group, n, pbytes, k)
+            gather_s += k * comm("all_gather", pbytes, group)
     return DpPlan(buckets, False, (), (), not rules.reduction_overlaps_backward(layout),
                   gather_s)
 
@@ -133,6 +120,45 @@ def param_per_grad(run) -> float:
     """Parameter bytes per gradient byte (1: the executor keeps both in the same dtype)."""
     p_e, g_e, _ = run.bytes_per_param
     return p_e / g_e
+
+
+def _fsdp_plan(run, layout, chunk, comm, counts: dict, grads) -> DpPlan:
+    """FSDP2: per block one all-gather / reduce-scatter unit over the dp * cp replicas and,
+    under expert parallelism with edp > 1, the block's experts as a unit of their own over
+    edp (``executor.parallel.dp``); offload adds each shard's host-device copy (before the
+    gather, after the reduce-scatter) at the host link's bandwidth."""
+    dims, d = layout.dims, layout.data
+    n, group = dims.replicas, dims.reduce_dim
+    # FSDP2's own per-call cost (hooks, DTensor, copy-in/out) on top of each collective
+    extra = run.cluster.fsdp_call_overhead_s
+    units = [(group, group, n, grads, chunk.detail("param_bytes_blocks"))]
+    if dims.ep > 1 and dims.edp > 1:
+        units.append(("edp", dims.canonical("edp"), dims.edp,
+                      chunk.detail("expert_grad_bytes_rev"),
+                      chunk.detail("expert_param_bytes_blocks")))
+    host = offload_cost.host_link(run) if d.offload else 0.0
+    per_mb = layout.pp == 1
+    m = layout.num_microbatches
+    gathers = fsdp_gathers_per_step(layout)
+    rs = [0.0] * len(grads)
+    ag = [0.0] * len(grads)
+    for name, label, size, gb, pb in units:
+        for k, g in enumerate(gb):
+            if g:
+                rs[k] += comm("reduce_scatter", g, name) + extra
+                if host:
+                    rs[k] += g / size / host
+                count(counts, "backward", "reduce_scatter", label, size, g, m if per_mb else 1)
+        for k, p in enumerate(pb):
+            if p:
+                ag[k] += comm("all_gather", p, name) + extra
+                if host:
+                    ag[k] += p / size / host
+                for phase, times in gathers:
+                    count(counts, phase, "all_gather", label, size, p, times)
+    # under pipelining: one reduce-scatter pass when the chunk's last backward op ends
+    buckets = [] if per_mb else [(-1, sum(rs), sum(grads))]
+    return DpPlan(buckets, per_mb, tuple(rs), tuple(ag), False)
 
 
 def fsdp_gathers_per_step(layout) -> list[tuple[str, int]]:
@@ -244,7 +270,7 @@ class DataParallelHooks:
         self.counts: dict = {}
         self.plans = [chunk_plan(run, layout, c, comm, self.counts) for c in costs.chunks]
         self.per_op = [dict() for _ in range(layout.pp)]
-        if layout.dp > 1 and layout.data.zero >= 2:
+        if rules.fsdp_runs(layout):
             self._fsdp_hooks(sched_plan)
         for c, (r, i) in sched_plan.last_backward.items():
             plan = self.plans[c]
@@ -318,18 +344,21 @@ class DataParallelHooks:
                     st.comm_busy += dur
                     if self.timeline:
                         st.events.append(("comm", "dp reduce", s0, st.comm_free))
+        self._expert_reduce(st, mine)
         if st.comm_free > st.comp:
             st.acc["dp_comm_exposed"] += st.comm_free - st.comp
             st.comp = st.comm_free
-        shard = layout.dp if layout.data.zero >= 1 else 1
-        opt = optimizer_time(run, params / shard, total) * slow
+        shard = layout.dims.replicas if layout.data.zero >= 1 else 1
+        opt = step_optimizer_s(run, layout.data, params / shard, total)
+        if not layout.data.offload:     # on the host (FSDP2's CPUOffloadPolicy) it is not
+            opt *= slow                 # slowed by the node's other ranks' compute
         if self.timeline:
             st.events.append(("compute", "optimizer", st.comp, st.comp + opt))
         st.comp += opt
         st.acc["optimizer"] += opt
         if d.local_sgd and layout.dp > 1:
             unsync.local_sgd(self, st, mine, params, total, slow)
-        if layout.data.zero == 1 and layout.dp > 1:
+        if layout.data.zero == 1 and layout.dims.replicas > 1:
             # the distributed optimizer: one all-gather of updated parameters per bucket,
             # which on a mixed cluster waits for the slowest replica's optimizer step
             start = self._synced((r, "gather"), st.comp)
@@ -342,6 +371,24 @@ class DataParallelHooks:
             st.comm_free = st.comp
             st.comm_busy += t
             st.acc["dp_comm_exposed"] += t
+
+    def _expert_reduce(self, st, mine: list[int]) -> None:
+        """Expert parallelism without FSDP on the experts: the step sums all of the rank's
+        expert gradients over edp in one all-reduce after the backward pass
+        (``executor.parallel.ep.reduce_expert_grads``)."""
+        dims = self.layout.dims
+        if dims.ep == 1 or dims.edp == 1 or self.layout.data.zero >= 2:
+            return
+        nbytes = sum(self.chunks[c].expert_params for c in mine) * self.run.bytes_per_param[1]
+        if nbytes <= 0:
+            return
+        t = self.comm("all_reduce", nbytes, "edp")
+        count(self.counts, "backward", "all_reduce", dims.canonical("edp"), dims.edp, nbytes, 1)
+        s0 = max(st.comm_free, st.comp)
+        st.comm_free = s0 + t
+        st.comm_busy += t
+        if self.timeline:
+            st.events.append(("comm", "expert reduce", s0, st.comm_free))
 
     def _parameter_server(self, st, mine, params, total, slow, run, r) -> None:
         """Push gradients to the k servers, the servers' optimizer step on their 1/k, pull the

@@ -16,7 +16,8 @@ end) -> end`` on the operations a hook was built for, and ``hooks.finish(state, 
 each rank's last operation.
 
 Breakdown (``Rank.acc``): each pipeline rank's wall time split into compute, recompute,
-tensor-parallel communication (all exposed), time waiting for a pipeline transfer
+tensor-parallel communication (all exposed), context- and expert-parallel communication (the
+ring's and the all-to-alls' exposed part), time waiting for a pipeline transfer
 (pp_comm_exposed) or for a data-parallel collective (dp_comm_exposed), optimizer, and bubble
 (idle with nothing in flight); ``*_hidden`` is a stream's busy time that did not stall compute.
 
@@ -27,7 +28,10 @@ streams hid stalls compute instead (gloo's communication thread needs a core).
 from __future__ import annotations
 
 BREAKDOWN_KEYS = ("compute", "recompute", "tp_comm_exposed", "tp_comm_hidden", "pp_comm_exposed",
-                  "pp_comm_hidden", "dp_comm_exposed", "dp_comm_hidden", "bubble", "optimizer")
+                  "pp_comm_hidden", "dp_comm_exposed", "dp_comm_hidden", "bubble", "optimizer",
+                  "cp_comm_exposed", "ep_comm_exposed")
+# kept in a prediction's breakdown only when the layout has that dimension
+OPTIONAL_KEYS = {"cp_comm_exposed": "cp", "ep_comm_exposed": "ep"}
 
 
 class Rank:
@@ -168,7 +172,9 @@ def _account(acc: dict, mine: list, m: int) -> None:
     for ch in mine:
         acc["compute"] += m * (ch.f_comp + ch.b_comp)
         acc["recompute"] += m * ch.b_rec
-        acc["tp_comm_exposed"] += m * (ch.f_tp + ch.b_tp)
+        acc["tp_comm_exposed"] += m * (ch.f_tp + ch.b_tp - ch.cp_s - ch.ep_s)
+        acc["cp_comm_exposed"] += m * ch.cp_s
+        acc["ep_comm_exposed"] += m * ch.ep_s
 
 
 def _unoverlapped_comm(overlap: float, ranks: list) -> None:

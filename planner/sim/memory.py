@@ -23,6 +23,7 @@ one 25 MiB bucket at a time.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from itertools import accumulate
 from operator import mul
 
@@ -38,13 +39,19 @@ from planner.specs import RankMemory
 W_HELD_SHARE = 14.0 / 34.0
 
 
-def state_bytes_per_param(run, dims, data, pipelined: bool) -> tuple[float, float, float]:
-    """(parameter, gradient, optimizer-state) bytes per parameter on one rank: ZeRO stage
-    ``data.zero`` over dp; gradients whole under pipelining with ZeRO >= 2 (torch pipelining
-    accumulates FSDP gradients unsharded); a parameter server keeps the optimizer state on its
-    k servers (dp rank 0 is one of them)."""
+def state_bytes_per_param(run, dims, data, pipelined: bool, experts: bool = False
+                          ) -> tuple[float, float, float]:
+    """(parameter, gradient, optimizer-state) bytes per parameter on one rank's device: ZeRO
+    stage ``data.zero`` over the dp * cp replicas (``experts``: an expert shard's edp
+    replicas); gradients whole under pipelining with ZeRO >= 2 (torch pipelining accumulates
+    FSDP gradients unsharded); a parameter server keeps the optimizer state on its k servers
+    (dp rank 0 is one of them); offload (FSDP2's CPUOffloadPolicy) keeps all three in host
+    memory."""
+    if data.offload:
+        return 0.0, 0.0, 0.0
     zero = data.zero
-    ps, gs, os_ = mem.model_state_bytes(1.0, run.dtype, run.optimizer, zero, dims.dp,
+    shards = dims.edp if experts else dims.replicas
+    ps, gs, os_ = mem.model_state_bytes(1.0, run.dtype, run.optimizer, zero, shards,
                                         not (pipelined and zero >= 2))
     if dims.dp > 1 and data.parameter_server:
         os_ /= max(data.ps_shards, 1)
@@ -55,15 +62,15 @@ def buffer_bytes_per_param(run, dims, data) -> float:
     """Gradient-sized buffers per parameter on one rank (module docstring): DDP's bucket copy
     (tp 1) and PowerSGD's error feedback; ZeRO-1's flat buckets and 1/dp shards; the parameter
     server's flat messages; plus the unsynchronised schemes' (``dp_buffer_bytes``). The search's
-    memory floor counts them too."""
-    if dims.dp <= 1:
+    memory floor counts them too. Over the dp * cp replicas."""
+    if dims.replicas <= 1:
         return 0.0
     e_param, e_grad, _ = run.bytes_per_param
     extra = dp_buffer_bytes(data, dims.dp, e_param, e_grad)
     if data.parameter_server:
         return 2.0 * e_grad / data.ps_shards + extra
     if data.zero == 1:
-        return e_grad * (1.0 + 1.0 / dims.dp) + extra
+        return e_grad * (1.0 + 1.0 / dims.replicas) + extra
     if data.zero == 0:
         return (e_grad if dims.tp == 1 else 0.0) + (
             e_grad if data.compression == "powersgd" else 0.0) + extra
@@ -94,7 +101,15 @@ class MemRows:
         e_param, e_grad, _ = run.bytes_per_param
         d, dims = layout.data, layout.dims
         self.states = state_bytes_per_param(run, dims, d, layout.pp > 1)
-        dp = dims.dp > 1
+        self.expert_states = state_bytes_per_param(run, dims, d, layout.pp > 1, experts=True)
+        # offload: the states held in host memory instead (what ZeRO-3 would keep on device)
+        self.host_states = (0.0, 0.0)
+        if d.offload:
+            kept = replace(d, offload=False)
+            self.host_states = (sum(state_bytes_per_param(run, dims, kept, layout.pp > 1)),
+                                sum(state_bytes_per_param(run, dims, kept, layout.pp > 1,
+                                                          experts=True)))
+        dp = dims.replicas > 1
         server = dp and d.parameter_server
         lin = buffer_bytes_per_param(run, dims, d)
         gathered = 2.0 * e_param if dp and d.zero == 3 else 0.0
@@ -102,6 +117,7 @@ class MemRows:
         self.capped = dp and not server and d.zero == 0 and layout.tp > 1
         self.e_grad = e_grad
         self.params = [r.params for r in rows]
+        self.experts = [r.expert_params for r in rows]
         self.linear = [r.params * lin for r in rows]
         self.act = [r.activation_bytes for r in rows]
         self.work = [r.working_bytes for r in rows]
@@ -120,7 +136,9 @@ class MemRows:
         return hit
 
     def fixed(self, x: int) -> float:
-        return self.params[x] * sum(self.states) + self.linear[x]
+        e = self.experts[x]
+        return (self.params[x] - e) * sum(self.states) + e * sum(self.expert_states) \
+            + self.linear[x]
 
     def capped_bytes(self, params: float) -> float:
         return min(params * self.e_grad, BUCKET_CAP_BYTES) if self.capped else 0.0
@@ -140,6 +158,14 @@ def chunk_memory(layout, rows: MemRows) -> ChunkMemory | None:
                        capped=(rows.params, rows.capped_bytes) if rows.capped else None)
 
 
+def fits(run, memory) -> bool:
+    """Every rank's device bytes within the device's usable memory, and its offloaded state
+    within the device's share of host memory."""
+    device = run.cluster.device
+    return all(r.total_bytes <= device.usable_memory_bytes and
+               (not r.host_bytes or r.host_bytes <= device.host_memory_bytes) for r in memory)
+
+
 def rank_memory(run, layout, costs) -> list[RankMemory]:
     """Peak bytes of each pipeline rank (dp and tp peers hold the same): the terms of
     ``MemRows`` over the blocks of the rank's chunks, activations weighted by the schedule's
@@ -149,6 +175,7 @@ def rank_memory(run, layout, costs) -> list[RankMemory]:
                                          pl.virtual_stages)
     rows = costs.memory
     ps, gs, os_ = rows.states
+    eps, egs, eos = rows.expert_states
     chunks = costs.chunks
     last = len(chunks) - 1
     grid = RankGrid(layout.dims)
@@ -156,6 +183,8 @@ def rank_memory(run, layout, costs) -> list[RankMemory]:
     for r in range(p):
         mine = owned[r]
         params = sum(chunks[c].params for c in mine)
+        experts = sum(chunks[c].expert_params for c in mine)
+        dense = params - experts
         chunk_ids, states = frontiers[r]
         sizes = [chunks[c].act_bytes for c in chunk_ids]
         if states and len(states[0]) > len(sizes):     # split schedules: I-to-W held share
@@ -168,7 +197,11 @@ def rank_memory(run, layout, costs) -> list[RankMemory]:
                + sum(rows.edge[chunks[c].blocks[-1]] for c in mine if c < last)
                + rows.capped_bytes(params))
         out.append(RankMemory(rank=grid.rank_of(pp=r), stage=r,
-                              parameters_bytes=int(params * ps), gradients_bytes=int(params * gs),
-                              optimizer_bytes=int(params * os_), activations_bytes=int(act),
-                              buffers_bytes=int(buf)))
+                              parameters_bytes=int(dense * ps + experts * eps),
+                              gradients_bytes=int(dense * gs + experts * egs),
+                              optimizer_bytes=int(dense * os_ + experts * eos),
+                              activations_bytes=int(act),
+                              buffers_bytes=int(buf),
+                              host_bytes=int(dense * rows.host_states[0]
+                                             + experts * rows.host_states[1])))
     return out

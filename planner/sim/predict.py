@@ -17,7 +17,7 @@ from planner.grid import RankGrid
 from planner.sim import engine
 from planner.sim.costs import LayoutCosts, prepare
 from planner.sim.dp import DataParallelHooks
-from planner.sim.memory import rank_memory
+from planner.sim.memory import fits, rank_memory
 from planner.sim.pp import schedule_plan
 from planner.sim.run import CommTime, RunSpec
 from planner.specs import CollectiveCount, Prediction, TimelineEvent
@@ -50,7 +50,8 @@ def predict(run: RunSpec, layout, costs: LayoutCosts, result: StepResult,
     """The Prediction of a simulated step."""
     p = layout.pp
     ranks, step = result.ranks, result.step_time_s
-    breakdown = {k: sum(st.acc[k] for st in ranks) / p for k in engine.BREAKDOWN_KEYS}
+    breakdown = {k: sum(st.acc[k] for st in ranks) / p for k in engine.BREAKDOWN_KEYS
+                 if k not in engine.OPTIONAL_KEYS or layout.dims.degree(engine.OPTIONAL_KEYS[k]) > 1}
     for key in ("pp_comm", "dp_comm"):
         breakdown[f"{key}_hidden"] = max(0.0, breakdown[f"{key}_hidden"]
                                          - breakdown[f"{key}_exposed"])
@@ -68,7 +69,7 @@ def predict(run: RunSpec, layout, costs: LayoutCosts, result: StepResult,
                        for r, st in enumerate(ranks) for s, name, t0, t1 in st.events)
     return Prediction(
         step_time_s=step, breakdown_s=breakdown, memory=tuple(memory), peak_memory_bytes=peak,
-        device_memory_bytes=cap, fits=peak <= cap,
+        device_memory_bytes=cap, fits=fits(run, memory),
         tflops_per_device=hw_flops / (step * n) / 1e12 if step > 0 else 0.0,
         mfu=model_flops / (step * n * peak_rate) if step > 0 and peak_rate else 0.0,
         bubble_fraction=breakdown["bubble"] / step if step > 0 else 0.0,
@@ -81,6 +82,10 @@ def collectives(run: RunSpec, layout, costs: LayoutCosts, result: StepResult) ->
     out = []
     for (phase, name, nbytes), k in sorted(costs.tp_counts.items()):
         out.append(CollectiveCount(phase, name, "tp", layout.tp, k, int(nbytes)))
+    dims = layout.dims
+    for (phase, name, group, nbytes), k in sorted((costs.xp_counts or {}).items()):
+        out.append(CollectiveCount(phase, name, dims.canonical(group), dims.degree(group), k,
+                                   int(nbytes)))
     owner = result.owner
     m, scatter = layout.num_microbatches, costs.bundle.scatter
     for c in range(len(costs.chunks) - 1):

@@ -29,6 +29,7 @@ class RunSpec:
     implementation: str = "executor"      # planner.specs.IMPLEMENTATIONS: what runs the step
     partition: str = "balanced"           # planner.specs.PARTITIONS: chunk boundaries if unset
     straggler_cv: float = 0.0             # ranks' step-time spread (planner.sim.stragglers)
+    moe_load_factor: float = 0.0          # busiest ep rank / mean tokens; 0: planner.cost.ep's
 
     @property
     def bytes_per_param(self) -> tuple[float, float, float]:
@@ -54,7 +55,7 @@ def default_comm_time(cluster: Cluster, layout) -> CommTime:
         key = (name, n_bytes, dim, stage)
         hit = cache.get(key)
         if hit is None:
-            if name == "send_recv":
+            if name == "send_recv" and dim == "pp":
                 hit = model.p2p(n_bytes, dims, stage)
             else:
                 hit = model.time(name, n_bytes, dim, dims, shards=shards)
@@ -84,6 +85,15 @@ def optimizer_time(run: RunSpec, params: float, total_params: float) -> float:
         return run.optimizer_step_s * params / total_params
     touched = optimizer_bytes_touched(run.dtype, run.optimizer)
     return params * touched / run.cluster.device.memory_bandwidth_bytes_per_s
+
+
+def step_optimizer_s(run: RunSpec, data, params: float, total_params: float) -> float:
+    """One rank's optimizer step over its ``params``: on the device (``optimizer_time``), or
+    on the host under offload (``planner.cost.offload.optimizer_s``)."""
+    if data.offload:
+        from planner.cost.offload import optimizer_s
+        return optimizer_s(run, params)
+    return optimizer_time(run, params, total_params)
 
 
 def flop_rate(run: RunSpec) -> float:

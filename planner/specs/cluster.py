@@ -25,11 +25,24 @@ class DeviceSpec(Serde):
     # Memory no tensor of ours can use: runtime context, communication buffers, allocator
     # fragmentation. Plans must fit in memory_bytes - reserved_memory_bytes.
     reserved_memory_bytes: int = 0
+    # The host side, for offload (FSDP2's CPUOffloadPolicy): the device-host link per
+    # direction (PCIe), and this device's share of the host's DRAM bandwidth (the optimizer
+    # step then runs on the host); 0: unknown, offload cannot be planned.
+    host_link_bytes_per_s: float = 0.0
+    host_memory_bandwidth_bytes_per_s: float = 0.0
+    host_memory_bytes: int = 0          # this device's share of host memory (what offload fills)
+    host_source: str = ""
     schema_version: int = SCHEMA_VERSION
 
     @property
     def usable_memory_bytes(self) -> int:
         return self.memory_bytes - self.reserved_memory_bytes
+
+    @property
+    def offload_known(self) -> bool:
+        """Whether offload can be planned here: host link, host DRAM bandwidth and capacity."""
+        return (self.host_link_bytes_per_s > 0 and self.host_memory_bandwidth_bytes_per_s > 0
+                and self.host_memory_bytes > 0)
 
     def __post_init__(self):
         positive("memory_bytes", self.memory_bytes)
@@ -41,6 +54,12 @@ class DeviceSpec(Serde):
         if not 0 <= self.reserved_memory_bytes < self.memory_bytes:
             raise PlannerError(f"reserved_memory_bytes must be in [0, memory_bytes("
                                f"{self.memory_bytes})), got {self.reserved_memory_bytes}")
+        for name in ("host_link_bytes_per_s", "host_memory_bandwidth_bytes_per_s",
+                     "host_memory_bytes"):
+            value = getattr(self, name)
+            if not value >= 0 or value == float("inf"):
+                raise PlannerError(f"{name} must be a finite number >= 0 (0: unknown), got "
+                                   f"{value}")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from planner.specs.layout import Layout
 from planner.specs.model import ModelSpec
 
 SCHEMA_VERSION = 1
-DTYPES = ("float32", "float64", "bfloat16", "float16", "bf16-mixed", "fp16-mixed")
+DTYPES = ("float32", "float64", "bfloat16", "float16", "bf16-mixed", "fp16-mixed", "fp8")
 OPTIMIZERS = ("adam", "adamw", "sgd", "sgd-momentum")
 # The software a plan is costed for: this project's executor, or Megatron-LM (its layer, its
 # vocabulary padding, its pipeline scatter/gather; planner.families.gpt.costs). Which chunk
@@ -24,7 +24,8 @@ PARTITIONS = ("balanced", "even")
 
 @dataclass(frozen=True)
 class RankMemory(Serde):
-    """Predicted peak memory of one rank, by kind."""
+    """Predicted peak memory of one rank, by kind (on the device; ``host_bytes``: what offload
+    keeps in host memory instead, not part of ``total_bytes``)."""
     rank: int
     stage: int
     parameters_bytes: int
@@ -35,6 +36,7 @@ class RankMemory(Serde):
     # What this rank's device can hold (mixed clusters: each kind its own); 0: the
     # prediction's device_memory_bytes.
     capacity_bytes: int = 0
+    host_bytes: int = 0         # offloaded state in host memory (FSDP2 CPU offload)
 
     @property
     def total_bytes(self) -> int:

@@ -51,24 +51,27 @@ def _norm(name, sh: Shape):
 
 
 def _attention_core(sh: Shape, implementation: str):
-    """QK^T, softmax (+ dropout), AV of a/tp heads; returns (forward, backward) op lists."""
+    """QK^T, softmax (+ dropout), AV of a/tp heads; returns (forward, backward) op lists.
+    Under context parallelism this rank's s/cp queries meet all s keys (the ring's blocks;
+    load-balanced, so the causal half of them)."""
     heads = sh.a // sh.tp
     d = sh.h // sh.a
     bh, s, e = sh.b * heads, sh.s, sh.e
+    q = s // sh.cp
     if implementation == "executor":
-        full = 4.0 * bh * s * s * d                  # QK^T and AV, 2 FLOPs per multiply-add
-        io = e * bh * s * d
+        full = 4.0 * bh * q * s * d                  # QK^T and AV, 2 FLOPs per multiply-add
+        io = e * bh * d * (2 * q + 2 * s) / 4        # q, o local; k, v all of the sequence
         fwd = [Op("flash_attn", full / 2, 4 * io, True)]              # read q,k,v, write o
         bwd = [Op("flash_attn.bwd", 2.5 * full / 2, 8 * io, True)]    # + do, o; write dq,dk,dv
         return fwd, bwd
-    probs = bh * s * s
-    fwd = [gemm("qk", s, s, d, e, bh), pointwise("softmax", probs, 2 * e, 5),
+    probs = bh * q * s
+    fwd = [gemm("qk", q, s, d, e, bh), pointwise("softmax", probs, 2 * e, 5),
            pointwise("attn_dropout", probs, 2 * e + MASK_BYTES),
-           gemm("av", s, d, s, e, bh)]
-    bwd = [gemm("av.dgrad", s, s, d, e, bh), gemm("av.wgrad", s, d, s, e, bh),
+           gemm("av", q, d, s, e, bh)]
+    bwd = [gemm("av.dgrad", q, s, d, e, bh), gemm("av.wgrad", s, d, q, e, bh),
            pointwise("attn_dropout.bwd", probs, 2 * e + MASK_BYTES),
            pointwise("softmax.bwd", probs, 3 * e, 4),
-           gemm("qk.dgrad", s, d, s, e, bh), gemm("qk.wgrad", s, d, s, e, bh)]
+           gemm("qk.dgrad", q, d, s, e, bh), gemm("qk.wgrad", s, d, q, e, bh)]
     return fwd, bwd
 
 
@@ -165,7 +168,8 @@ def head_ops(sh: Shape, implementation: str = "executor") -> tuple[list[Op], lis
     T, h, e = sh.tokens, sh.h, sh.e
     logits = T * _vocab(sh, implementation)
     ln_f, ln_b = _norm("ln_f", sh)
-    lin_f, lin_b = linear("lm_head", T, h, _vocab(sh, implementation), e, bias=False)
+    lin_f, lin_b = linear("lm_head", T, h, _vocab(sh, implementation), e, bias=False,
+                          fp8=False)
     if implementation == "megatron":
         ce_f = [pointwise("ce.cast", logits, e + FP32), pointwise("ce.max", logits, FP32),
                 pointwise("ce.sub", logits, 2 * FP32), pointwise("ce.exp", logits, 2 * FP32, 4),
@@ -256,16 +260,16 @@ def _roofline_costs(spec, b: int, dm, dtype: str, e: int, implementation: str) -
         spec.vocab_size
     cache: dict = {}
 
-    def times(tp: int, sp: bool):
-        key = (tp, sp)
+    def times(tp: int, sp: bool, cp: int = 1):
+        key = (tp, sp, cp)
         if key not in cache:
-            sh = Shape(b, s, h, a, f, v, tp, sp, e)
+            sh = Shape(b, s, h, a, f, v, tp, sp, e, cp)
             cache[key] = block_times(1, sh, dm, dtype, implementation)
         return cache[key]
 
     def splitter(index: int) -> TpSplit:
-        def split(tp, sp, f_comm_s=0.0, b_comm_s=0.0):
-            blk = times(tp, sp)[index]
+        def split(tp, sp, f_comm_s=0.0, b_comm_s=0.0, cp=1, load=1.0):
+            blk = times(tp, sp, cp)[index]
             # A launch-bound pass keeps issuing kernels while its collectives run on the GPU,
             # so the pass takes max(host issue time, GPU kernels + collectives): report the
             # compute share of that, the simulator adds the collectives.

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from planner.cost.compute import BlockCost, TpSplit
 from planner.cost.precision import peak_flops
-from planner.cost.roofline import BlockTime, Op, Shape, block_time, linear, pointwise
+from planner.cost.roofline import (BlockTime, Op, Shape, block_time, linear, pass_time_s,
+                                   pointwise)
 from planner.errors import PlannerError
 from planner.families.llama import head_dim, kv_heads
 
@@ -71,14 +72,25 @@ def attention_ops(spec, sh: Shape):
         add(norm_ops("qk_norm", T * (a + kv) * d, e))
     rot = T * (a + kv) * d
     add(([pointwise("rope", rot, 2 * e, 3)], [pointwise("rope.bwd", rot, 2 * e, 3)]))
-    full = 4.0 * sh.b * a * sh.s * sh.s * d          # QK^T and AV, 2 FLOPs per multiply-add
-    add(([Op("flash_attn", full / 2, e * T * (2 * a + 2 * kv) * d, True)],
-         [Op("flash_attn.bwd", 2.5 * full / 2, e * T * (4 * a + 4 * kv) * d, True)]))
+    add(attention_core_ops(spec, sh))
     add(([pointwise("context_copy", T * a * d, 2 * e)],
          [pointwise("context_copy.bwd", T * a * d, 2 * e)]))
     add(linear("o", T, a * d, h, e, bias=False))
     add(([pointwise("residual1", sh.norm_tokens * h, 3 * e)], []))
     return fwd, bwd
+
+
+def attention_core_ops(spec, sh: Shape):
+    """FlashAttention-2 of this rank's T = b*s/cp queries against all b*s keys of a/tp heads
+    (kv/tp K/V heads): the causal half of 4*b*a*(s/cp)*s*d FLOPs forward, 2.5x backward
+    (under context parallelism the ring's blocks, load-balanced: each rank does 1/cp of it);
+    reads q, k, v, writes o."""
+    T, t, e = sh.tokens, sh.tp, sh.e
+    a, kv, d = spec.num_heads / t, kv_heads(spec) / t, head_dim(spec)
+    full = 4.0 * T * a * sh.s * d                   # QK^T and AV, 2 FLOPs per multiply-add
+    keys = sh.b * sh.s
+    return ([Op("flash_attn", full / 2, e * (2 * T * a + 2 * keys * kv) * d, True)],
+            [Op("flash_attn.bwd", 2.5 * full / 2, e * (4 * T * a + 4 * keys * kv) * d, True)])
 
 
 def dense_mlp_ops(spec, sh: Shape, layer: int):
@@ -109,7 +121,7 @@ def head_ops(sh: Shape):
     T, h, v, e = sh.tokens, sh.h, sh.v, sh.e
     logits = T * v
     nf, nb = norm_ops("final_norm", T * h, e)
-    lf, lb = linear("lm_head", T, h, v, e, bias=False)
+    lf, lb = linear("lm_head", T, h, v, e, bias=False, fp8=False)
     ce_f = [pointwise("ce.cast", logits, e + FP32), pointwise("ce.max_sum", logits, 2 * FP32, 4),
             pointwise("ce.log_softmax", logits, 2 * FP32, 4)]
     ce_b = [pointwise("ce.log_softmax.bwd", logits, 3 * FP32, 4),
@@ -137,9 +149,10 @@ def _block_times(family, spec, sh: Shape, dm, dtype: str) -> dict:
            "head": block_time("head", "head", *head_ops(sh), dm, dtype, none,
                               2.0 * b * sh.s * sh.h * sh.v,
                               extra_s=dm.microbatch_overhead_s.value)}
+    core = pass_time_s(attention_core_ops(spec, sh)[0], dm, dtype)
     for variant, layer in _variants(family, spec).items():
         out[variant] = block_time("layer", "block", *layer_ops(family, spec, sh, layer), dm,
-                                  dtype, colls, family.layer_forward_flops(spec, layer, b))
+                                  dtype, colls, family.layer_forward_flops(spec, layer, b), core)
     return out
 
 
@@ -160,19 +173,28 @@ def analytic_costs(family, spec, microbatch_size: int, device, dtype: str, e: in
     out_bytes = b * s * h * e
     cache: dict = {}
 
-    def times(tp: int, sp: bool) -> dict:
-        if (tp, sp) not in cache:
-            sh = Shape(b, s, h, spec.num_heads, spec.ffn_hidden_size, v, tp, sp, e)
-            cache[(tp, sp)] = _block_times(family, spec, sh, device_model, dtype)
-        return cache[(tp, sp)]
+    def times(tp: int, sp: bool, cp: int = 1, load: float = 1.0) -> dict:
+        key = (tp, sp, cp, load)
+        if key not in cache:
+            sh = Shape(b, s, h, spec.num_heads, spec.ffn_hidden_size, v, tp, sp, e, cp, load)
+            cache[key] = _block_times(family, spec, sh, device_model, dtype)
+        return cache[key]
+
+    splitters: dict = {}
 
     def splitter(key: str) -> TpSplit:
-        def split(tp, sp, f_comm_s=0.0, b_comm_s=0.0):
-            blk: BlockTime = times(tp, sp)[key]
+        # one per kind of block: identical layers must compare equal (the simulator costs each
+        # distinct block once)
+        if key in splitters:
+            return splitters[key]
+
+        def split(tp, sp, f_comm_s=0.0, b_comm_s=0.0, cp=1, load=1.0):
+            blk: BlockTime = times(tp, sp, cp, load)[key]
             # as the GPT family: a launch-bound pass issues kernels while collectives run
             fwd = max(blk.forward_s - f_comm_s, blk.forward_gpu_s)
             bwd = max(blk.backward_s - b_comm_s, blk.backward_gpu_s)
-            return fwd, bwd, 0.0
+            return fwd, bwd, blk.attention_core_forward_s
+        splitters[key] = split
         return split
 
     if device_model is None:

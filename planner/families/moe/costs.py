@@ -21,14 +21,14 @@ from planner.families.moe import expert_ffn
 
 def grouped_linear(name: str, rows: float, k: float, n: float, e: int, groups: int):
     """``groups`` GEMMs Y[rows, n] = X[rows, k] W[k, n] as one grouped kernel; backward dX and
-    dW grouped the same way."""
-    return ([gemm(name, rows, n, k, e, groups)],
-            [gemm(name + ".dgrad", rows, k, n, e, groups),
-             gemm(name + ".wgrad", k, n, rows, e, groups)])
+    dW grouped the same way (linear layers: FP8 under dtype "fp8")."""
+    return ([gemm(name, rows, n, k, e, groups)._replace(fp8=True)],
+            [gemm(name + ".dgrad", rows, k, n, e, groups)._replace(fp8=True),
+             gemm(name + ".wgrad", k, n, rows, e, groups)._replace(fp8=True)])
 
 
 def _experts(spec, sh: Shape):
-    T, h, t, e = sh.tokens, sh.h, sh.tp, sh.e
+    T, h, t, e = sh.tokens * sh.load, sh.h, sh.tp, sh.e
     E, k = spec.num_experts, spec.experts_per_token
     rows, f = T * k / E, expert_ffn(spec) / t
     fwd, bwd = [], []
@@ -55,7 +55,7 @@ def moe_mlp_ops(spec, sh: Shape):
         bwd[:0] = pair[1]
 
     add(norm_ops("moe_norm", sh.norm_tokens * h, e))
-    add(linear("router", T, h, E, e, bias=False))
+    add(linear("router", T, h, E, e, bias=False, fp8=False))
     add(([pointwise("router.softmax", T * E, e + FP32, 5),
           pointwise("router.topk", T * E, FP32, 2),
           pointwise("router.balance", T * E, FP32, 2)],
