@@ -36,7 +36,7 @@ def test_capacity_keeps_first_choices_then_earlier_tokens():
     probs[0, :, 0] = 0.6                 # every token's first choice: expert 0
     probs[0, :6, 1] = 0.3                # six second choices on expert 1, the rest on 2
     probs[0, 6:, 2] = 0.3
-    expert, weight, keep = moe.route(probs)
+    expert, weight, keep, _ = moe.route(probs)
     assert keep[0, :4, 0].all() and not keep[0, 4:, 0].any()     # expert 0: tokens 0..3
     assert keep[0, :4, 1].all() and not keep[0, 4:6, 1].any()    # expert 1 full after 4
     assert keep[0, 6:10, 1].all() and not keep[0, 10:, 1].any()  # expert 2: tokens 6..9

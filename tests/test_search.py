@@ -29,27 +29,29 @@ def small_run(memory_gib=6):
 
 
 def all_layouts(run, blocks_for, n, batch, space):
+    """Every layout the search enumerates, by the same rules (``planner.search.space``)."""
     spec = run.model
     for tp in SP.tp_sizes(spec, n, run.cluster.devices_per_node, space):
-        for pp in SP.divisors(n // tp):
-            dp = n // (tp * pp)
-            if pp > spec.num_blocks or batch % dp:
-                continue
-            for b in SP.divisors(batch // dp):
-                m = batch // (dp * b)
-                for name, v in SP.schedule_options(pp, m, spec.num_blocks, space):
-                    for zero, rc, sp in SP.leaves(spec, dp, tp, pp, b, m, name, v, space):
-                        yield (dp, tp, pp, b, m, name, v, zero, rc, sp)
+        for cp in SP.cp_sizes(spec, n // tp, space):
+            for pp in SP.divisors(n // (tp * cp)):
+                dp = n // (tp * cp * pp)
+                if pp > spec.num_blocks or batch % dp:
+                    continue
+                for ep in SP.ep_sizes(spec, dp * cp, space):
+                    for b in SP.divisors(batch // dp):
+                        m = batch // (dp * b)
+                        for name, v in SP.schedule_options(pp, m, spec.num_blocks, space):
+                            for zero, rc, sp in SP.leaves(spec, dp, tp, pp, b, m, name, v, space,
+                                                          cp=cp, ep=ep):
+                                yield (dp, tp, pp, b, m, name, v, zero, rc, sp, cp, ep, False)
 
 
-def test_bounds_hold_and_search_matches_brute_force():
-    run, blocks_for = small_run()
-    n, batch = 8, 16
-    space = S.Space(max_virtual_stages=3)
+def check_bounds_and_brute_force(run, blocks_for, n, batch, space, least=50):
+    """Every bound below what the simulator says, and the search's top 5 = brute force's."""
     blocks = {}
     truth = []
     for key in all_layouts(run, blocks_for, n, batch, space):
-        dp, tp, pp, b, m, name, v, zero, rc, sp = key
+        dp, tp, pp, b, m, name, v, zero, rc, sp, cp, ep, off = key
         layout = SP.make_layout(key, space)
         blk = blocks.setdefault(b, tuple(blocks_for(b)))
         comm = sim.default_comm_time(run.cluster, layout)
@@ -57,7 +59,7 @@ def test_bounds_hold_and_search_matches_brute_force():
         bundle = sim.rows_bundle(run, blk, layout, comm)
         kind = schedules.get(name)
         bound = sim.step_floor(run, layout.dims, layout.data, kind, m, bundle.total_s,
-                               bundle.slowest_s, bundle.params, comm)
+                               bundle.slowest_s, bundle.params, comm, bundle.expert_params)
         assert bound <= pred.step_time_s * (1 + 1e-9), key
         slowest = S.least_bottleneck(bundle.block_s, pp * v, bundle.send_s)
         assert m * slowest <= pred.step_time_s * (1 + 1e-9), key
@@ -68,7 +70,7 @@ def test_bounds_hold_and_search_matches_brute_force():
             pred.peak_memory_bytes * (1 + 1e-9), key
         if pred.fits:
             truth.append((pred.step_time_s, key))
-    assert len(truth) > 50
+    assert len(truth) > least
     res = S.search(run, blocks_for, n, batch, space, top_k=5)
     # The search lists a layout with more recomputation only if none with less fits (it
     # cannot be faster): so does the reference.
@@ -84,6 +86,30 @@ def test_bounds_hold_and_search_matches_brute_force():
     assert found == pytest.approx([t for t, _ in truth[:5]], rel=1e-9)
     assert res.simulated < len(truth)          # the bounds spared some simulations
     assert res.enumerated == sum(1 for _ in all_layouts(run, blocks_for, n, batch, space))
+    return res
+
+
+def test_bounds_hold_and_search_matches_brute_force():
+    run, blocks_for = small_run()
+    check_bounds_and_brute_force(run, blocks_for, 8, 16, S.Space(max_virtual_stages=3))
+
+
+def test_bounds_hold_with_experts_and_context_parallel():
+    """A small MoE, cp searched from 32 tokens on: ep and cp values in the space, bounds still
+    lower bounds, the search still brute force's top 5."""
+    spec = replace(PRESETS["moe-tiny"], seq_len=256)
+    cl = dgx_a100().with_size(8)
+    cl = replace(cl, device=replace(cl.device, memory_bytes=1 * GIB, reserved_memory_bytes=0))
+    run = sim.RunSpec(spec, cl, "bf16-mixed", "adam")
+
+    def blocks_for(b):
+        return compute.analytic_costs(spec, b, cl.device, "bf16-mixed", 2)
+
+    space = S.Space(max_virtual_stages=2, cp_min_seq_len=32)
+    keys = list(all_layouts(run, blocks_for, 8, 8, space))
+    assert {k[10] for k in keys} >= {1, 2, 4} and {k[11] for k in keys} >= {1, 2, 4}
+    res = check_bounds_and_brute_force(run, blocks_for, 8, 8, space, least=20)
+    assert res.ranked
 
 
 def test_fixed_dimensions_are_respected():

@@ -51,7 +51,8 @@ def test_worked_example_groups():
                                           [12, 14], [13, 15]]
     assert g.groups("dp") == [[0, 4, 8, 12], [1, 5, 9, 13], [2, 6, 10, 14],
                                           [3, 7, 11, 15]]
-    assert g.coords_of(13) == {"dp": 3, "pp": 0, "tp": 1} and g.rank_of(dp=3, pp=0, tp=1) == 13
+    assert g.coords_of(13) == {"dp": 3, "cp": 0, "pp": 0, "tp": 1}
+    assert g.rank_of(dp=3, pp=0, tp=1) == 13
 
 
 def test_worked_example_which_groups_cross_nodes():
@@ -268,7 +269,7 @@ def test_model_time_grows_with_bytes(coll, layout, dim, n1, n2):
        st.floats(1, 2**31), st.sampled_from(CLUSTERS))
 def test_group_of_one_is_free_and_slower_links_are_never_faster(coll, layout, dim, n, c):
     m = collectives.comm_model(c)
-    size = dict(zip(("dp", "pp", "tp"), layout))[dim]
+    size = D(*layout).degree(dim)
     t = m.time(coll, n, dim, D(*layout))
     if size == 1:
         assert t == 0.0
