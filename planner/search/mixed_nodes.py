@@ -37,6 +37,10 @@ from planner.sim import mixed as msim
 from planner.specs import Candidate
 
 
+# The search keys' cp, ep and offload here (``search_nodes``): none of them.
+DP_TP_PP = (1, 1, False)
+
+
 class Key(NamedTuple):
     order: tuple                      # node ranks -> node indices of the searched cluster
     tp: int
@@ -166,7 +170,11 @@ def _bound(mx, rho_cache, layout, reps, bundles, comm) -> float:
 
 def search_nodes(nodes: Nodes, global_batch: int, space: Space, top_k: int, aware: bool,
                   stats: dict) -> tuple[list, list]:
-    """The best ``top_k`` (layout, prediction, step) on all of ``nodes``' cluster."""
+    """The best ``top_k`` (layout, prediction, step) on all of ``nodes``' cluster. Layouts
+    of dp, tp and pp only: context and expert parallelism and offload are not simulated per
+    replica (``planner.sim.mixed``), so where the space fixes them there is nothing here."""
+    if space.cp not in (None, 1) or space.ep not in (None, 1) or space.offload:
+        return [], []
     run, cluster = nodes.run, nodes.cluster
     spec = run.model
     nblocks = spec.num_blocks
@@ -208,7 +216,8 @@ def _enumerate(nodes, order, tp, pp, dp, global_batch, space, aware, heap, stats
             unit = pp if sched.microbatches_multiple_of_pp and pp > 1 else 1
             for zero, rc, sp in leaves(spec, dp, tp, pp, b, m_even, name, v, space, None):
                 key = Key(order, tp, pp, b, m_even, name, v, zero, rc, sp, ())
-                probe = make_layout((dp, tp, pp, b, m_even, name, v, zero, rc, sp), space)
+                probe = make_layout((dp, tp, pp, b, m_even, name, v, zero, rc, sp, *DP_TP_PP),
+                                    space)
                 bundles = rows.get((b, rc, sp))
                 if bundles is None:
                     bundles = rows[(b, rc, sp)] = _bundles(mx, probe, used)
@@ -242,7 +251,7 @@ def layout_of(key: Key, dp: int, space: Space):
     split = key.split
     try:
         layout = make_layout((dp, key.tp, key.pp, key.b, key.m, key.name, key.v, key.zero,
-                              key.rc, key.sp), space)
+                              key.rc, key.sp, *DP_TP_PP), space)
         if split:
             return replace(layout, replica_microbatches=split)
         return layout
