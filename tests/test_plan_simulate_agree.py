@@ -32,6 +32,8 @@ def simulate_args(layout: dict) -> list[str]:
     """`planner simulate` flags that give exactly this layout (schema 2 dict)."""
     d, dp, pl = layout["dims"], layout["data"], layout["pipeline"]
     args = ["--dp", str(d["dp"]), "--tp", str(d["tp"]), "--pp", str(d["pp"]),
+            "--cp", str(d["cp"]), "--ep", str(d["ep"]),
+            "--offload" if dp["offload"] else "--no-offload",
             "--microbatch-size", str(layout["microbatch_size"]),
             "--schedule", pl["schedule"], "--virtual-stages", str(pl["virtual_stages"]),
             "--zero", str(dp["zero"]), "--recompute", layout["recompute"],
