@@ -52,7 +52,7 @@ def partial_grads_by(layout) -> str:
     all-reduce of all of them before the data-parallel reduction)."""
     if fsdp_runs(layout):
         return "fsdp"
-    if layout.dp > 1 and layout.data.zero == 1:
+    if layout.dims.replicas > 1 and layout.data.zero == 1:
         return "zero1"
     return "step"
 
@@ -143,7 +143,7 @@ def checkpoint_refuses(layout) -> str:
         return (f"ep({layout.ep}) keeps expert shards as plain tensors under the unsplit model's "
                 "names on every rank, which DCP would take for replicas: checkpoint layouts "
                 "with ep 1")
-    if layout.data.zero == 1 and layout.dp > 1:
+    if layout.data.zero == 1 and layout.dims.replicas > 1:
         return ("zero 1 (the distributed optimizer) keeps optimizer state for views of "
                 "parameter shards, which DCP's get_state_dict cannot name; checkpoint zero 0, 2 "
                 "or 3 layouts")
@@ -169,10 +169,10 @@ def _cp_ep_refusal(layout) -> str:
         return (f"{name}: gradients are reduced over dp * cp ranks (experts over edp) by DDP or "
                 f"FSDP; the parameter server and compression hooks are not wired for that: use "
                 f"dp_comm all_reduce and compression none")
-    if d.zero == 1:
-        return (f"{name} with zero 1: the distributed optimizer reduce-scatters over the dp "
-                f"group, while {name} needs gradients reduced over dp * cp ranks (experts over "
-                f"edp): use zero 0, 2 or 3")
+    if ep > 1 and d.zero == 1:
+        return (f"ep({ep}) with zero 1: the distributed optimizer shards every parameter over "
+                f"the dp * cp ranks, while expert shards are reduced over the edp ranks holding "
+                f"the same experts: use zero 0, 2 or 3")
     if layout.replica_microbatches:
         return (f"{name} with uneven replica_microbatches: "
                 + ("ep's all-to-alls pair ranks of different replicas, which would run different "

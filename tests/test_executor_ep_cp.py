@@ -8,7 +8,8 @@ group is named as ``ParallelDims.canonical`` names it (the dp group when ep = dp
 group when ep = cp), expert gradients are all-reduced over edp once per step (DDP) or by FSDP's
 own unit over edp. Per layer and micro-batch, cp = 2 sends (and receives) 1 K/V block forward
 and 3 backward (2cp - 1); MoE layers gather the sequence's expert choices over cp once forward.
-Gradients are reduced over dp * cp ("dp_cp"; the cp group when dp = 1).
+Gradients are reduced over dp * cp ("dp_cp"; the cp group when dp = 1), by ZeRO-1's distributed
+optimizer too (one reduce-scatter and one all-gather per bucket).
 """
 from __future__ import annotations
 
@@ -33,6 +34,12 @@ LAYOUTS = {
                      "send@cp": 32, "recv@cp": 32}),
     "llama fsdp+offload": (LLAMA, dict(dp=2, zero=3, offload=True, **MB),
                            {"all_gather@dp": 24, "reduce_scatter@dp": 12}),
+    "llama cp x zero1": (LLAMA, dict(cp=2, zero=1, **MB),
+                         {"reduce_scatter@cp": 1, "all_gather@cp": 1, "send@cp": 32,
+                          "recv@cp": 32}),
+    "moe cp x zero1": (MOE, dict(cp=2, zero=1, **MB),
+                       {"reduce_scatter@cp": 1, "all_gather@cp": 7, "send@cp": 32,
+                        "recv@cp": 32}),
     # world 4
     "moe ep x dp": (MOE, dict(dp=4, ep=2, **MB),
                     {"all_reduce@dp": 1, "all_reduce@edp": 1, "all_to_all@ep": 30}),
@@ -48,6 +55,12 @@ LAYOUTS = {
     "moe cp x fsdp": (MOE, dict(dp=2, cp=2, zero=3, **MB),
                       {"all_gather@dp_cp": 24, "reduce_scatter@dp_cp": 12, "all_gather@cp": 6,
                        "send@cp": 32, "recv@cp": 32}),
+    "llama cp x dp x zero1": (LLAMA, dict(dp=2, cp=2, zero=1, **MB),
+                              {"reduce_scatter@dp_cp": 1, "all_gather@dp_cp": 1, "send@cp": 32,
+                               "recv@cp": 32}),
+    "llama cp x tp x zero1": (LLAMA, dict(cp=2, tp=2, zero=1, **MB),
+                              {"reduce_scatter@cp": 1, "all_gather@cp": 1, "all_reduce@tp": 32,
+                               "send@cp": 32, "recv@cp": 32}),
     "llama cp x tp": (LLAMA, dict(cp=2, tp=2, **MB),
                       {"all_reduce@cp": 1, "all_reduce@tp": 32, "send@cp": 32, "recv@cp": 32}),
     "moe cp x tp": (MOE, dict(cp=2, tp=2, **MB),

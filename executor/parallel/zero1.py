@@ -1,6 +1,7 @@
 """ZeRO-1 as Megatron-LM's distributed optimizer: gradients reduce-scattered, optimizer state
-sharded over the data-parallel ranks, parameters all-gathered; with or without tensor and
-pipeline parallelism.
+sharded over the data-parallel ranks (dp * cp of them under context parallelism, whose ranks
+hold the same parameters), parameters all-gathered; with or without tensor and pipeline
+parallelism.
 
 Sources: Rajbhandari et al., "ZeRO", SC'20, sec. 5.1 (stage 1, P_os: each of N_d ranks updates
 1/N_d of the parameters); Megatron-LM ``megatron/core/distributed/param_and_grad_buffer.py``
