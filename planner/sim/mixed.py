@@ -381,6 +381,10 @@ def evaluate_mixed(mx: MixedRun, layout, timeline: bool = True) -> tuple:
     """(layout with its stage boundaries, Prediction, MixedStep) of ``layout``."""
     from planner import rules
     rules.check_layout(mx.run.model, layout)
+    if layout.cp > 1 or layout.ep > 1 or layout.data.offload:
+        raise PlannerError(f"{layout.describe()} on mixed cluster {mx.run.cluster.name}: the "
+                           "mixed simulation prices replicas of dp, tp and pp only (no cp, ep "
+                           "or offload); plan those on one device kind")
     step = simulate_mixed(mx, layout, timeline)
     return step.layout, predict_mixed(mx, step, timeline), step
 
