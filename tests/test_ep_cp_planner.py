@@ -82,6 +82,10 @@ def test_default_layouts_keep_their_identity():
     (LLAMA, dict(cp=2, recompute="full", tp=2, sequence_parallel=True), "sequence_parallel"),
     (PRESETS["gpt2-small"], dict(cp=2, recompute="selective"), "selective"),
     (MOE, dict(dp=2, ep=2, compression="bf16"), "compression"),
+    (MOE, dict(dp=2, ep=2, num_microbatches=3, replica_microbatches=(3, 1)),
+     "all-to-alls pair ranks of different replicas"),
+    (LLAMA, dict(dp=2, cp=2, num_microbatches=3, replica_microbatches=(3, 1)),
+     "uneven replica_microbatches"),
 ])
 def test_what_the_executor_refuses(spec, flat, message):
     assert pytest.raises(PlannerError, rules.check_layout, spec, Layout.make(**flat),
@@ -212,3 +216,18 @@ def test_mixtral_plan_uses_expert_parallelism(tmp_path):
                 "--cluster", "dgx-h100-80gb", "--gpus", "64", "--global-batch", "256",
                 "--out", str(tmp_path / "p.json"))
     assert out["layout"]["dims"]["ep"] > 1
+
+
+def test_mixed_cluster_simulation_refuses_cp_ep_offload():
+    """planner.sim.mixed prices replicas over dp, tp and pp: cp ranks would be ignored."""
+    from planner.clusters import mixed_h100_a100
+    from planner.cost.precision import ELEMENT_BYTES
+    from planner.sim import mixed
+    spec = PRESETS["llama3-8b"]
+    run = sim.RunSpec(spec, mixed_h100_a100(), "bf16-mixed", "adam")
+
+    def costs_on(device, b):
+        return analytic_costs(spec, b, device, "bf16-mixed", ELEMENT_BYTES["bf16-mixed"])
+    mx = mixed.MixedRun(run, costs_on)
+    with pytest.raises(PlannerError, match="no cp, ep or offload"):
+        mixed.evaluate_mixed(mx, Layout.make(dp=4, cp=2, tp=8, zero=3, num_microbatches=2))
