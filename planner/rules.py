@@ -169,6 +169,10 @@ def _cp_ep_refusal(layout) -> str:
         return (f"{name}: gradients are reduced over dp * cp ranks (experts over edp) by DDP or "
                 f"FSDP; the parameter server and compression hooks are not wired for that: use "
                 f"dp_comm all_reduce and compression none")
+    if d.local_sgd:
+        return (f"{name} with local_sgd_period {d.local_sgd_period}: local SGD averages whole "
+                f"replicas over the dp group, not wired for dp * cp ranks or for expert shards "
+                f"(edp): use local_sgd_period 0")
     if ep > 1 and d.zero == 1:
         return (f"ep({ep}) with zero 1: the distributed optimizer shards every parameter over "
                 f"the dp * cp ranks, while expert shards are reduced over the edp ranks holding "

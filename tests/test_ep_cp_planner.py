@@ -82,6 +82,8 @@ def test_default_layouts_keep_their_identity():
     (LLAMA, dict(cp=2, recompute="full", tp=2, sequence_parallel=True), "sequence_parallel"),
     (PRESETS["gpt2-small"], dict(cp=2, recompute="selective"), "selective"),
     (MOE, dict(dp=2, ep=2, compression="bf16"), "compression"),
+    (LLAMA, dict(dp=2, cp=2, local_sgd_period=4), "local_sgd_period"),
+    (MOE, dict(dp=2, ep=2, compression="topk", compression_ratio=0.1), "compression"),
     (MOE, dict(dp=2, ep=2, num_microbatches=3, replica_microbatches=(3, 1)),
      "all-to-alls pair ranks of different replicas"),
     (LLAMA, dict(dp=2, cp=2, num_microbatches=3, replica_microbatches=(3, 1)),
