@@ -201,8 +201,8 @@ def block_times(num_layers: int, sh: Shape, dm, dtype: str, implementation: str 
 
     The tp collectives of each block (``_launches``) only add host launch time: their transfer
     time belongs to the simulator. The head's forward carries ``microbatch_overhead_s``.
-    Forward FLOPs are the model's (Narayanan et al. SC'21 eq. 2 per layer, 2bshV head) for
-    MFU, not the kernels' (flash attention skips the masked half of causal attention).
+    Forward FLOPs are the model's for MFU (``block_forward_flops``: Narayanan et al. SC'21
+    eq. 2 per layer with causal attention at half, 2bshV head).
     """
     lf, lb = layer_ops(sh, implementation)
     core = pass_time_s(attention_core_forward_ops(sh, implementation), dm, dtype)

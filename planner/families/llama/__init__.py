@@ -63,12 +63,12 @@ def swiglu_params(h: int, f: int) -> int:
 
 def attention_forward_flops(spec, b: int) -> float:
     """Forward FLOPs of attention: 2 per multiply-add of the q, k, v, o projections (k and v
-    at kv heads) and 4*b*s^2*a*d for QK^T and AV (no credit for the causal mask, as the GPT
-    family and Narayanan et al. SC'21 eq. 2; PaLM's MFU, appendix B, counts the same)."""
+    at kv heads) and 2*b*s^2*a*d for QK^T and AV under the causal mask (the unmasked half
+    causal kernels compute; the GPT family's ``block_forward_flops`` says why not 4)."""
     s, h, a, kv, d = spec.seq_len, spec.hidden_size, spec.num_heads, kv_heads(spec), \
         head_dim(spec)
     t = b * s
-    return 2.0 * t * h * (2 * a * d + 2 * kv * d) + 4.0 * b * s * s * a * d
+    return 2.0 * t * h * (2 * a * d + 2 * kv * d) + 2.0 * b * s * s * a * d
 
 
 def attention_activation(spec) -> tuple[float, float, float]:
