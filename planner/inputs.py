@@ -270,48 +270,11 @@ def resolve(args) -> PlanInputs:
     dtype = args.dtype or ("float32" if cpu else "bf16-mixed")
     implementation = getattr(args, "implementation", "executor")
     partition = getattr(args, "partition", "balanced")
-    profile, path, others, other_paths = None, "", (), ()
     if cluster.mixed and args.profile:
         raise PlannerError(f"--profile: a profile measures one kind of device, and cluster "
                            f"{cluster.name} mixes {', '.join(d.name for d in cluster.kinds)}: "
                            "plans for it come from each kind's device model (drop --profile)")
-    if implementation != "executor":
-        if args.profile:
-            raise PlannerError(f"--profile measures this project's model; --implementation "
-                               f"{implementation} is costed analytically (drop --profile)")
-        model = resolve_model(args.model, args.seq_len)
-        if not families.of(model).builtin or cpu:
-            raise PlannerError(f"--implementation {implementation} costs a built-in model "
-                               f"family on a GPU cluster's device model; got {model.name} on "
-                               f"{cluster.name}")
-    elif args.profile:
-        paths = [args.profile] if isinstance(args.profile, str) else list(args.profile)
-        loaded = [(p, ModelProfile.load(p)) for p in paths]
-        (path, profile), others = loaded[0], tuple(p for _, p in loaded[1:])
-        other_paths = tuple(p for p, _ in loaded[1:])
-        for other_path, other in loaded[1:]:
-            if not same_model(other.model, profile.model) or other.device != profile.device:
-                raise PlannerError(f"{other_path}: profiles {other.model.name} on "
-                                   f"{other.device}, not {profile.model.name} on "
-                                   f"{profile.device} like {path}")
-        if args.model and not same_model(resolve_model(args.model, args.seq_len), profile.model):
-            raise PlannerError(f"{path}: profiles model {profile.model.name} "
-                               f"({profile.model_fingerprint}), not --model {args.model}")
-        model = profile.model
-        if args.seq_len is not None and args.seq_len != model.seq_len:
-            raise PlannerError(f"{path}: profiles seq_len {model.seq_len}, not --seq-len "
-                               f"{args.seq_len}: profile the model at that length")
-    else:
-        model = resolve_model(args.model, args.seq_len)
-        found = [] if cluster.mixed else find_profiles(model, "cpu" if cpu else "cuda", dtype)
-        if found:
-            (path, profile), others = found[0], tuple(p for _, p in found[1:])
-            other_paths = tuple(p for p, _ in found[1:])
-            model = profile.model  # a custom model's sizes are known once it was built
-        if profile is None and (cpu or not families.of(model).builtin):
-            raise PlannerError(
-                f"no profile of {model.name} ({dtype}) in {PROFILES_DIR}/: run `planner profile "
-                f"--model {args.model} --dtype {dtype}` first, or pass --profile")
+    model, found = _model_and_profiles(args, cluster, dtype, implementation)
     limits.check_problem_size(n, args.global_batch, model.num_blocks, model.name)
     cv = getattr(args, "straggler_cv", 0.0)
     finite("--straggler-cv", cv, 0.0)
@@ -321,7 +284,50 @@ def resolve(args) -> PlanInputs:
                            f"rank's tokens over the mean), got {load}")
     if args.cluster == localhost.PRESET:    # last: bad input fails before a measurement
         cluster = localhost.resolve(n, getattr(args, "no_measure", False)).with_size(n)
+    (path, profile), rest = (found[0], found[1:]) if found else (("", None), [])
     return PlanInputs(model, cluster, n, args.global_batch, dtype, args.optimizer, args.lr,
-                      args.seed, profile, path or "", others, implementation=implementation,
-                      partition=partition, other_profile_paths=other_paths, straggler_cv=cv,
+                      args.seed, profile, path, tuple(p for _, p in rest),
+                      implementation=implementation, partition=partition,
+                      other_profile_paths=tuple(p for p, _ in rest), straggler_cv=cv,
                       moe_load_factor=load)
+
+
+def _model_and_profiles(args, cluster, dtype: str, implementation: str):
+    """(the model, [(path, profile)] to cost it from, the first the main one; [] for analytic
+    costs): --profile files, else profiles found in ``PROFILES_DIR``, else the device model."""
+    cpu = cluster.backend == "gloo"
+    if implementation != "executor":
+        if args.profile:
+            raise PlannerError(f"--profile measures this project's model; --implementation "
+                               f"{implementation} is costed analytically (drop --profile)")
+        model = resolve_model(args.model, args.seq_len)
+        if not families.of(model).builtin or cpu:
+            raise PlannerError(f"--implementation {implementation} costs a built-in model "
+                               f"family on a GPU cluster's device model; got {model.name} on "
+                               f"{cluster.name}")
+        return model, []
+    if args.profile:
+        paths = [args.profile] if isinstance(args.profile, str) else list(args.profile)
+        loaded = [(p, ModelProfile.load(p)) for p in paths]
+        path, profile = loaded[0]
+        for other_path, other in loaded[1:]:
+            if not same_model(other.model, profile.model) or other.device != profile.device:
+                raise PlannerError(f"{other_path}: profiles {other.model.name} on "
+                                   f"{other.device}, not {profile.model.name} on "
+                                   f"{profile.device} like {path}")
+        if args.model and not same_model(resolve_model(args.model, args.seq_len), profile.model):
+            raise PlannerError(f"{path}: profiles model {profile.model.name} "
+                               f"({profile.model_fingerprint}), not --model {args.model}")
+        if args.seq_len is not None and args.seq_len != profile.model.seq_len:
+            raise PlannerError(f"{path}: profiles seq_len {profile.model.seq_len}, not "
+                               f"--seq-len {args.seq_len}: profile the model at that length")
+        return profile.model, loaded
+    model = resolve_model(args.model, args.seq_len)
+    found = [] if cluster.mixed else find_profiles(model, "cpu" if cpu else "cuda", dtype)
+    if found:
+        return found[0][1].model, found   # a custom model's sizes are known once it was built
+    if cpu or not families.of(model).builtin:
+        raise PlannerError(
+            f"no profile of {model.name} ({dtype}) in {PROFILES_DIR}/: run `planner profile "
+            f"--model {args.model} --dtype {dtype}` first, or pass --profile")
+    return model, []
