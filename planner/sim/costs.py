@@ -8,7 +8,8 @@ from planner import rules
 from planner.cost.compute import BlockCost
 from planner.errors import PlannerError
 from planner.partition import balanced_partition, chunk_blocks
-from planner.sim.blocks import Chunk, RowsBundle, rows_bundle
+from planner.sim.blocks import RowsBundle, rows_bundle
+from planner.sim.chunk import Chunk
 from planner.sim.memory import MemRows, chunk_memory
 from planner.sim.pp import chunk_links
 from planner.sim.run import CommTime, RunSpec, default_comm_time

@@ -35,7 +35,8 @@ from planner.grid import RankGrid
 from planner.partition import balanced_partition, chunk_blocks, least_bottleneck
 from planner.partition_kinds import fastest_by_chunk, partition_by_chunk
 from planner.sim import engine
-from planner.sim.blocks import Chunk, rows_bundle
+from planner.sim.blocks import rows_bundle
+from planner.sim.chunk import Chunk
 from planner.sim.costs import LayoutCosts
 from planner.sim.dp import Sync
 from planner.sim.memory import MemRows, chunk_memory, rank_memory
