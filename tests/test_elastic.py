@@ -99,7 +99,9 @@ def test_plan_elastic_writes_one_checkpointable_plan_per_world_size(tmp_path, ca
     (["--elastic", "2:4", "--dp", "2"], "--dp cannot be fixed with --elastic"),
     (["--elastic", "2:4", "--compression", "powersgd"], "PowerSGD's error-feedback state"),
     (["--elastic", "9:15"], "no world size in that range is one node or whole nodes of 8"),
-], ids=["no-max", "reversed", "gpus", "dp", "powersgd", "no-size"])
+    (["--elastic", "8:16", "--cluster", "mixed-h100-a100"],
+     "mixes device kinds; elastic plan sets are planned for one kind"),
+], ids=["no-max", "reversed", "gpus", "dp", "powersgd", "no-size", "mixed-cluster"])
 def test_plan_elastic_refuses_bad_flags(flags, expected, tmp_path, capsys):
     rc = main(["plan", "--model", "gpt2-small", "--cluster", "dgx-a100-80gb", "--global-batch",
                "64", "--out", str(tmp_path / "x.json"), *flags])
