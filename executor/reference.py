@@ -14,12 +14,13 @@ from planner.families.sequential import set_aux_loss_scale
 from planner.models.build import build_model
 
 
-def train_reference(plan, steps: int, data_path: str = ""):
-    """Train ``plan``'s model for ``steps`` steps; returns (losses, final state_dict)."""
+def train_reference(plan, steps: int, data_path: str = "", trusted_callable: str = ""):
+    """Train ``plan``'s model for ``steps`` steps; returns (losses, final state_dict). A custom
+    model's code is imported only if the caller names it (``trusted_callable``, as the
+    executor's ``--model``): the plan alone never makes us import code."""
     dtype = param_dtype(plan.dtype, torch.device("cpu"))
-    # The reference is test code on plans the tests made: their custom callables are trusted.
     model = build_model(plan.model, seed=plan.seed, dtype=dtype,
-                        trusted_callable=plan.model.callable_path)
+                        trusted_callable=trusted_callable, where="reference")
     optimizer = make_optimizer(plan.optimizer, model.parameters(), plan.learning_rate)
     data = make_data(model, plan, data_path)
     set_aux_loss_scale(1.0)                     # one micro-batch: auxiliary losses unscaled
