@@ -221,9 +221,11 @@ def test_elastic_run_shrinks_and_grows_back_exactly(tmp_path):
                 proc.wait()
     m = Metrics.load(str(metrics))
     sizes = list(m.earlier_world_sizes) + [m.world_size] * len(m.losses)
-    # Shrunk from 2 to 1 and grew back to 2, where it ended (the first steps may have run at
-    # world 1 too, if the second agent came after the first one's last call).
-    assert len(sizes) == STEPS and re.search("21+2+$", "".join(map(str, sizes))), sizes
+    # Shrunk from 2 to 1 once, at step 3 or later (the fault), and grew back to 2, where it
+    # ended; the first steps may have run at world 1 too, if the second agent came after the
+    # first one's last call.
+    m_ = re.fullmatch("(1*)(2*)(1+)(2+)", "".join(map(str, sizes)))
+    assert len(sizes) == STEPS and m_ and len(m_[1]) + len(m_[2]) >= 3, sizes
     ref_losses, ref_state = train_reference(plans[1], STEPS)
     assert_matches(list(m.earlier_losses) + list(m.losses), load_params(tmp_path / "params"),
                    ref_losses, ref_state, RTOL["float64"], ATOL["float64"])

@@ -175,6 +175,9 @@ def test_partition_by_chunk_is_optimal(seed):
     costs = [[x * s for x in base] for s in speed]
     send = [0.0] * n
     starts, bottleneck = partition_by_chunk(costs, send)
+    ends = (*starts[1:], n)
+    assert len(starts) == k and starts[0] == 0 and all(a < b for a, b in zip(starts, ends))
+    assert bottleneck == pytest.approx(max(sum(costs[c][starts[c]:ends[c]]) for c in range(k)))
     best = _brute(costs, send, k)
     assert bottleneck >= best * (1 - 1e-9)
     if best >= max(max(c) for c in costs):
@@ -186,8 +189,7 @@ def test_slower_chunks_get_fewer_blocks_and_equal_costs_match_the_balanced_cut()
     starts, _ = partition_by_chunk([base, [3 * x for x in base]], [0.0] * 12)
     assert starts == (0, 9)                 # 9 blocks on the fast device, 3 on the slow one
     same, _ = partition_by_chunk([base] * 3, [0.0] * 12)
-    assert same == balanced_partition(base, 3, [0.0] * 12)[0] or \
-        max(same[1] - same[0], same[2] - same[1], 12 - same[2]) == 4
+    assert same == (0, 4, 8) == balanced_partition(base, 3, [0.0] * 12)[0]
 
 
 def test_split_microbatches_balances_finishing_times():
@@ -241,16 +243,20 @@ def test_data_parallelism_syncs_at_the_slowest_replica():
     lay, pred, step = msim.evaluate_mixed(mx, even, timeline=False)
     fast, slow = step.alone_s
     assert [r.kinds for r in step.replicas] == [(0,), (1,)]
-    assert fast < slow and pred.step_time_s >= slow
-    assert step.results[0].step_time_s == pytest.approx(pred.step_time_s, rel=0.05)
+    assert fast < slow and pred.step_time_s == pytest.approx(slow, rel=1e-9)
+    assert step.results[0].step_time_s == pytest.approx(pred.step_time_s, rel=0.01)
     # give each replica micro-batches in inverse proportion to its time alone (at tp 8 this
     # small model waits on NVLink a good part of the time, so the A100 replica is less slower
     # than the peak ratio): the step is shorter and the replicas finish nearly together
+    def split(k):
+        return replace(even, num_microbatches=max(k, 16 - k), replica_microbatches=(k, 16 - k))
     k = round(16 * slow / (fast + slow))
-    split = replace(even, num_microbatches=k, replica_microbatches=(k, 16 - k))
-    _, faster, step = msim.evaluate_mixed(mx, split, timeline=False)
-    assert 8 < k < 12 and faster.step_time_s < 0.95 * pred.step_time_s
-    assert max(step.alone_s) / min(step.alone_s) < 1 + 1.5 / (16 - k)   # whole micro-batches
+    faster = msim.evaluate_mixed(mx, split(k), timeline=False)[1].step_time_s
+    assert k > 8 and faster < 0.9 * pred.step_time_s
+    # no other whole split of the 16 micro-batches is faster
+    others = [msim.evaluate_mixed(mx, split(j), timeline=False)[1].step_time_s
+              for j in range(1, 16) if j not in (8, k)]
+    assert faster <= min(others) * (1 + 1e-9)
     with pytest.raises(PlannerError, match="spans 2 device kinds"):
         msim.evaluate_mixed(mx, Layout.make(tp=16, microbatch_size=2, num_microbatches=8))
 
@@ -265,8 +271,11 @@ def test_a_pipeline_across_kinds_gives_the_slow_stage_fewer_layers():
     lay, pred, step = msim.evaluate_mixed(mx, lay, timeline=True)
     first = lay.pipeline.stage_boundaries[1]
     assert first > SMALL.num_blocks - first            # the H100 stage holds more blocks
-    busy = [st.acc["compute"] + st.acc["tp_comm_exposed"] for st in step.results[0].ranks]
-    assert max(busy) / min(busy) < 1.15                # and both stages about as busy
+    # ... and the cut is the best one: a block more or less on either stage is slower
+    for cut in (first - 1, first + 1):
+        moved = replace(lay, pipeline=replace(lay.pipeline, stage_boundaries=(0, cut)))
+        assert msim.evaluate_mixed(mx, moved, timeline=False)[1].step_time_s >= \
+            pred.step_time_s * (1 - 1e-9)
     assert [m.capacity_bytes for m in pred.memory] == [c.device.usable_memory_bytes] * 2
     assert pred.fits and {e.rank for e in pred.timeline} == {0, 8}
 

@@ -50,12 +50,11 @@ def test_flush_bubble_is_p_minus_1_stages_whatever_m(schedule, p, m):
     assert pred.bubble_fraction == pytest.approx(pp_cost.bubble_fraction(p, m), rel=1e-6)
 
 
-@pytest.mark.parametrize("p", [2, 4, 8, 32])
-@pytest.mark.parametrize("m", [8, 64, 512])
+# interleaved-1f1b needs m % p == 0: m = 8 with p = 32 is not a layout, so it is not a case
+@pytest.mark.parametrize("p, m", [(p, m) for p in (2, 4, 8, 32) for m in (8, 64, 512)
+                                  if m % p == 0])
 @pytest.mark.parametrize("v", [2, 4])
 def test_interleaved_bubble_divides_by_v(p, m, v):
-    if m % p:
-        pytest.skip(f"interleaved-1f1b needs m % p == 0 (m={m}, p={p})")
     run, blocks = chunks(p * v, F / v, B / v)
     layout = Layout.make(pp=p, num_microbatches=m, schedule="interleaved-1f1b",
                          virtual_stages=v)

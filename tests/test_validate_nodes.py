@@ -10,6 +10,7 @@ import pytest
 
 from executor_helpers import free_port
 from planner.cli import main
+from planner.errors import PlannerError
 from planner.specs import TrialSet, Validation
 
 NODES_TIMEOUT_S = 600         # generous: a loaded 2-core machine
@@ -143,5 +144,5 @@ def test_follower_waits_for_trials_of_its_own_run(tmp_path, capsys):
 
     s = trials.RunSettings(str(tmp_path), nnodes=2, node_rank=1, rdzv_endpoint="h:1",
                            rdzv_id="mine", timeout_s=1)
-    with pytest.raises(Exception, match="node 0 wrote no trials of run --rdzv-id mine within"):
+    with pytest.raises(PlannerError, match="node 0 wrote no trials of run --rdzv-id mine within"):
         trials.wait_for_trials(s, 1.0)
