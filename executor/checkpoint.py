@@ -40,7 +40,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state
 from executor import checkpoint_sign as sign
 from executor import faults
 from executor.parallel.pp import Chunk
-from planner import rules, serde
+from planner import outputs, rules, serde
 from planner.errors import PlannerError
 
 # Optimizer state keyed by parameter name ("param_groups.blocks.3.attn.q.weight.lr"): pipeline
@@ -190,17 +190,12 @@ def _first_line(err: BaseException) -> str:
 
 
 def _replace_dir(src: str, dst: str) -> None:
-    old = dst + ".old"
-    if os.path.exists(old):
-        shutil.rmtree(old)
-    if os.path.exists(dst):
-        os.rename(dst, old)
-    os.rename(src, dst)
-    if os.path.exists(old):
-        shutil.rmtree(old)
+    """``planner.outputs.replace_dir`` (the whole old or the whole new step at every moment),
+    then the rename itself made durable."""
+    outputs.replace_dir(src, dst)
     fd = os.open(os.path.dirname(dst) or ".", os.O_RDONLY)
     try:
-        os.fsync(fd)            # the rename itself reaches the disk
+        os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -246,10 +241,13 @@ def save(ckpt: Checkpoints, step: int, named_parts, optimizer, plan,
 
 
 def _verify_contents(ckpt: Checkpoints, path: str, device) -> None:
-    """Each rank hashes its share of the files; any mismatch stops every rank."""
+    """Each rank hashes its share of the files, and every rank the metadata DCP unpickles
+    first; any mismatch stops every rank. The split assumes what the checkpoint directory must
+    be anyway: one directory every rank sees (a shared filesystem), not per-node copies."""
     entries = ckpt.manifest["files"]
     rank, world = dist.get_rank(), dist.get_world_size()
-    mine = list(range(rank, len(entries), world))
+    mine = sorted(set(range(rank, len(entries), world)) | {
+        i for i, e in enumerate(entries) if os.path.basename(e["path"]) == ".metadata"})
     bad = sign.verify_files(ckpt.key, path, [entries[i] for i in mine])
     first = torch.tensor(len(entries) if bad is None else mine[bad], device=device)
     dist.all_reduce(first, op=dist.ReduceOp.MIN)

@@ -274,6 +274,10 @@ def resolve(args) -> PlanInputs:
         raise PlannerError(f"--profile: a profile measures one kind of device, and cluster "
                            f"{cluster.name} mixes {', '.join(d.name for d in cluster.kinds)}: "
                            "plans for it come from each kind's device model (drop --profile)")
+    if cluster.mixed and partition != "balanced":
+        raise PlannerError(f"--partition {partition}: on cluster {cluster.name}, which mixes "
+                           "device kinds, stages are cut by each kind's speed; use --partition "
+                           "balanced")
     model, found = _model_and_profiles(args, cluster, dtype, implementation)
     limits.check_problem_size(n, args.global_batch, model.num_blocks, model.name)
     cv = getattr(args, "straggler_cv", 0.0)

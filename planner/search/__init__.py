@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from planner import schedules, sim
 from planner.cost.compute import BlockCost
 from planner.partition import least_bottleneck
+from planner.sim.memory import fits as memory_fits
 from planner.search.space import (RECOMPUTE_ORDER, Space, check_space, cp_sizes,
                                   dims_of, divisors, ep_sizes, leaves, make_layout,
                                   schedule_options, tp_sizes)
@@ -73,7 +74,8 @@ def search(run: sim.RunSpec, blocks_for: Callable[[int], Sequence[BlockCost]],
     try:
         first = _search(run, blocks_for, num_devices, global_batch,
                         replace(space, offload=space.offload or False), top_k, comm_for)
-        if first.ranked or space.offload is not None or not _host_known(run):
+        if (first.ranked or space.offload is not None or not _host_known(run)
+                or not _plain_data_parallel(space)):
             return first
         # nothing fits: the same search with every ZeRO-3 layout offloaded
         second = _search(run, blocks_for, num_devices, global_batch,
@@ -89,6 +91,20 @@ def _host_known(run) -> bool:
     return run.cluster.device.offload_known
 
 
+def _plain_data_parallel(space: Space) -> bool:
+    """The caller fixed no data-parallel scheme beyond all-reduce: offload is FSDP's, and the
+    retry must not swap a scheme the caller chose (parameter server, compression, staleness,
+    local SGD) for FSDP's all-reduce."""
+    return (space.dp_comm == "all_reduce" and space.compression == "none"
+            and not space.staleness and not space.local_sgd_period)
+
+
+def _chunkable_blocks(run) -> int:
+    """How many pipeline chunks a partition can give: any block may start one; Megatron's even
+    split needs a layer in each (``planner.partition.even_partition``)."""
+    return run.model.num_layers if run.partition == "even" else run.model.num_blocks
+
+
 def _search(run, blocks_for, num_devices: int, global_batch: int, space: Space, top_k: int,
             comm_for) -> Result:
     comm_for = comm_for or sim.default_comm_time
@@ -96,9 +112,7 @@ def _search(run, blocks_for, num_devices: int, global_batch: int, space: Space, 
     if cluster.mixed:
         raise PlannerError(f"cluster {cluster.name} mixes device kinds: search it with "
                            "planner.search.mixed.search_mixed")
-    # chunks a partition can give: any block may start one; Megatron's even split needs a
-    # layer in each (planner.partition.even_partition)
-    nblocks = spec.num_layers if run.partition == "even" else spec.num_blocks
+    nblocks = _chunkable_blocks(run)
     cache = _Blocks(blocks_for)
     comms: dict = {}
     res = Result(ranked=[])
@@ -123,7 +137,7 @@ def _search(run, blocks_for, num_devices: int, global_batch: int, space: Space, 
 def _enumerate(run, cache, comms, comm_for, heap, res, space, cap, dp, tp, pp, cp, ep,
                global_batch) -> None:
     """Every layout of one (dp, tp, pp, cp, ep) onto the heap with its bounds."""
-    spec, cluster, nblocks = run.model, run.cluster, run.model.num_blocks
+    spec, cluster, nblocks = run.model, run.cluster, _chunkable_blocks(run)
     dims = dims_of(dp, tp, pp, cp, ep)
     probe = make_layout((dp, tp, pp, 1, 1, "1f1b", 1, 0, "none", False, cp, ep, False), space)
     comm = comms.setdefault((dp, tp, pp, cp, ep), comm_for(cluster, probe))
@@ -243,9 +257,9 @@ class _BestFirst:
         res, top_k = self.res, self.top_k
         memory = sim.rank_memory(self.run_spec, layout, costs)
         peak = max(r.total_bytes for r in memory)
-        host = max(r.host_bytes for r in memory)
-        if peak > self.cap or (host and host > self.run_spec.cluster.device.host_memory_bytes):
+        if not memory_fits(self.run_spec, memory):
             res.not_fitting += 1
+            host = max(r.host_bytes for r in memory)
             note = f"needs {peak / 2**30:.1f} GiB per rank" + (
                 f" and {host / 2**30:.1f} GiB of host memory" if host else "")
             res.candidates.append(Candidate(layout, 0.0, peak, False, note=note))

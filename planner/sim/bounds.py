@@ -11,7 +11,7 @@ from planner import rules
 from planner.cost import dp as dp_cost, pp as pp_cost
 from planner.sim.compress import wire_share
 from planner.sim.memory import buffer_bytes_per_param, state_bytes_per_param
-from planner.sim.run import step_optimizer_s
+from planner.sim.run import optimizer_shards, step_optimizer_s
 
 
 def memory_floor(run, dims, data, schedule, m: int, v: int, params: float, acts: float) -> float:
@@ -59,8 +59,7 @@ def step_floor(run, dims, data, schedule, m: int, total_s: float, slowest_s: flo
     flush = 0.0
     if schedule.flushing_single_chunk and pp > 1:
         flush = pp_cost.balanced_lower_bound(total_s, pp, m)
-    shard = dp if zero >= 1 else 1
-    tail = step_optimizer_s(run, data, per_rank / shard, params)
+    tail = step_optimizer_s(run, data, per_rank / optimizer_shards(dims, data), params)
     busy = 0.0
     # Exchanges after backward, stale servers and local SGD may send less than a full
     # reduction, or overlap it: their tail stays 0 (the bound stays a bound).
@@ -111,7 +110,7 @@ def chain_bound(run, layout, costs, comm) -> float:
         grads = (ch.params - ch.expert_params) * g_e
         smallest[r] = min(smallest[r], grads)
         last[r] = min(last[r], dp_cost.last_bucket_bytes(grads))
-    shard = layout.dims.replicas if layout.data.zero >= 1 else 1
+    shard = optimizer_shards(layout.dims, layout.data)
     total = sum(params)
     best = before = after = 0.0
     for r in range(p):

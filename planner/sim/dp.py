@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from planner import rules
 from planner.cost import dp as dp_cost, offload as offload_cost
 from planner.sim import compress, unsync
-from planner.sim.run import compute_slowdown, optimizer_time, step_optimizer_s
+from planner.sim.run import (compute_slowdown, optimizer_shards, optimizer_time,
+                              step_optimizer_s)
 
 
 @dataclass
@@ -348,8 +349,8 @@ class DataParallelHooks:
         if st.comm_free > st.comp:
             st.acc["dp_comm_exposed"] += st.comm_free - st.comp
             st.comp = st.comm_free
-        shard = layout.dims.replicas if layout.data.zero >= 1 else 1
-        opt = step_optimizer_s(run, layout.data, params / shard, total)
+        opt = step_optimizer_s(run, layout.data, params / optimizer_shards(layout.dims,
+                                                                        layout.data), total)
         if not layout.data.offload:     # on the host (FSDP2's CPUOffloadPolicy) it is not
             opt *= slow                 # slowed by the node's other ranks' compute
         if self.timeline:
@@ -395,7 +396,8 @@ class DataParallelHooks:
         parameters back; the push/pull time is ``planner.cost.comm.parameter_server``, split
         evenly between its two halves; the worker waits throughout."""
         half = sum(dur for c in mine for _, dur, _ in self.plans[c].buckets) / 2.0
-        opt = optimizer_time(run, params / self.layout.data.ps_shards, total) * slow
+        opt = optimizer_time(run, params / optimizer_shards(self.layout.dims, self.layout.data),
+                             total) * slow
         t0 = self._synced((r, "end"), max(st.comp, st.comm_free))
         if self.timeline:
             st.events += [("comm", "ps push", t0, t0 + half),

@@ -37,9 +37,9 @@ from planner.partition_kinds import fastest_by_chunk, partition_by_chunk
 from planner.sim import engine
 from planner.sim.blocks import rows_bundle
 from planner.sim.chunk import Chunk
-from planner.sim.costs import LayoutCosts
+from planner.sim.costs import LayoutCosts, memory_rows
 from planner.sim.dp import Sync
-from planner.sim.memory import MemRows, chunk_memory, rank_memory
+from planner.sim.memory import chunk_memory, rank_memory
 from planner.sim.pp import chunk_links
 from planner.sim.predict import StepResult, collectives, simulate
 from planner.sim.run import RunSpec, default_comm_time
@@ -244,12 +244,12 @@ def replica_costs(mx: MixedRun, layout, rep: Replica):
         n = len(per_chunk[0].rows)
         chunks = [Chunk(rng, b, kind.split_backward, pe, ge)
                   for rng, b in zip(chunk_blocks(starts, n), per_chunk)]
-        chunk_links(chunks, lay, comm)
+        chunk_links(chunks, lay, comm, per_chunk[0].scatter)
         hit = mx.chunk_cache[key] = (per_chunk, chunks)
     chunks = hit[1]
     first = bundles[rep.kinds[0]]
     tp_counts = {key: k * rep.microbatches for key, k in first.tp_per_microbatch.items()}
-    memory = MemRows(mx.kind_runs[rep.kinds[0]], lay, first.rows)
+    memory = memory_rows(mx.kind_runs[rep.kinds[0]], lay, first)
     return LayoutCosts(chunks, first, tp_counts, memory), comm
 
 
@@ -265,9 +265,10 @@ def partition(mx: MixedRun, layout, reps: list[Replica]):
     rep = max(reps, key=pace)
     lay = even(layout, rep.microbatches)
     first = bundle(rep.kinds[0], layout)
-    mem = chunk_memory(lay, MemRows(mx.kind_runs[rep.kinds[0]], lay, first.rows))
+    mem = chunk_memory(lay, memory_rows(mx.kind_runs[rep.kinds[0]], lay, first))
     if rep.pure:
-        starts = balanced_partition(first.block_s, layout.num_chunks, first.send_s, memory=mem)[0]
+        starts = balanced_partition(first.block_s, layout.num_chunks, first.send_s, memory=mem,
+                                    cap=mx.capacity(rep.kinds[0]))[0]
         return layout.with_boundaries(starts)
     per_kind = {k: bundle(k, layout) for k in set(rep.kinds)}
     bundles = [per_kind[rep.kinds[o]] for o in owners]

@@ -87,6 +87,15 @@ def optimizer_time(run: RunSpec, params: float, total_params: float) -> float:
     return params * touched / run.cluster.device.memory_bandwidth_bytes_per_s
 
 
+def optimizer_shards(dims, data) -> int:
+    """Over how many ranks one rank's parameters' optimizer step is split: a parameter server's
+    k servers (each runs 1/k), ZeRO >= 1's data-parallel replicas, else 1 (every replica runs
+    it whole). One rule for the simulator and the search's bounds."""
+    if dims.replicas > 1 and data.parameter_server:
+        return max(data.ps_shards, 1)
+    return dims.replicas if data.zero >= 1 else 1
+
+
 def step_optimizer_s(run: RunSpec, data, params: float, total_params: float) -> float:
     """One rank's optimizer step over its ``params``: on the device (``optimizer_time``), or
     on the host under offload (``planner.cost.offload.optimizer_s``)."""

@@ -8,7 +8,7 @@ comm, timeline).
 from __future__ import annotations
 
 from planner.sim import stragglers
-from planner.sim.run import optimizer_time
+from planner.sim.run import optimizer_shards, optimizer_time
 
 
 def straggle(hooks, st, period: int) -> None:
@@ -56,7 +56,8 @@ def stale_server(hooks, st, mine, params, total, slow) -> None:
     too. Whatever the period adds beyond D is dp communication not hidden."""
     layout = hooks.layout
     push_pull = sum(dur for c in mine for _, dur, _ in hooks.plans[c].buckets)
-    opt = optimizer_time(hooks.run, params / layout.data.ps_shards, total) * slow
+    opt = optimizer_time(hooks.run, params / optimizer_shards(layout.dims, layout.data),
+                         total) * slow
     work = st.comp + opt
     period = max(push_pull, stragglers.stale_period_s(
         layout.dp, work, push_pull + opt, layout.data.staleness, hooks.run.straggler_cv))
