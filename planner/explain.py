@@ -1,6 +1,8 @@
 """Why the winner beats the runner-up, in one short paragraph of breakdown differences."""
 from __future__ import annotations
 
+from planner.noise import ties
+
 from planner.specs import Layout, Prediction
 
 LABELS = {"compute": "compute", "recompute": "recomputation",
@@ -64,9 +66,9 @@ def explain(ranked: list[tuple[Layout, Prediction]], top: int = 3, band: float =
         terms.append(f"{format_duration(abs(delta))} {word} {LABELS[key]}")
     pct = 100.0 * gap / rp.step_time_s if rp.step_time_s else 0.0
     rel = gap / wp.step_time_s if wp.step_time_s > 0 else 0.0
-    if band > 0 and rel <= band:
-        tied = sum(1 for _, p in ranked[1:] if wp.step_time_s > 0
-                   and (p.step_time_s - wp.step_time_s) / wp.step_time_s <= band)
+    tie = ties([p.step_time_s for _, p in ranked], band) if band > 0 else []
+    if tie and tie[1]:                      # the runner-up is within the band of the best
+        tied = sum(tie)
         text = (f"{wl.describe()} ({format_duration(wp.step_time_s)} per step) and "
                 f"{rl.describe()} ({format_duration(rp.step_time_s)}) are a tie: they differ "
                 f"by {rel:.1%}, within the predictions' uncertainty of +-{band:.1%}"

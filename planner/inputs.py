@@ -252,7 +252,7 @@ def check_flags(args) -> None:
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise PlannerError(f"--lr must be a finite number > 0 (the executor's learning rate), "
                            f"got {args.lr}")
-    for flag in ("dp", "tp", "pp", "microbatch_size", "virtual_stages", "ps_shards",
+    for flag in ("dp", "tp", "pp", "cp", "ep", "microbatch_size", "virtual_stages", "ps_shards",
                  "powersgd_rank", "max_virtual_stages"):
         value = getattr(args, flag, None)
         if value is not None and value < 1:

@@ -38,21 +38,6 @@ def check_writable(flag: str, path: str, kind: str = "file") -> None:
                            f"({err.strerror or type(err).__name__})") from None
 
 
-def write_text(flag: str, path: str, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temp file + rename); one-line errors."""
-    check_writable(flag, path, "file")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 def _exchange(a: str, b: str) -> bool:
     """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where
     the system cannot."""

@@ -197,7 +197,11 @@ def write_json(path: str, data) -> None:
     """Write atomically (temp file + rename) so a failure never leaves half a file behind and
     never replaces an earlier file with a partial one. A path that cannot be written (a
     directory, no permission, a read-only or full disk) is a one-line ``PlannerError``."""
-    text = _dumps(data)             # before touching the disk: nothing to clean up if it fails
+    write_text(path, _dumps(data))  # serialised before touching the disk
+
+
+def write_text(path: str, text: str) -> None:
+    """``write_text_atomic`` with a failure as a one-line ``PlannerError``."""
     try:
         write_text_atomic(path, text)
     except OSError as err:

@@ -62,6 +62,15 @@ def _check(args) -> None:
         raise PlannerError(f"--smooth must be >= 1, got {args.smooth}")
     if args.budget_s is not None and not args.budget_s > 0:
         raise PlannerError(f"--budget-s must be > 0, got {args.budget_s}")
+    if not args.timeout_s > 0 or args.timeout_s == float("inf"):
+        raise PlannerError(f"--timeout-s must be a positive number of seconds, got "
+                           f"{args.timeout_s}")
+    if args.corpus_bytes < 1:
+        raise PlannerError(f"--corpus-bytes must be >= 1, got {args.corpus_bytes}")
+
+
+def _first_line(err) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def _profiles(args) -> list[str]:
@@ -77,10 +86,13 @@ def _profiles(args) -> list[str]:
     for mb in sorted({args.global_batch // w for w in args.world_sizes}, reverse=True):
         path = os.path.join(args.workdir, f"{args.model}-profile-b{mb}.json")
         print(f"profiling {args.model} at micro-batch {mb}", file=sys.stderr, flush=True)
-        subprocess.run([sys.executable, "-m", "planner.cli", "profile", "--model", args.model,
-                        "--microbatch-size", str(mb), "--threads", "1", "--out", path],
-                       check=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                       stdout=subprocess.DEVNULL)
+        cmd = [sys.executable, "-m", "planner.cli", "profile", "--model", args.model,
+               "--microbatch-size", str(mb), "--threads", "1", "--out", path]
+        proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if proc.returncode:
+            raise PlannerError(f"profiling {args.model} at micro-batch {mb} failed (exit "
+                               f"{proc.returncode}): {_first_line(proc.stderr or 'no output')}")
         paths.append(path)
     return paths
 
@@ -177,7 +189,12 @@ def run(args) -> int:
         import numpy as np
         if not os.path.isfile(corpus):
             raise PlannerError(f"--corpus {corpus}: no such file")
-        nbytes = int(np.load(corpus, mmap_mode="r", allow_pickle=False).size)
+        try:
+            nbytes = int(np.load(corpus, mmap_mode="r", allow_pickle=False).size)
+        except (ValueError, OSError) as err:
+            raise PlannerError(f"--corpus {corpus}: not a .npy array of byte tokens (as "
+                               f"numpy.save writes; {type(err).__name__}); nothing is "
+                               "unpickled") from None
     else:
         corpus = os.path.join(args.workdir, "corpus-stdlib.npy")
         what, nbytes = conv.stdlib_corpus(corpus, args.corpus_bytes)

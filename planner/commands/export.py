@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 
-from planner.errors import PlannerError
 
 
 def add_arguments(parser) -> None:
@@ -35,9 +34,6 @@ def run(args) -> int:
     if out == "-":
         print(text, end="")
         return 0
-    try:
-        serde.write_text_atomic(out, text)
-    except OSError as err:
-        raise PlannerError(f"--out {out}: cannot write ({err.strerror or err})") from None
+    serde.write_text(out, text)
     print(out)
     return 0

@@ -106,11 +106,11 @@ def run(args) -> int:
         return run_elastic(args)
     inp = plan_inputs.resolve(args)
     space = plan_inputs.space_from_args(args)
-    if inp.cluster.mixed:
-        from planner.commands.plan_mixed import run_mixed
-        return run_mixed(args, inp, space)
     path = args.out or default_out(inp)
     check_writable("--out", path)           # before the search, not after it
+    if inp.cluster.mixed:
+        from planner.commands.plan_mixed import run_mixed
+        return run_mixed(args, inp, space, path)
     plan, res, elapsed = best_plan(inp, space, args.top_k)
     text = plan.explanation
     band, why_band = inp.band

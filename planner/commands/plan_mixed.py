@@ -7,10 +7,10 @@ import time
 from dataclasses import replace
 
 from planner.errors import PlannerError
-from planner.planfile import default_out, make_plan, print_text, run_spec, summary
+from planner.planfile import make_plan, print_text, run_spec, summary
 
 
-def run_mixed(args, inp, space) -> int:
+def run_mixed(args, inp, space, path: str) -> int:
     from planner import explain_mixed as em
     from planner.explain import explain
     from planner.search.mixed import search_mixed
@@ -26,10 +26,10 @@ def run_mixed(args, inp, space) -> int:
     layout, prediction, split, speeds = _final(rs, inp, chosen)
     tokens = inp.global_batch_size * inp.model.seq_len
     ranked = [(lay, pred) for lay, pred, _ in chosen.ranked]
-    text = f"{em.why(res, tokens, speeds)} {explain(ranked)}"
+    band, why_band = inp.band
+    text = f"{em.why(res, tokens, speeds)} {explain(ranked, band=band, band_source=why_band)}"
     used = replace(inp, cluster=chosen.cluster, num_devices=chosen.num_devices)
     plan = make_plan(used, layout, prediction, chosen.candidates, text)
-    path = args.out or default_out(inp)
     plan.save(path)
     if args.format == "json":
         out = summary(plan, path)

@@ -1,7 +1,7 @@
 """`planner simulate`: evaluate one complete layout and write it as a plan file.
 
-The layout comes from flags (unset ones: tp 1, pp 1, cp 1, ep 1, dp the rest of the devices, the whole
-per-replica batch as one micro-batch, 1f1b, one chunk per rank (two for zbv), ZeRO 0, no
+The layout comes from flags (unset ones: tp 1, pp 1, cp 1, ep 1, dp the rest of the devices,
+the whole per-replica batch as one micro-batch, 1f1b, one chunk per rank (two for zbv), ZeRO 0, no
 recompute, no sequence parallelism; stage boundaries from the balanced partition unless
 --stage-boundaries gives them). The prediction is the same event simulation `planner plan`
 ranks layouts with, so any layout can be inspected and then run by the executor.
@@ -83,8 +83,9 @@ def _added_dims(args) -> dict:
 
 def _uneven(args, tp, pp, dp, shares, num_devices, global_batch) -> Layout:
     """A layout whose replicas run ``shares`` micro-batches each (``--replica-microbatches``)."""
-    if len(shares) != dp:
-        raise PlannerError(f"--replica-microbatches has {len(shares)} entries, needs dp({dp})")
+    if len(shares) != dp or min(shares) < 1:
+        raise PlannerError(f"--replica-microbatches {','.join(map(str, shares))}: needs dp({dp}) "
+                           "micro-batch counts >= 1, one per replica")
     total = sum(shares)
     if global_batch % total:
         raise PlannerError(f"--global-batch {global_batch} is not a whole number of micro-"

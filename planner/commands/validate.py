@@ -312,8 +312,8 @@ def write_slurm(args, cluster, entries, settings, describe) -> int:
                         describe["world_size"] // settings.nnodes, cluster.backend == "nccl",
                         slurm.wall_time(len(entries), args.timeout_s), extra, os.getcwd(),
                         _slurm_port(args))
-    from planner.outputs import write_text
-    write_text("--slurm", args.slurm, text)
+    from planner import serde
+    serde.write_text(args.slurm, text)
     print(f"wrote {len(entries)} trial plan(s) and {path}\nwrote {args.slurm}: submit it with "
           f"`sbatch {args.slurm}` ({settings.nnodes} node(s) of "
           f"{describe['world_size'] // settings.nnodes} rank(s); {workdir} must be on a "

@@ -60,6 +60,20 @@ def common_refusals(engine: str, plan) -> None:
     if d.compression == "powersgd":
         raise refuse(engine, "PowerSGD gradient compression is a DDP communication hook of "
                              "the executor; this engine has no such setting")
+    if d.exchange or d.staleness or d.local_sgd:
+        raise refuse(engine, f"{' '.join(d.describe_comm())} is the executor's own exchange; "
+                             "this engine all-reduces (or shards) every step")
+    layout = plan.layout
+    for name, degree in (("cp", layout.cp), ("ep", layout.ep)):
+        if degree > 1:
+            raise refuse(engine, f"{name} {degree}: not exported yet (the configuration would "
+                                 f"silently train without {name}); plan with --{name} 1")
+    if d.offload:
+        raise refuse(engine, "offload (FSDP2's CPUOffloadPolicy) is not exported yet; plan "
+                             "without --offload")
+    if layout.replica_microbatches:
+        raise refuse(engine, "replicas with different micro-batch counts "
+                             f"({list(layout.replica_microbatches)}) are the executor's own")
     if not families.of(plan.model).builtin:
         raise refuse(engine, f"model {plan.model.name} is custom code "
                              f"({plan.model.callable_path}); the engine builds its own models")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from planner import outputs
+from planner.noise import ties
 from planner.errors import PlannerError
 from planner.report import measured, plots, trace
 from planner.report.format import GIB, MIB, esc, mem_unit, number, table, time_unit
@@ -174,8 +175,10 @@ def _why(doc: _Doc, plan: Plan) -> None:
         return
     gap = second.step_time_s - plan.prediction.step_time_s
     rel = gap / plan.prediction.step_time_s if plan.prediction.step_time_s else 0.0
+    tied = plan.uncertainty and ties([plan.prediction.step_time_s, second.step_time_s],
+                                     plan.uncertainty)[1]
     tie = (f" That is within the predictions' uncertainty of +-{plan.uncertainty:.1%}: a tie."
-           if plan.uncertainty and rel <= plan.uncertainty else "")
+           if tied else "")
     doc.add(f"<p>Runner-up: <b>{esc(second.layout.describe())}</b>, "
             f"{format_duration(second.step_time_s)} per step, {format_duration(gap)} "
             f"({rel:+.1%}) against the chosen layout.{tie} Terms sorted by how much they "

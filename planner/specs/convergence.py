@@ -1,9 +1,12 @@
 """What ``planner converge`` measured: one training run per scheme and world size."""
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
-from planner.specs.common import Serde
+from planner.errors import PlannerError
+from planner.specs.common import Serde, choice, finite, positive
 from planner.specs.layout import Layout
 
 SCHEMA_VERSION = 1
@@ -36,6 +39,18 @@ class ConvergenceRun(Serde):
     step_end_s: tuple[float, ...] = ()
     loss_at_budget: float = 0.0
 
+    def __post_init__(self):
+        positive("world_size", self.world_size)
+        for name in ("predicted_step_time_s", "measured_step_time_s", "bytes_per_step",
+                     "wire_bytes_per_step", "measured_last_step_bytes"):
+            finite(name, getattr(self, name), 0.0)
+        for t in self.step_end_s:
+            finite("step_end_s", t, 0.0)
+        # losses may be NaN (a diverged run is a result), but never infinite or negative
+        if any(math.isinf(x) or x < 0 for x in self.losses):
+            raise PlannerError(f"losses must be >= 0 (NaN for a diverged step); got "
+                               f"{[x for x in self.losses if math.isinf(x) or x < 0][:3]}")
+
 
 @dataclass(frozen=True)
 class Convergence(Serde):
@@ -54,3 +69,16 @@ class Convergence(Serde):
     created_utc: str = ""
     load_average: float = 0.0
     schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self):
+        from planner.specs.results import OPTIMIZERS
+        for name in ("corpus_bytes", "global_batch_size", "steps", "smooth_steps"):
+            positive(name, getattr(self, name))
+        finite("learning_rate", self.learning_rate, 0.0, low_open=True)
+        finite("load_average", self.load_average, 0.0)
+        choice("optimizer", self.optimizer, OPTIMIZERS)
+        for world, budget in self.budget_s.items():
+            if not str(world).isdigit() or int(world) < 1:
+                raise PlannerError(f"budget_s key {world!r} must be a world size (an integer "
+                                   ">= 1 as a string)")
+            finite(f"budget_s[{world}]", budget, 0.0, low_open=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from planner import rules, serde
 from planner.errors import PlannerError
-from planner.specs.common import Serde, fingerprint
+from planner.specs.common import Serde
 from planner.specs.results import Plan
 
 SCHEMA_VERSION = 1
@@ -55,14 +55,6 @@ class ElasticPlan(Serde):
     def world_sizes(self) -> tuple[int, ...]:
         return tuple(p.world_size for p in self.plans)
 
-    def fingerprint(self) -> str:
-        """Identity of the set: its plans' fingerprints."""
-        return fingerprint({"plans": [p.fingerprint() for p in self.plans]})
-
-    def training_fingerprint(self) -> str:
-        """Identity of what every plan trains (``TRAINING_FIELDS``), whatever its layout."""
-        return training_fingerprint(self.plans[0])
-
     def for_world(self, world_size: int, where: str) -> Plan:
         for plan in self.plans:
             if plan.world_size == world_size:
@@ -72,10 +64,6 @@ class ElasticPlan(Serde):
                            f"(world sizes {have}); launch with --nnodes MIN:MAX so that nodes x "
                            "--nproc-per-node stays among them, or plan the set again with "
                            f"`planner plan --elastic` covering {world_size}")
-
-
-def training_fingerprint(plan: Plan) -> str:
-    return fingerprint({name: getattr(plan, name) for name in TRAINING_FIELDS})
 
 
 def is_elastic(data) -> bool:
