@@ -9,8 +9,9 @@ was tried first: it needs the ``safetensors`` package and cannot hold the non-te
 entries of a flattened state dict, ``param_groups.*.lr``/``betas``...; the written file then
 fails to load with "header too large".)
 
-The key: 32 random bytes as 64 hex digits in ``--checkpoint-key`` / ``$PLANNER_CHECKPOINT_KEY``,
-default ``$XDG_CONFIG_HOME/planner/checkpoint.key`` (``~/.config/planner/checkpoint.key``),
+The key: 32 random bytes as 64 hex digits in a key file, whose path is ``--checkpoint-key`` /
+``$PLANNER_CHECKPOINT_KEY`` (not the key itself), by default
+``$XDG_CONFIG_HOME/planner/checkpoint.key`` (``~/.config/planner/checkpoint.key``),
 created mode 0600 on the first save and refused if others can read or write it or if it lies
 inside the checkpoint directory. Ranks on several nodes must see the same key file.
 

@@ -156,8 +156,9 @@ class DeviceModel:
 
 
 # What the calibration on measured step times fits. The matmul ceiling is not among them:
-# single-node runs of small models cannot identify it (fixing it anywhere from 0.64 to 0.87
-# and refitting the rest gives about the same held-out error), so it comes from published
+# single-node runs of small models cannot identify it (issue 11's authors fixed it at 0.64,
+# 0.75 and 0.80 and refitted the rest: 3.1%-3.3% median on that data; `calibrate_a100.py
+# --ceilings` reruns that comparison), so it comes from published
 # maximum achievable GEMM throughput or from `planner profile --gemm`.
 FITTED = ("matmul_efficiency_scale_flops", "memory_efficiency", "kernel_overhead_s",
           "host_overhead_s", "microbatch_overhead_s")

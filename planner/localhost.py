@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 
+from planner.children import child_env
 from planner.errors import PlannerError
 
 PRESET = "localhost-cpu"
@@ -70,7 +71,7 @@ def measure(path: str, ranks: int) -> None:
            str(ranks), "--cluster", PRESET, "--name", PRESET, "--out", path]
     with open(log, "w", encoding="utf-8") as fh:
         rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+                             env=child_env())
     if rc != 0 or not os.path.exists(path):
         raise PlannerError(f"measuring {PRESET} at {ranks} ranks failed (exit {rc}; log {log}): "
                            "fix that, or pass --no-measure to plan on the preset's assumed "

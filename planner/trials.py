@@ -27,6 +27,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from planner.children import child_env
 from planner import serde
 from planner.errors import PlannerError
 from planner.specs import Metrics, Plan, Trial, TrialSet, Validation, ValidationRow
@@ -90,7 +91,7 @@ def run_executor(cmd: list[str], log_path: str, timeout_s: float) -> str:
     The job runs in its own session so that a timeout ends torchrun and all of its ranks
     (our own process group, by its id), not just the launcher.
     """
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = child_env()
     with open(log_path, "w", encoding="utf-8") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)

@@ -88,7 +88,7 @@ def parallelize(model, layout, mesh, device, where: str = "plan", seed: int = 0
     for part in parts:
         apply_recompute(dp_mod.blocks_of(part), layout.recompute)
     # 4. data parallel
-    strategy = dp_mod.apply_dp(parts, layout, mesh, device, seed)
+    strategy = dp_mod.apply_dp(parts, layout, mesh, device, seed, dp_i)
     # 5. schedule
     schedule = None
     if layout.pp > 1:

@@ -184,9 +184,10 @@ def buckets(tensors, first_cap_bytes, cap_bytes):
         yield bucket
 
 
-def apply_dp(parts, layout, mesh, device, seed: int = 0):
+def apply_dp(parts, layout, mesh, device, seed: int = 0, dp_rank: int = 0):
     """Wrap this rank's model parts for data parallelism; returns the strategy object.
-    ``seed`` (the plan's) seeds the compressions that draw random numbers."""
+    ``seed`` (the plan's) seeds the compressions that draw random numbers; ``dp_rank`` is this
+    rank's replica (whose share of the batch it runs)."""
     if layout.dims.replicas == 1:
         return NoDataParallel(parts)
     reduce_mesh = mesh.reduce(layout)
@@ -209,7 +210,7 @@ def apply_dp(parts, layout, mesh, device, seed: int = 0):
         return FSDPDataParallel(parts, reduce_mesh, layout, edp, device.type == "cuda")
     if layout.data.zero == 1:
         from executor.parallel.zero1 import DistributedOptimizer
-        return DistributedOptimizer(parts, group, layout)
+        return DistributedOptimizer(parts, group, layout, dp_rank)
     if not rules.ddp_runs(layout):
         manual = ManualAllReduce(parts, group)
         manual.skip_experts = layout.ep > 1

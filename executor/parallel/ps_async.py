@@ -49,7 +49,6 @@ class StaleParameterServer(NoDataParallel):
         self.own_grads: dict = {}         # clock -> this rank's share for its own server
         self.sends: list = []             # (clock, work, tensor) of isends not yet waited on
         self.master, self.server_opt = None, None
-        self.optimizer, self.lr = "", 0.0
 
     @property
     def server(self) -> bool:

@@ -161,13 +161,13 @@ class DistributedOptimizer(NoDataParallel):
 
     name = "zero1-distributed-optimizer"
 
-    def __init__(self, parts, group, layout):
+    def __init__(self, parts, group, layout, dp_rank: int = 0):
         self.parts, self.group = parts, group
         self.dp = dist.get_world_size(group)
         self.compression = layout.data.compression
         self.overlap = rules.reduction_overlaps_backward(layout)
-        rank = dist.get_rank(group)             # this replica's dp index
-        self.m = m = layout.microbatches_of(rank)
+        rank = dist.get_rank(group)     # which slice of each bucket this rank owns (dp * cp)
+        self.m = m = layout.microbatches_of(dp_rank)    # this replica's micro-batches
         # torch pipelining divides gradients by m only after its backward pass (with even
         # shares; uneven ones scale the loss instead, ``executor.parallel.pp.loss_scale``)
         after = layout.pp > 1 and not layout.replica_microbatches

@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 
+from planner.children import child_env
 from planner import converge as conv
 from planner.errors import PlannerError
 from planner.specs import OPTIMIZERS
@@ -88,7 +89,7 @@ def _profiles(args) -> list[str]:
         print(f"profiling {args.model} at micro-batch {mb}", file=sys.stderr, flush=True)
         cmd = [sys.executable, "-m", "planner.cli", "profile", "--model", args.model,
                "--microbatch-size", str(mb), "--threads", "1", "--out", path]
-        proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        proc = subprocess.run(cmd, env=child_env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if proc.returncode:
             raise PlannerError(f"profiling {args.model} at micro-batch {mb} failed (exit "

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 
+from planner.children import child_env
 from planner.errors import PlannerError
 
 
@@ -37,7 +38,7 @@ def _torchrun(nproc: int, module_args: list[str]) -> list[str]:
 
 def _call(cmd: list[str], what: str) -> None:
     print(f"$ {' '.join(cmd)}", file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(cmd, env=child_env())
     if proc.returncode:
         raise PlannerError(f"{what} failed with exit code {proc.returncode} (command above)")
 

@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 
+from planner.children import child_env
 from planner.errors import PlannerError
 from planner.outputs import check_writable
 
@@ -132,7 +133,7 @@ def _launch(args) -> int:
            f"--nproc-per-node={args.nproc_per_node}", "-m", "planner.commands.profile_network",
            *_forwarded(args)]
     print("launching: " + " ".join(cmd[1:]), file=sys.stderr, flush=True)
-    return publish(args.out, subprocess.call(cmd))
+    return publish(args.out, subprocess.call(cmd, env=child_env()))
 
 
 def run(args) -> int:

@@ -8,8 +8,9 @@ tokens of the K/V heads on this tp rank -- around the cp group. Per layer and mi
   key-value blocks with the computation of blockwise attention"); exposed is what a transfer
   takes beyond one step's attention, (cp - 1) * max(0, t_kv - A_f / cp), A_f the rank's
   attention-core forward time (load-balanced: every step does 1/cp of it);
-- backward: the K/V blocks again (cp - 1, overlapped the same way with steps of A_b = 2 A_f,
-  the two gradient GEMMs per forward GEMM) and, after each of the cp steps, the K/V gradient
+- backward: the K/V blocks again (cp - 1, overlapped the same way with steps of A_b = 2.5 A_f:
+  the backward recomputes QK^T besides the two gradient GEMMs per forward GEMM,
+  ``planner.cost.roofline.FLASH_BACKWARD_RATIO``) and, after each of the cp steps, the K/V gradient
   accumulated for the block in hand, which the next step needs, so it is not hidden:
   (cp - 1) * max(0, t_kv - A_b / cp) + cp * t_kv.
 
@@ -19,7 +20,7 @@ attention core (profiled blocks) nothing is taken as hidden.
 """
 from __future__ import annotations
 
-BACKWARD_CORE_RATIO = 2.0
+from planner.cost.roofline import FLASH_BACKWARD_RATIO
 
 
 def kv_bytes(family, spec, microbatch_size: int, tp: int, cp: int, element_bytes: int) -> float:
@@ -36,5 +37,5 @@ def ring_counts(cp: int) -> tuple[int, int]:
 def ring_exposed(t_kv: float, core_forward_s: float, cp: int) -> tuple[float, float]:
     """(forward, backward) transfer time not hidden behind attention (module docstring)."""
     f = (cp - 1) * max(0.0, t_kv - core_forward_s / cp)
-    b = (cp - 1) * max(0.0, t_kv - BACKWARD_CORE_RATIO * core_forward_s / cp) + cp * t_kv
+    b = (cp - 1) * max(0.0, t_kv - FLASH_BACKWARD_RATIO * core_forward_s / cp) + cp * t_kv
     return f, b

@@ -26,6 +26,11 @@ from typing import NamedTuple
 from planner.devices import DeviceModel
 from planner.errors import PlannerError
 
+# Backward FLOPs of the attention core over its forward: FlashAttention's backward recomputes
+# QK^T and computes dV, dP, dQ and dK -- 5 matmuls against the forward's 2 (Dao 2023, arXiv
+# 2307.08691, sec. 3.1: "2.5x the forward"); the executor's ring attention does the same.
+FLASH_BACKWARD_RATIO = 2.5
+
 
 
 class Op(NamedTuple):

@@ -39,6 +39,13 @@ def block_collectives(family, kind: str, sequence_parallel: bool, tp: int
     return family.tp_collectives(kind, sequence_parallel)
 
 
+def launches(family, kind: str, sequence_parallel: bool, tp: int) -> tuple[int, int]:
+    """How many tp collectives a block of ``kind`` launches per (forward, backward) pass (host
+    launch time in the roofline): the family's ``block_collectives``."""
+    fwd, bwd = block_collectives(family, kind, sequence_parallel, tp)
+    return len(fwd), len(bwd)
+
+
 def split_time(time_s: float, split: bool, tp: int) -> float:
     """Compute time of one block on one of ``tp`` ranks: the split matmuls take 1/t of the time
     (Shoeybi et al. sec. 3 divide the GEMMs evenly); replicated blocks take all of it."""

@@ -122,9 +122,8 @@ def _check(path, data, mtype, get, seq: int) -> None:
     if window is not None and window < seq:
         refuse("sliding_window", f"sliding-window attention narrower than seq_len {seq} is "
                                  "not modelled (pass a seq_len <= the window)", window)
-    kinds = set(data.get("layer_types") or ["full_attention"])
-    if kinds != {"full_attention"} and window is not None and window < seq:
-        refuse("layer_types", "only full attention layers are modelled")
+    # ``layer_types`` naming sliding layers needs no check of its own: with a window narrower
+    # than seq_len it is refused above, and without one those layers attend fully
     scaling = data.get("rope_scaling")
     if scaling is not None and not isinstance(scaling, dict):
         refuse("rope_scaling", "expected an object or null")

@@ -35,8 +35,8 @@ from __future__ import annotations
 
 from planner.cost.compute import BlockCost, TpSplit
 from planner.cost.precision import peak_flops
-from planner.cost.roofline import (BlockTime, Op, Shape, block_time, gemm, linear,
-                                   pass_time_s, pointwise)
+from planner.cost.roofline import (FLASH_BACKWARD_RATIO, BlockTime, Op, Shape, block_time,
+                                   gemm, linear, pass_time_s, pointwise)
 from planner.errors import PlannerError
 from planner.families.gpt import block_forward_flops, layer_params, vocab_shard
 from planner.specs import IMPLEMENTATIONS
@@ -62,7 +62,7 @@ def _attention_core(sh: Shape, implementation: str):
         full = 4.0 * bh * q * s * d                  # QK^T and AV, 2 FLOPs per multiply-add
         io = e * bh * d * (2 * q + 2 * s) / 4        # q, o local; k, v all of the sequence
         fwd = [Op("flash_attn", full / 2, 4 * io, True)]              # read q,k,v, write o
-        bwd = [Op("flash_attn.bwd", 2.5 * full / 2, 8 * io, True)]    # + do, o; write dq,dk,dv
+        bwd = [Op("flash_attn.bwd", FLASH_BACKWARD_RATIO * full / 2, 8 * io, True)]    # + do, o; write dq,dk,dv
         return fwd, bwd
     probs = bh * q * s
     fwd = [gemm("qk", q, s, d, e, bh), pointwise("softmax", probs, 2 * e, 5),
@@ -186,13 +186,10 @@ def head_ops(sh: Shape, implementation: str = "executor") -> tuple[list[Op], lis
 
 
 def _launches(kind: str, sh: Shape) -> tuple[int, int]:
-    """The tp collectives a block of ``kind`` launches per (forward, backward) pass: the
-    family's list (``GptFamily.tp_collectives``)."""
-    if sh.tp == 1:
-        return 0, 0
+    """The tp collectives a block of ``kind`` launches per (forward, backward) pass."""
     from planner import families
-    fwd, bwd = families.get("gpt").tp_collectives(kind, sh.sp)
-    return len(fwd), len(bwd)
+    from planner.cost.tp import launches
+    return launches(families.get("gpt"), kind, sh.sp, sh.tp)
 
 
 def block_times(num_layers: int, sh: Shape, dm, dtype: str, implementation: str = "executor"

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from planner.cost.compute import BlockCost, TpSplit
 from planner.cost.precision import peak_flops
-from planner.cost.roofline import (BlockTime, Op, Shape, block_time, linear, pass_time_s,
-                                   pointwise)
+from planner.cost.roofline import (FLASH_BACKWARD_RATIO, BlockTime, Op, Shape, block_time,
+                                   linear, pass_time_s, pointwise)
 from planner.errors import PlannerError
 from planner.families.llama import head_dim, kv_heads
 
@@ -90,7 +90,7 @@ def attention_core_ops(spec, sh: Shape):
     full = 4.0 * T * a * sh.s * d                   # QK^T and AV, 2 FLOPs per multiply-add
     keys = sh.b * sh.s
     return ([Op("flash_attn", full / 2, e * (2 * T * a + 2 * keys * kv) * d, True)],
-            [Op("flash_attn.bwd", 2.5 * full / 2, e * (4 * T * a + 4 * keys * kv) * d, True)])
+            [Op("flash_attn.bwd", FLASH_BACKWARD_RATIO * full / 2, e * (4 * T * a + 4 * keys * kv) * d, True)])
 
 
 def dense_mlp_ops(spec, sh: Shape, layer: int):
@@ -139,14 +139,17 @@ def _variants(family, spec) -> dict[str, int]:
 
 def _block_times(family, spec, sh: Shape, dm, dtype: str) -> dict:
     """Embedding, head and one layer per variant timed on one tp rank. Host launch time
-    counts the block's tp collectives too (2 per pass, 4 under sequence parallelism), as
-    (forward, backward) launches."""
-    n = 0 if sh.tp == 1 else (4 if sh.sp else 2)
-    colls, none = (n, n), (0, 0)
+    counts each block's tp collectives too (``planner.cost.tp.launches``: the family's
+    list, e.g. the head's sequence all-gather under sequence parallelism)."""
+    from planner.cost.tp import launches
+
+    def colls_of(kind):
+        return launches(family, kind, sh.sp, sh.tp)
     b = sh.b
-    out = {"embedding": block_time("embedding", "embedding", *embedding_ops(sh), dm, dtype, none,
-                                   0.0),
-           "head": block_time("head", "head", *head_ops(sh), dm, dtype, none,
+    colls = colls_of("block")
+    out = {"embedding": block_time("embedding", "embedding", *embedding_ops(sh), dm, dtype,
+                                   colls_of("embedding"), 0.0),
+           "head": block_time("head", "head", *head_ops(sh), dm, dtype, colls_of("head"),
                               2.0 * b * sh.s * sh.h * sh.v,
                               extra_s=dm.microbatch_overhead_s.value)}
     core = pass_time_s(attention_core_ops(spec, sh)[0], dm, dtype)
