@@ -39,8 +39,11 @@ def partition_by_chunk(costs: Sequence[Sequence[float]], send_s: Sequence[float]
 
 
 def fastest_by_chunk(costs, send_s, memory=None, caps=None, rel_tol: float = 1e-4):
-    """(bottleneck reached, its starts, the last infeasible probe) of ``partition_by_chunk``:
-    the probe is a value no cut can beat, a lower bound for the search."""
+    """(bottleneck reached, its starts, a value no cut beats) of ``partition_by_chunk``. The
+    bisection's last infeasible probe is not that value: the greedy packing is inexact when a
+    chunk cannot afford a block, so a probe it fails may still be feasible. The bound returned
+    is one no cut can beat: every block costs at least its cheapest chunk's time, so the slowest
+    chunk takes at least the largest such block and the mean of their sum over k chunks."""
     k, n = len(costs), len(send_s)
     if k < 1 or k > n:
         raise PlannerError(f"cannot cut {n} blocks into {k} pipeline chunks: needs "
@@ -64,7 +67,8 @@ def fastest_by_chunk(costs, send_s, memory=None, caps=None, rel_tol: float = 1e-
             lo = mid
         else:
             hi, best = _chunks_bottleneck(prefixes, send_s, got), got
-    return hi, best, lo
+    cheapest = [min(c[i] for c in costs) for i in range(n)]
+    return hi, best, max(max(cheapest), sum(cheapest) / k)
 
 
 def _pack_chunks(prefixes, send_s, limit: float, mem) -> list[int] | None:
